@@ -1,0 +1,73 @@
+"""What a workload is: model factory, deterministic data, loss, evaluation metric and target.
+
+Data is a pure function of (seed, step): `batch(step)` returns the same tensors whenever
+it is called, so a resumed run needs only the step to continue the data stream exactly.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+Batch = tuple[torch.Tensor, ...]
+
+
+class Section(BaseModel):
+    """Base for workload config sections: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Workload(abc.ABC):
+    """One training task. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    metric: ClassVar[str]  # name of the evaluation metric that the target applies to
+    higher_is_better: ClassVar[bool]
+    ModelConfig: ClassVar[type[Section]]
+    DataConfig: ClassVar[type[Section]]
+
+    def __init__(self, model: Section, data: Section, seed: int) -> None:
+        self.model_config = model
+        self.data_config = data
+        self.seed = seed
+
+    @classmethod
+    @abc.abstractmethod
+    def recipe(cls, tiny: bool = False) -> dict[str, Any]:
+        """Default run settings, as a nested dict in the run-config layout:
+        {"steps", "target", "optimizer": {...}, "schedule": {...}, "train": {...},
+         "model": {...}, "data": {...}}. `tiny=True` gives the test-suite configuration
+        (seconds on one core) with its own tiny target."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """A fresh model; its initialization depends only on self.seed."""
+
+    @abc.abstractmethod
+    def batch(self, step: int) -> Batch:
+        """Training batch for `step`, a pure function of (seed, step)."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of `model` on `batch` (model in train mode)."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Validation metrics (model in eval mode, no grad); includes `self.metric` and "val_loss"."""
+
+    @abc.abstractmethod
+    def data_hash(self) -> str:
+        """Hex digest identifying the data (corpus text, generated set and split)."""
+
+    @property
+    def width(self) -> int:
+        """The model's width, for width-scaling rules (override where meaningful)."""
+        raise NotImplementedError(f"workload {self.name} does not declare a width")
+
+    def reached(self, value: float, target: float) -> bool:
+        return value >= target if self.higher_is_better else value <= target
