@@ -53,14 +53,14 @@ def check_decay(decay: Any) -> None:
 
 
 def decoupled_decay_rate(group: dict[str, Any]) -> float:
-    """The c in w <- w * (1 - c) applied before the step; 0 for l2 (decay goes into the gradient)."""
+    """The c in w <- w * (1 - c) applied before the step; 0 for l2 (decay is in the gradient)."""
     wd = group["weight_decay"]
     if wd == 0 or group["decay"] == "l2":
         return 0.0
     if group["decay"] == "decoupled":
         return group["lr"] * wd
     initial_lr = group.get("initial_lr", group["lr"])
-    # Schedule multiplier s_t = lr / initial_lr; a group that starts at lr 0 has no schedule to follow.
+    # Schedule multiplier s_t = lr / initial_lr; a group starting at lr 0 has no schedule.
     return (group["lr"] / initial_lr) * wd if initial_lr > 0 else 0.0
 
 

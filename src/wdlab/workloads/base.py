@@ -58,7 +58,7 @@ class Workload(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Validation metrics (model in eval mode, no grad); includes `self.metric` and "val_loss"."""
+        """Validation metrics (eval mode, no grad), including `self.metric` and "val_loss"."""
 
     @abc.abstractmethod
     def data_hash(self) -> str:

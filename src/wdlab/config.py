@@ -1,0 +1,193 @@
+"""Run configuration: typed, validated values built from a workload's recipe plus user overrides.
+
+Precedence, lowest first: the workload's recipe, a TOML file (--config), the common flags
+(--optimizer, --lr, --wd, --steps, --seed), then each --set key=value. Every error names the
+dotted field and how to fix it, in one line (wdlab.errors.ConfigError).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from wdlab import workloads
+from wdlab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimizerConfig(BaseModel):
+    """Optimizer name and hyperparameters; extra keys (betas, momentum, ...) go to the optimizer."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = "adamw"
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    decay: Literal["decoupled", "independent", "l2"] = "decoupled"
+    decay_embedding: bool = True
+    decay_output: bool = True
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Keyword arguments for the optimizer class (everything but the grouping options)."""
+        extra = dict(self.model_extra or {})
+        for key, value in extra.items():
+            if isinstance(value, list):
+                extra[key] = tuple(value)
+        return {"weight_decay": self.weight_decay, "decay": self.decay, **extra}
+
+
+class ScheduleConfig(_Strict):
+    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup: int = Field(default=0, ge=0)
+    final_lr_fraction: float = Field(default=0.0, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    eval_every: int = Field(default=100, gt=0)
+    clip: float | None = Field(default=None, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    stop_at_target: bool = True
+    max_seconds: float | None = Field(default=None, gt=0)
+    threads: int | None = Field(default=None, gt=0)
+    monitor: Literal["off", "light", "full"] = "light"
+    monitor_every: int | None = Field(default=None, gt=0)
+    log_every: int = Field(default=1, gt=0)
+
+
+class RunConfig(_Strict):
+    workload: str
+    seed: int = Field(default=0, ge=0)
+    steps: int = Field(gt=0)
+    target: float | None = None
+    name: str | None = None
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    model: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as a TOML literal (numbers, booleans, lists, quoted strings); else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """'a.b=1e-3' -> ('a.b', 0.001)."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. --set optimizer.lr=1e-3), got {item!r}")
+    return key, parse_value(value.strip())
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree['a']['b'] = value for key 'a.b', creating sections as needed."""
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A copy of base with update merged in, section by section."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass an existing --config file")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+
+
+def _first_error(err: ValidationError, prefix: str = "") -> ConfigError:
+    first = err.errors()[0]
+    field = prefix + ".".join(str(p) for p in first["loc"])
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting; check the spelling (see `wdlab run --help` or docs/)"
+    elif first["type"] == "missing":
+        message = "required setting is missing"
+    fix = f"; set it with --set {field}=VALUE" if first["type"] != "extra_forbidden" else ""
+    return ConfigError(f"config error: {field}: {message}{got_text}{fix}", field=field)
+
+
+def build_config(
+    workload: str,
+    *,
+    file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    assignments: list[str] | None = None,
+    tiny: bool = False,
+) -> RunConfig:
+    """Recipe <- file <- flags <- --set, validated (the workload's model/data sections too)."""
+    try:
+        cls = workloads.get(workload)
+    except ValueError as err:
+        raise ConfigError(str(err) + " (the WORKLOAD argument)", field="workload") from None
+    tree: dict[str, Any] = {"workload": workload, **cls.recipe(tiny=tiny)}
+    if file is not None:
+        from_file = load_toml(file)
+        if from_file.get("workload", workload) != workload:
+            raise ConfigError(
+                f"config file is for workload {from_file['workload']!r}, but the command names "
+                f"{workload!r}; run `wdlab run {from_file['workload']}` or edit the file"
+            )
+        tree = deep_merge(tree, from_file)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            set_dotted(tree, key, value)
+    for item in assignments or []:
+        key, value = parse_assignment(item)
+        set_dotted(tree, key, value)
+    return validate(tree)
+
+
+def validate(tree: dict[str, Any]) -> RunConfig:
+    """A RunConfig from a nested dict, with the workload's sections checked too."""
+    try:
+        config = RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise _first_error(err) from None
+    cls = workloads.get(config.workload)
+    for section, model in (("model", cls.ModelConfig), ("data", cls.DataConfig)):
+        try:
+            model.model_validate(getattr(config, section))
+        except ValidationError as err:
+            raise _first_error(err, prefix=f"{section}.") from None
+    return config
