@@ -134,14 +134,6 @@ def _interrupt_flag() -> Iterator[dict[str, bool]]:
             signal.signal(signal.SIGINT, previous)
 
 
-def _example_input(workload: workloads.Workload) -> Any:
-    """A small real batch for the grouping's scale-invariance probe."""
-    if hasattr(workload, "example_input"):
-        return workload.example_input()
-    inputs = workload.batch(0)[0]
-    return inputs[:16] if isinstance(inputs, torch.Tensor) else inputs
-
-
 def _make_monitor(config: RunConfig, model: torch.nn.Module, optimizer: Any, sink: Any) -> Any:
     if config.train.monitor == "off":
         return None
@@ -175,7 +167,7 @@ def run(
             model,
             config.optimizer.name,
             lr=config.optimizer.lr,
-            example_input=_example_input(workload),
+            example_input=workload.example_input(),
             decay_embedding=config.optimizer.decay_embedding,
             decay_output=config.optimizer.decay_output,
             **config.optimizer.hyperparameters(),
@@ -266,7 +258,7 @@ def run(
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * multiplier
                 if monitor is not None:
-                    monitor.before_forward(step)
+                    monitor.before_forward(step + 1)  # steps are logged 1-based
                 loss = workload.loss(model, workload.batch(step))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -6,6 +6,750 @@ fused or compiled path can replace the math without touching the bookkeeping.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
 # ---- shared elementwise machinery (AdamW, SGDW, Lion, AdamP, SGDP) -------------------------
+# Why chunks: a chain of separate torch ops re-reads every tensor from memory once per op;
+# slicing each tensor into blocks that fit in L2 lets the whole chain run on one block while
+# it is in cache, so memory sees roughly one read and one write per tensor (docs/performance.md).
+
+CHUNK_NUMEL = 1 << 18
+"""Elements per block in "chunked" mode: 1 MB of fp32 per tensor, 3-4 tensors fit a 2 MB L2."""
+
+ELEMENTWISE_MODES = ("chunked", "whole", "compiled")
+
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def _compiled(update: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.compile(update) once per process; dynamic shapes so every tensor shares one graph."""
+    fn = _COMPILED.get(update)
+    if fn is None:
+        fn = _COMPILED[update] = torch.compile(update, dynamic=True)
+    return fn
+
+
+def foreach_elementwise(
+    update: Callable[..., None],
+    tensor_lists: Sequence[Sequence[torch.Tensor | None]],
+    scalars: Mapping[str, Any] | None = None,
+    *,
+    mode: str = "chunked",
+    chunk_numel: int = CHUNK_NUMEL,
+) -> None:
+    """Call `update(*tensors_i, **scalars)` for every index i of the parallel `tensor_lists`.
+
+    The reusable fast path of the elementwise optimizers. `update` must change its tensors
+    in place and act on each index of dim 0 independently (elementwise, or row-wise with
+    per-row factors of shape (rows, 1)), so that running it on slices gives the same result.
+    Modes:
+      "whole"     one call per tensor: the reference path, any device and dtype.
+      "chunked"   CPU tensors are cut along dim 0 into blocks of about `chunk_numel` elements and
+                  `update` runs block by block (one block stays in L2 for all its ops). A tensor
+                  whose size(0) differs from the first tensor's (a 0-d or broadcast factor), or
+                  None, is passed whole to every block. Non-CPU tensors fall back to "whole".
+                  Elementwise torch ops round per element, so the result equals "whole".
+      "compiled"  `update` is torch.compile'd (dynamic shapes, cached per function) and called
+                  once per tensor (as 1-D views when its tensors share one contiguous
+                  shape, so ranks do not multiply graphs); Python-float scalars become 0-d
+                  tensors of the first tensor's dtype so a changing lr never recompiles.
+                  `update` must then avoid `alpha=`/`value=` arguments (they need Python
+                  numbers). Opt-in: the first call compiles for seconds and needs a C++
+                  compiler; results match eager to float rounding.
+    """
+    if mode not in ELEMENTWISE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(ELEMENTWISE_MODES)}; got {mode!r}")
+    kwargs = dict(scalars or {})
+    if mode == "compiled":
+        fn = _compiled(update)
+        cache: dict[torch.dtype, dict[str, Any]] = {}
+        for tensors in zip(*tensor_lists, strict=True):
+            dtype = tensors[0].dtype  # type: ignore[union-attr]
+            if dtype not in cache:
+                cache[dtype] = {
+                    k: torch.tensor(v, dtype=dtype) if isinstance(v, float) else v
+                    for k, v in kwargs.items()
+                }
+            fn(*_flat_if_elementwise(tensors), **cache[dtype])
+        return
+    for tensors in zip(*tensor_lists, strict=True):
+        first = tensors[0]
+        assert first is not None
+        rows = first.size(0) if first.ndim else 1
+        row_numel = first[0].numel() if first.ndim > 1 else 1
+        block = max(1, chunk_numel // max(row_numel, 1))
+        if mode == "whole" or first.device.type != "cpu" or rows <= block:
+            update(*tensors, **kwargs)
+            continue
+        sliced = [t is not None and t.ndim > 0 and t.size(0) == rows for t in tensors]
+        for start in range(0, rows, block):
+            end = start + block
+            parts = [t[start:end] if s else t for t, s in zip(tensors, sliced, strict=True)]  # type: ignore[index]
+            update(*parts, **kwargs)
+
+
+def _flat_if_elementwise(tensors: Sequence[torch.Tensor | None]) -> Sequence[Any]:
+    """1-D views when all tensors share one contiguous shape, so every rank shares a graph."""
+    first = tensors[0]
+    assert first is not None
+    if all(t is None or (t.shape == first.shape and t.is_contiguous()) for t in tensors):
+        return [None if t is None else t.view(-1) for t in tensors]
+    return tensors
+
+
+def _use_fused(params: Sequence[torch.Tensor], fused: bool | None) -> bool:
+    """Whether torch's fused Adam kernels run on these tensors (fused=None: whenever they can)."""
+    if fused is False or not params:
+        return False
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    ok = all(p.device.type in devices and p.is_floating_point() for p in params)
+    if fused and not ok:
+        raise ValueError(
+            "fused=True needs floating-point params on one of "
+            f"{', '.join(devices)}; pass fused=None to fall back automatically"
+        )
+    return ok
+
+
+def _adamw_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    step_size: float,
+    bias_correction2_sqrt: float,
+) -> None:
+    # Op for op torch.optim.AdamW's single-tensor path, so the default path matches it exactly.
+    if weight_decay:
+        if decoupled:
+            param.mul_(1 - lr * weight_decay)
+        else:
+            grad = grad.add(param, alpha=weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def adamw_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    fused: bool | None = None,
+) -> None:
+    """One Adam step with torch's meaning of (weight_decay, decoupled); increments state_steps.
+
+    decoupled=True: w <- w*(1 - lr*weight_decay) before the step (AdamW); False: grad +=
+    weight_decay*w (Adam's L2). wdlab's "independent" mode is decoupled with weight_decay =
+    wd/initial_lr, since lr*wd/initial_lr is exactly the schedule multiplier times wd.
+    fused=None uses torch._fused_adamw_/_fused_adam_ where they run (CPU included): that is
+    torch.optim.AdamW(fused=True) bit for bit; otherwise (fused=False) the chunked
+    single-tensor path, equal to torch's default path bit for bit.
+    """
+    if not params:
+        return
+    if _use_fused(params, fused):
+        steps = [
+            s if s.device == p.device else s.to(p.device)
+            for s, p in zip(state_steps, params, strict=True)
+        ]
+        torch._foreach_add_(steps, 1)
+        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+        kernel(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            amsgrad=False,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            eps=eps,
+            maximize=False,
+        )
+        for s, moved in zip(state_steps, steps, strict=True):
+            if s is not moved:
+                s.copy_(moved)
+        return
+    for param, grad, exp_avg, exp_avg_sq, step_t in zip(
+        params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True
+    ):
+        step_t += 1
+        step = float(step_t)
+        scalars = {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "decoupled": decoupled,
+            "step_size": lr / (1 - beta1**step),
+            "bias_correction2_sqrt": (1 - beta2**step) ** 0.5,
+        }
+        foreach_elementwise(_adamw_update, [[param], [grad], [exp_avg], [exp_avg_sq]], scalars)
+
+
+def _sgdw_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    buf: torch.Tensor | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    keep: float,
+    l2: float,
+    fresh: bool,
+) -> None:
+    # Op for op torch.optim.SGD's single-tensor path after the decoupled decay.
+    if l2:
+        grad = grad.add(param, alpha=l2)
+    if buf is not None:
+        if fresh:
+            buf.copy_(grad)  # torch starts the buffer at the gradient, without dampening
+        else:
+            buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+        grad = grad.add(buf, alpha=momentum) if nesterov else buf
+    if keep != 1.0:
+        param.mul_(keep)
+    param.add_(grad, alpha=-lr)
+
+
+def _sgdw_update_compiled(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    buf: torch.Tensor | None,
+    *,
+    lr: torch.Tensor,
+    momentum: torch.Tensor,
+    dampening: torch.Tensor,
+    nesterov: bool,
+    keep: torch.Tensor,
+    l2: torch.Tensor,
+    fresh: bool,
+) -> None:
+    # Same math as _sgdw_update with tensor scalars: inductor fuses it into one pass.
+    grad = grad + l2 * param
+    if buf is not None:
+        new_buf = grad if fresh else buf * momentum + grad * (1 - dampening)
+        buf.copy_(new_buf)
+        grad = grad + momentum * new_buf if nesterov else new_buf
+    param.copy_(param * keep - lr * grad)
+
+
+def sgdw_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum_bufs: list[torch.Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    decay_rate: float,
+    l2: float,
+    fresh: bool = False,
+    mode: str = "chunked",
+) -> None:
+    """One SGD step: w <- w*(1 - decay_rate), then torch.optim.SGD's momentum rule on g + l2*w.
+
+    `momentum_bufs` holds None when momentum == 0; fresh=True means the buffers were just
+    created (torch copies the gradient into a new buffer instead of applying dampening).
+    With decay_rate=0 and mode "chunked"/"whole" this is torch.optim.SGD's default path bit
+    for bit; `mode` as in foreach_elementwise.
+    """
+    if mode == "compiled" and fresh:
+        mode = "chunked"  # the one first step runs eager: one compiled graph fewer
+    kernel = _sgdw_update_compiled if mode == "compiled" else _sgdw_update
+    scalars = {
+        "lr": lr,
+        "momentum": momentum,
+        "dampening": dampening,
+        "nesterov": nesterov,
+        "keep": 1.0 - decay_rate,
+        "l2": l2,
+        "fresh": fresh,
+    }
+    foreach_elementwise(kernel, [params, grads, momentum_bufs], scalars, mode=mode)
+
+
+def _lion_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    keep: float,
+    l2: float,
+) -> None:
+    if l2:
+        grad = grad.add(param, alpha=l2)
+    direction = torch.lerp(exp_avg, grad, 1 - beta1).sign_()
+    if keep != 1.0:
+        param.mul_(keep)
+    param.add_(direction, alpha=-lr)
+    exp_avg.lerp_(grad, 1 - beta2)
+
+
+def _lion_update_compiled(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    *,
+    lr: torch.Tensor,
+    beta1: torch.Tensor,
+    beta2: torch.Tensor,
+    keep: torch.Tensor,
+    l2: torch.Tensor,
+) -> None:
+    grad = grad + l2 * param
+    direction = torch.sign(exp_avg * beta1 + grad * (1 - beta1))
+    param.copy_(param * keep - lr * direction)
+    exp_avg.copy_(exp_avg * beta2 + grad * (1 - beta2))
+
+
+def lion_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    decay_rate: float,
+    l2: float,
+    mode: str = "chunked",
+) -> None:
+    """Lion: c = lerp(m, g, 1-b1); w <- w*(1-decay_rate) - lr*sign(c); m <- lerp(m, g, 1-b2).
+
+    lerp(m, g, t) = m + t*(g - m) is b*m + (1-b)*g in one op; g includes l2*w in l2 mode.
+    """
+    kernel = _lion_update_compiled if mode == "compiled" else _lion_update
+    scalars = {"lr": lr, "beta1": beta1, "beta2": beta2, "keep": 1.0 - decay_rate, "l2": l2}
+    foreach_elementwise(kernel, [params, grads, exp_avgs], scalars, mode=mode)
+
 
 # ---- Newton-Schulz orthogonalization (Muon) --------------------------------------------------
+# Also the AdamP/SGDP projection math: both reshape a weight into rows (neurons) and act on them.
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""Keller Jordan's quintic: the largest slope at zero that still keeps singular values near 1."""
+
+UPDATE_SCALES = ("match_rms_adamw", "original")
+
+
+def newton_schulz(
+    matrix: torch.Tensor,
+    steps: int = 5,
+    coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    eps: float = 1e-7,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Approximate U V^T of a 2-D matrix (its "zeroth power") by a quintic Newton-Schulz iteration.
+
+    Works on the wide orientation (transposes when rows > cols) so the Gram matrix is the small
+    one, and divides by the Frobenius norm (clamped at eps, as torch.optim.Muon does) so every
+    singular value starts inside the iteration's basin. The quintic does not converge to exactly
+    1: singular values end roughly in [0.7, 1.2], which is all Muon needs. Returns `dtype`.
+    """
+    if matrix.ndim != 2:
+        raise ValueError(f"newton_schulz needs a 2-D matrix, got shape {tuple(matrix.shape)}")
+    a, b, c = coefficients
+    x = matrix.to(dtype)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b*A + c*A@A
+        x = torch.addmm(x, poly, x, beta=a)  # a*X + (b*A + c*A^2) @ X
+    return x.T if tall else x
+
+
+def muon_scale(rows: int, cols: int, update_scale: str) -> float:
+    """The factor s in W <- W - lr*s*O for a (rows, cols) matrix (torch's _adjust_lr rules).
+
+    "match_rms_adamw" (Moonlight): 0.2*sqrt(max(A, B)) gives O an RMS of about 0.2, like an
+    AdamW update, so AdamW's lr and weight decay carry over. "original" (Keller Jordan):
+    sqrt(max(1, A/B)).
+    """
+    if update_scale == "match_rms_adamw":
+        return 0.2 * max(rows, cols) ** 0.5
+    if update_scale == "original":
+        return max(1.0, rows / cols) ** 0.5
+    allowed = ", ".join(UPDATE_SCALES)
+    raise ValueError(f"update_scale must be one of {allowed}; got {update_scale!r}")
+
+
+def muon_update(
+    grad: torch.Tensor,
+    buf: torch.Tensor,
+    *,
+    momentum: float,
+    nesterov: bool,
+    ns_steps: int,
+    ns_coefficients: tuple[float, float, float],
+    eps: float,
+    ns_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Advance the momentum EMA `buf` in place and return the orthogonalized direction O.
+
+    O has the parameter's shape; tensors with ndim > 2 (conv weights) are orthogonalized as
+    their (out, in*k*k) matrix, the flattening timm and optax use.
+    """
+    buf.lerp_(grad, 1 - momentum)
+    direction = grad.lerp(buf, momentum) if nesterov else buf
+    ortho = newton_schulz(
+        direction.reshape(direction.size(0), -1), ns_steps, ns_coefficients, eps, ns_dtype
+    )
+    return ortho.reshape(grad.shape)
+
+
+def muon_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum_bufs: list[torch.Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    ns_steps: int,
+    ns_coefficients: tuple[float, float, float],
+    eps: float,
+    update_scale: str,
+    ns_dtype: torch.dtype,
+    decay_rate: float,
+    l2: float,
+) -> None:
+    """One Muon step on matrix-like params: W <- W*(1 - decay_rate) - lr*s*O.
+
+    Like torch.optim.Muon the decay uses the plain lr (not lr*s) and comes before the update;
+    the buffer sees the raw gradient (plus l2*W in l2 mode).
+    """
+    for param, grad, buf in zip(params, grads, momentum_bufs, strict=True):
+        if l2:
+            grad = grad.add(param, alpha=l2)
+        ortho = muon_update(
+            grad,
+            buf,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
+            eps=eps,
+            ns_dtype=ns_dtype,
+        )
+        scale = muon_scale(param.size(0), param[0].numel(), update_scale)
+        if decay_rate:
+            param.mul_(1 - decay_rate)
+        param.add_(ortho, alpha=-lr * scale)
+
+
+# -- AdamP / SGDP: project the radial part out of updates of scale-invariant weights --
+
+VIEWS = ("channel", "layer")
+
+
+def _row_cosines(
+    g: torch.Tensor, w: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: |cos(g, w)| (max(norm, eps) per factor, as F.cosine_similarity) and ||w||."""
+    dots = (g * w).sum(dim=1)
+    w_norms = torch.linalg.vector_norm(w, dim=1)
+    g_norms = torch.linalg.vector_norm(g, dim=1)
+    return dots.abs() / (g_norms.clamp(min=eps) * w_norms.clamp(min=eps)), w_norms
+
+
+def scale_invariant_view(
+    param: torch.Tensor, grad: torch.Tensor, delta: float, eps: float
+) -> tuple[str | None, torch.Tensor | None]:
+    """Which view ("channel", "layer" or None) treats `param` as scale-invariant, and its norms.
+
+    A view passes when every row's |cos(grad_row, w_row)| < delta/sqrt(row_dim): the gradient of
+    a scale-invariant weight is orthogonal to it (REFERENCE.md §2). "channel" rows are
+    w.view(out, -1), "layer" is the whole tensor as one row. Returns the row norms of `param` in
+    the winning view so the projection need not recompute them.
+
+    Speed (the test reads p and g on every step): the channel view needs every row to pass, so
+    the first row is tried alone and, if it fails, the other rows are never read; the layer
+    view is one BLAS dot and two norms, with no temporary.
+    """
+    w = param.reshape(param.size(0), -1)
+    g = grad.reshape(w.shape)
+    limit = delta / w.size(1) ** 0.5
+    if float(_row_cosines(g[:1], w[:1], eps)[0]) < limit:
+        cos, w_norms = _row_cosines(g, w, eps)
+        if float(cos.max()) < limit:
+            return "channel", w_norms
+    g_flat, w_flat = g.reshape(-1), w.reshape(-1)
+    w_norm = torch.linalg.vector_norm(w_flat)
+    g_norm = torch.linalg.vector_norm(g_flat)
+    cos_layer = torch.dot(g_flat, w_flat).abs() / (g_norm.clamp(min=eps) * w_norm.clamp(min=eps))
+    if float(cos_layer) < delta / w.numel() ** 0.5:
+        return "layer", w_norm.reshape(1)
+    return None, None
+
+
+def adamp_project(
+    param: torch.Tensor,
+    update: torch.Tensor,
+    view: str,
+    eps: float,
+    norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Remove from `update` (in place) its component along each row of `param`.
+
+    Per row: w_hat = w/(||w|| + eps), update <- update - w_hat*<w_hat, update>, written as
+    update - w*<w, update>/(||w|| + eps)^2 so w_hat is never materialized.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
+    rows = param.size(0) if view == "channel" else 1
+    w = param.reshape(rows, -1)
+    u = update.reshape(rows, -1)
+    if norms is None:
+        norms = torch.linalg.vector_norm(w, dim=1)
+    coef = ((w * u).sum(dim=1) / (norms + eps).square()).unsqueeze(1)
+    if update.is_contiguous():
+        u.addcmul_(w, coef, value=-1)  # u is a view of update
+    else:
+        update.sub_((w * coef).reshape(update.shape))
+    return update
+
+
+def _projection_view(
+    param: torch.Tensor, grad: torch.Tensor, delta: float, eps: float
+) -> tuple[str | None, torch.Tensor | None]:
+    if param.ndim < 2:
+        return None, None
+    return scale_invariant_view(param, grad, delta, eps)
+
+
+def _fusable(*tensors: torch.Tensor) -> bool:
+    """Whether torch's fused CPU/CUDA Adam/SGD kernels can take these tensors (same layout)."""
+    first = tensors[0]
+    return first.device.type in ("cpu", "cuda") and all(
+        t.is_contiguous() and t.dtype == first.dtype and t.device == first.device for t in tensors
+    )
+
+
+def _by_dtype(rows: list[tuple[torch.Tensor, ...]]) -> list[list[list[torch.Tensor]]]:
+    """Group parallel tensor tuples by (device, dtype), as torch's fused kernels need."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, ...]]] = {}
+    for row in rows:
+        buckets.setdefault((row[0].device, row[0].dtype), []).append(row)
+    return [[list(col) for col in zip(*bucket, strict=True)] for bucket in buckets.values()]
+
+
+def _step_projected(
+    param: torch.Tensor,
+    direction: torch.Tensor,
+    view: str,
+    norms: torch.Tensor,
+    eps: float,
+    keep: float,
+    alpha: float,
+) -> None:
+    """param <- keep*param + alpha*(direction minus its radial part per row), in two passes.
+
+    Same value as adamp_project then mul_ and add_, but never writes the projected direction.
+    """
+    rows = param.size(0) if view == "channel" else 1
+    if not (param.is_contiguous() and direction.is_contiguous()):
+        adamp_project(param, direction, view, eps, norms)
+        param.mul_(keep).add_(direction, alpha=alpha)
+        return
+    w = param.view(rows, -1)
+    coef = (w * direction.view(rows, -1)).sum(dim=1) / (norms + eps).square()
+    w.mul_((keep - alpha * coef).unsqueeze(1))
+    param.add_(direction, alpha=alpha)
+
+
+def adamp_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    delta: float,
+    wd_ratio: float,
+    nesterov: bool,
+    decay_rate: float,
+    l2: float,
+    fused: bool = True,
+) -> None:
+    """One AdamP step (clovaai/AdamP order): moments, direction, projection, decay, update.
+
+    The scale-invariance test reads the raw gradient; projection uses the weights before decay;
+    a projected tensor's decay (decoupled rate or l2 coefficient) is multiplied by wd_ratio.
+
+    Speed: without Nesterov the Adam arithmetic runs in torch's fused kernel (one pass over
+    p, g, m, v): unprojected tensors are then exactly a fused AdamW/Adam step, and projected
+    ones get their direction -m_hat/denom from the same kernel run on a zero workspace.
+    `fused=False` (or Nesterov, or non-contiguous tensors) takes the plain per-op path.
+    """
+    plain: list[tuple[Any, ...]] = []
+    free: list[list[torch.Tensor]] = [[], [], [], [], []]
+    for row in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True):
+        param, grad = row[0], row[1]
+        view, norms = _projection_view(param, grad, delta, eps)
+        if not fused or nesterov or not _fusable(*row[:4]):
+            row[4].add_(1)
+            plain.append((*row, view, norms))
+        elif view is None:
+            for column, tensor in zip(free, row, strict=True):
+                column.append(tensor)
+        else:
+            row[4].add_(1)
+            _adamp_projected_fused(*row, view, norms, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                   keep=1 - decay_rate * wd_ratio, l2=l2 * wd_ratio)
+    if free[0]:
+        # Unprojected tensors are plain AdamW/Adam: the shared fused step (it counts steps).
+        # The AdamW kernel decays by lr*weight_decay, so hand it the wanted rate divided by lr.
+        wd = l2 if l2 else (decay_rate / lr if lr > 0 else 0.0)
+        adamw_step(*free, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
+                   decoupled=not l2, fused=True)
+    for param, grad, exp_avg, exp_avg_sq, step_t, view, norms in plain:
+        step = float(step_t)
+        ratio = wd_ratio if view is not None else 1.0
+        if l2:
+            grad = grad.add(param, alpha=l2 * ratio)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
+        numer = grad.lerp(exp_avg, beta1) if nesterov else exp_avg
+        step_size = lr / bias_correction1
+        if view is None:
+            if decay_rate:
+                param.mul_(1 - decay_rate)
+            param.addcdiv_(numer, denom, value=-step_size)
+            continue
+        update = torch.div(numer, denom, out=denom)
+        adamp_project(param, update, view, eps, norms)
+        if decay_rate:
+            param.mul_(1 - decay_rate * ratio)
+        param.add_(update, alpha=-step_size)
+
+
+def _adamp_projected_fused(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step_t: torch.Tensor,
+    view: str,
+    norms: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    keep: float,
+    l2: float,
+) -> None:
+    """AdamP step of one projected tensor with the moments advanced by torch's fused kernel.
+
+    The kernel, run with lr 1 on a zero workspace, leaves there -(m/(1 - beta1^t))/denom; the
+    step then is param <- keep*param + lr*(workspace minus its radial part).
+    """
+    if l2:
+        grad = grad.add(param, alpha=l2)
+    work = torch.zeros_like(param)
+    torch._fused_adam_([work], [grad], [exp_avg], [exp_avg_sq], [], [step_t], lr=1.0,
+                       beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False,
+                       maximize=False)
+    _step_projected(param, work, view, norms, eps, keep, lr)
+
+
+def sgdp_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum_bufs: list[torch.Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    eps: float,
+    delta: float,
+    wd_ratio: float,
+    decay_rate: float,
+    l2: float,
+    fused: bool = True,
+) -> None:
+    """One SGDP step (clovaai/AdamP order): momentum, direction, projection, decay, update.
+
+    Decay is w <- w*(1 - decay_rate*ratio/(1 - momentum)), ratio = wd_ratio when projected
+    else 1; the 1/(1 - momentum) makes it the steady-state decay of L2 under momentum. Without
+    Nesterov the projection acts on the momentum buffer itself, as in clovaai's SGDP, so the
+    buffer carries the projected direction. `momentum_bufs` holds None when momentum == 0.
+    Unprojected tensors use torch's fused SGD kernel (the buffer starts from zeros, so
+    is_first_step=False reproduces buf = momentum*buf + (1 - dampening)*g exactly).
+    """
+    free: list[tuple[torch.Tensor, ...]] = []
+    for param, grad, buf in zip(params, grads, momentum_bufs, strict=True):
+        view, norms = _projection_view(param, grad, delta, eps)
+        tensors = (param, grad) if buf is None else (param, grad, buf)
+        if view is None and fused and _fusable(*tensors):
+            free.append(tensors)
+            continue
+        ratio = wd_ratio if view is not None else 1.0
+        if l2:
+            grad = grad.add(param, alpha=l2 * ratio)
+        if buf is not None:
+            buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+            direction = grad.add(buf, alpha=momentum) if nesterov else buf
+        elif dampening or view is not None:
+            direction = grad.mul(1 - dampening)  # a copy: the projection must not touch p.grad
+        else:
+            direction = grad
+        if view is not None:
+            adamp_project(param, direction, view, eps, norms)
+        if decay_rate:
+            param.mul_(1 - decay_rate * ratio / (1 - momentum))
+        param.add_(direction, alpha=-lr)
+    for group in _by_dtype(free):
+        p, g = group[0], group[1]
+        bufs = group[2] if momentum else []
+        if decay_rate:
+            torch._foreach_mul_(p, 1 - decay_rate / (1 - momentum))
+        # Without momentum torch ignores dampening; clovaai scales g by (1 - dampening).
+        step_lr = lr if momentum else lr * (1 - dampening)
+        torch._fused_sgd_(p, g, bufs, weight_decay=l2, momentum=momentum, lr=step_lr,
+                          dampening=dampening, nesterov=nesterov, maximize=False,
+                          is_first_step=False)

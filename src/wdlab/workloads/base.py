@@ -64,6 +64,10 @@ class Workload(abc.ABC):
     def data_hash(self) -> str:
         """Hex digest identifying the data (corpus text, generated set and split)."""
 
+    def example_input(self) -> torch.Tensor:
+        """A small real input batch, for the grouping's scale-invariance probe."""
+        return self.batch(0)[0][:16]
+
     @property
     def width(self) -> int:
         """The model's width, for width-scaling rules (override where meaningful)."""

@@ -1,0 +1,242 @@
+"""Optimizer step time: wdlab's optimizers beside their peers, and against memory bandwidth.
+
+Not part of pytest. A 20M-parameter model (19 x Linear(1024, 1024) + LayerNorm, fp32),
+fixed randn gradients; every optimizer gets its own copy. Steps of all optimizers are
+interleaved (round robin) with an in-place bandwidth probe (x.mul_ on 200 MB: read + write),
+so machine load hits all of them alike; each row reports the median over --steps rounds.
+
+    python benchmarks/optim_step.py [--steps 30] [--warmup 5] [--only adamw,lion] [--compiled]
+
+Bytes per parameter that an update must move (fp32, read + write), the bandwidth bound:
+  AdamW: read p, g, m, v; write p, m, v                         = 28 B
+  SGD momentum / SGDW: read p, g, buf; write p, buf             = 20 B
+  Lion: read p, g, m; write p, m                                = 20 B
+  AdamP: Adam's 28 B + one more read of p and g for the cosine test = 36 B
+  SGDP: SGD's 20 B + one more read of p and g                    = 28 B
+Muon is compute-bound (Newton-Schulz matmuls): no GB/s column; it runs on 4 of the matrices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import wdlab.optim
+
+MB = 1 << 20
+
+
+@dataclass
+class Entry:
+    """One optimizer under test; `times` collects one step time per round."""
+
+    label: str
+    make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+    bytes_per_param: int | None
+    matrices_only: bool = False
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    opt: torch.optim.Optimizer | None = None
+    times: list[float] = field(default_factory=list)
+
+
+def make_params(matrices_only: bool, seed: int = 0) -> list[torch.nn.Parameter]:
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = [torch.nn.Linear(1024, 1024) for _ in range(19)]
+    layers.append(torch.nn.LayerNorm(1024))
+    if matrices_only:
+        params = [m.weight for m in layers[:4] if isinstance(m, torch.nn.Linear)]
+    else:
+        params = [p for m in layers for p in m.parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return params
+
+
+def rows(compiled: bool) -> list[tuple[str, list[Entry]]]:
+    """(family, [wdlab entry, peer entries...]) in display order; missing peers are skipped."""
+    get = wdlab.optim.get
+    families: list[tuple[str, list[Entry]]] = []
+    families.append(
+        (
+            "adamw",
+            [
+                Entry("wdlab AdamW", lambda p: get("adamw")(p, lr=1e-3, weight_decay=0.01), 28),
+                Entry(
+                    "torch AdamW fused",
+                    lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01, fused=True),
+                    28,
+                ),
+            ],
+        )
+    )
+    sgd_kw = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
+    sgdw = [Entry("wdlab SGDW", lambda p: get("sgdw")(p, **sgd_kw), 20)]
+    if compiled:
+        sgdw.append(
+            Entry("wdlab SGDW compiled", lambda p: get("sgdw")(p, **sgd_kw, mode="compiled"), 20)
+        )
+    sgdw += [
+        Entry("torch SGD for-loop", lambda p: torch.optim.SGD(p, **sgd_kw, foreach=False), 20),
+        Entry("torch SGD foreach", lambda p: torch.optim.SGD(p, **sgd_kw, foreach=True), 20),
+        Entry("torch SGD fused", lambda p: torch.optim.SGD(p, **sgd_kw, fused=True), 20),
+    ]
+    families.append(("sgdw", sgdw))
+    lion = [Entry("wdlab Lion", lambda p: get("lion")(p, lr=1e-4, weight_decay=0.1), 20)]
+    if compiled:
+        lion.append(
+            Entry(
+                "wdlab Lion compiled",
+                lambda p: get("lion")(p, lr=1e-4, weight_decay=0.1, mode="compiled"),
+                20,
+            )
+        )
+    if importlib.util.find_spec("pytorch_optimizer"):
+        import pytorch_optimizer as po
+
+        lion.append(
+            Entry("pytorch_optimizer Lion", lambda p: po.Lion(p, lr=1e-4, weight_decay=0.1), 20)
+        )
+    if importlib.util.find_spec("lion_pytorch"):
+        import lion_pytorch
+
+        lion.append(
+            Entry(
+                "lion-pytorch Lion", lambda p: lion_pytorch.Lion(p, lr=1e-4, weight_decay=0.1), 20
+            )
+        )
+    families.append(("lion", lion))
+    for name, peer, nbytes, kw in (
+        ("adamp", "AdamP", 36, dict(lr=1e-3, weight_decay=0.01)),
+        ("sgdp", "SGDP", 28, dict(lr=0.01, momentum=0.9, weight_decay=1e-4)),
+    ):
+        entries = []
+        try:
+            cls = get(name)
+            entries.append(Entry(f"wdlab {peer}", lambda p, cls=cls, kw=kw: cls(p, **kw), nbytes))
+        except ImportError as exc:  # another engineer's module may not exist yet
+            print(f"note: skipping wdlab {peer}: {exc}")
+        if importlib.util.find_spec("pytorch_optimizer"):
+            import pytorch_optimizer as po
+
+            pcls = getattr(po, peer)
+            entries.append(
+                Entry(
+                    f"pytorch_optimizer {peer}", lambda p, pcls=pcls, kw=kw: pcls(p, **kw), nbytes
+                )
+            )
+        families.append((name, entries))
+    muon = []
+    try:
+        mcls = get("muon")
+        muon.append(Entry("wdlab Muon", lambda p: mcls(p, lr=0.02, weight_decay=0.1), None, True))
+    except ImportError as exc:
+        print(f"note: skipping wdlab Muon: {exc}")
+    if hasattr(torch.optim, "Muon"):
+        muon.append(
+            Entry(
+                "torch Muon", lambda p: torch.optim.Muon(p, lr=0.02, weight_decay=0.1), None, True
+            )
+        )
+    families.append(("muon", muon))
+    return families
+
+
+def cpu_name() -> str:
+    """The model name lscpu shows, from /proc/cpuinfo (Linux), else platform's guess."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="timed rounds (median over them)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    parser.add_argument(
+        "--only", default="", help="comma list of families: adamw,sgdw,lion,adamp,sgdp,muon"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--compiled", action="store_true", help="add torch.compile rows (slow start)"
+    )
+    parser.add_argument(
+        "--muon-steps", type=int, default=5, help="timed rounds for Muon (compute-bound)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    families = [(f, es) for f, es in rows(args.compiled) if not only or f in only]
+    entries = [e for _, es in families for e in es]
+    for e in entries:
+        e.params = make_params(e.matrices_only)
+        e.opt = e.make(e.params)
+    numel = sum(p.numel() for p in make_params(False))
+    probe = torch.ones(200 * MB // 4)
+    probe_times: list[float] = []
+
+    for rnd in range(args.warmup + args.steps):
+        probe_times.append(timed(lambda: probe.mul_(1.0000001)))
+        for e in entries:
+            if e.matrices_only and rnd >= 1 + args.muon_steps:
+                continue
+            assert e.opt is not None
+            t = timed(e.opt.step)
+            if rnd >= (1 if e.matrices_only else args.warmup):
+                e.times.append(t)
+        if rnd < args.warmup:
+            probe_times.clear()
+
+    bw = 2 * probe.numel() * 4 / statistics.median(probe_times) / 1e9
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}")
+    print(f"{numel / 1e6:.1f}M params fp32; median of {args.steps} interleaved steps")
+    print(f"in-place bandwidth (x.mul_ on 200 MB, read+write): {bw:.1f} GB/s")
+    header = f"{'optimizer':28s} {'ms/step':>8s} {'vs peer':>8s} {'GB/s':>6s} {'% of bw':>7s}"
+    print(header)
+    print("-" * len(header))
+    for _, es in families:
+        if not es:
+            continue
+        meds = {e.label: statistics.median(e.times) for e in es if e.times}
+        peers = [e for e in es if not e.label.startswith("wdlab")]
+        best_peer = min(peers, key=lambda e: meds[e.label]) if peers else None
+        for e in es:
+            ms = meds[e.label] * 1e3
+            ratio = ""
+            if best_peer is not None and e.label.startswith("wdlab"):
+                ratio = f"{meds[best_peer.label] / meds[e.label]:.2f}x"
+            gbs = pct = ""
+            if e.bytes_per_param:
+                rate = e.bytes_per_param * numel / meds[e.label] / 1e9
+                gbs, pct = f"{rate:.1f}", f"{100 * rate / bw:.0f}%"
+            print(f"{e.label:28s} {ms:8.2f} {ratio:>8s} {gbs:>6s} {pct:>7s}")
+        if best_peer is not None:
+            print(f"{'':28s} (vs peer = speed relative to {best_peer.label})")
+    print(
+        "Muon rows: 4 matrices of 1024x1024 only, compute-bound."
+        if any(f == "muon" for f, _ in families)
+        else ""
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""One call from a model to a ready optimizer: wdlab's grouping, then the registry.
+
+Kept apart from groups.py so that grouping works with any torch optimizer and the
+optimizer registry stays free of model knowledge (DESIGN.md: groups -> optimizer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from wdlab import optim
+from wdlab.groups import param_groups
+
+__all__ = ["create_optimizer"]
+
+
+def create_optimizer(
+    model: nn.Module,
+    name: str,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    example_input: Any = None,
+    decay_embedding: bool = True,
+    decay_output: bool = True,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    probe: bool = True,
+    **hparams: Any,
+) -> torch.optim.Optimizer:
+    """wdlab.optim optimizer `name` over wdlab.param_groups(model, ...).
+
+    Extra keyword arguments (betas, momentum, decay="independent", ...) go to the
+    optimizer. An unknown `name` fails before the model is probed.
+    """
+    optim.get(name)  # fail fast with the list of known names, before any probing
+    groups = param_groups(
+        model,
+        lr,
+        weight_decay,
+        example_input=example_input,
+        decay_embedding=decay_embedding,
+        decay_output=decay_output,
+        overrides=overrides,
+        probe=probe,
+    )
+    return optim.create(name, groups, lr=lr, weight_decay=weight_decay, **hparams)

@@ -1,0 +1,210 @@
+"""AdamP and SGDP: slow the effective-step-size decay of momentum on scale-invariant weights.
+
+Heo et al., "Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights"
+(clovaai/AdamP). Momentum keeps a radial component that only grows a scale-invariant weight's
+norm, and so shrinks its effective lr (REFERENCE.md §2). For each tensor with ndim > 1 a cosine
+test between gradient and weight decides whether it is scale-invariant per output channel
+("channel" view) or as a whole ("layer" view); if one passes, the radial part of the update is
+projected out per row and the decay is multiplied by wd_ratio.
+
+Order of one step, as clovaai's: scale-invariance test on the raw gradient and the current
+weight; moment/momentum buffers; update direction; projection (with the weight before decay);
+decay w <- w*(1 - c); update. How the decay modes combine with the projection:
+  decoupled    c = lr*wd*r           (clovaai's only mode; r = wd_ratio if projected, else 1)
+  independent  c = (lr/initial_lr)*wd*r
+  l2           gradient + wd*r*w enters the buffers; the cosine test still uses the raw gradient
+SGDP's c is further divided by (1 - momentum), as clovaai does: the decoupled decay then equals
+the steady-state pull of L2 through a momentum buffer. In l2 mode momentum already does that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from wdlab.optim.base import (
+    WdOptimizer,
+    check_betas,
+    check_range,
+    decoupled_decay_rate,
+    l2_coefficient,
+)
+from wdlab.optim.functional import adamp_step, sgdp_step
+
+
+def _check_projection(group: dict[str, Any]) -> None:
+    """Hyperparameters AdamP and SGDP share: eps, delta, wd_ratio, nesterov."""
+    check_range("eps", group["eps"], 0.0)
+    check_range("delta", group["delta"], 0.0)
+    check_range("wd_ratio", group["wd_ratio"], 0.0, 1.0, high_open=False)
+    if not isinstance(group["nesterov"], bool):
+        raise ValueError(f"nesterov must be True or False, got {group['nesterov']!r}")
+
+
+class AdamP(WdOptimizer):
+    """Adam with decoupled decay and projection of the radial update on scale-invariant weights.
+
+    Update direction: exp_avg/denom with denom = sqrt(exp_avg_sq)/sqrt(1 - beta2^t) + eps, or
+    with Nesterov (beta1*exp_avg + (1 - beta1)*g)/denom; step size lr/(1 - beta1^t). With
+    nothing projected and decay="decoupled" this is torch.optim.AdamW. State: "step",
+    "exp_avg", "exp_avg_sq" (torch's names). See the module docstring for the decay modes.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decay: str = "decoupled",
+        delta: float = 0.1,
+        wd_ratio: float = 0.1,
+        nesterov: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decay=decay,
+            delta=delta,
+            wd_ratio=wd_ratio,
+            nesterov=nesterov,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_betas(group["betas"])
+        _check_projection(group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._grads_of(group)
+            exp_avgs, exp_avg_sqs, steps = [], [], []
+            for p in params:
+                state = self.state[p]
+                if "exp_avg" not in state:
+                    state["step"] = torch.tensor(0.0)
+                    # Contiguous: the projection views the update (built from these) as rows.
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                    state["exp_avg_sq"] = torch.zeros_like(
+                        p, memory_format=torch.contiguous_format
+                    )
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            adamp_step(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                steps,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                delta=group["delta"],
+                wd_ratio=group["wd_ratio"],
+                nesterov=group["nesterov"],
+                decay_rate=decoupled_decay_rate(group),
+                l2=l2_coefficient(group),
+            )
+        return loss
+
+
+class SGDP(WdOptimizer):
+    """SGD with momentum, decoupled decay and projection on scale-invariant weights.
+
+    buf <- momentum*buf + (1 - dampening)*g (from zeros, as clovaai; torch's SGD instead starts
+    buf at g); direction buf, or g + momentum*buf with Nesterov; without Nesterov the projection
+    is applied to the buffer in place (clovaai's behaviour). Decay w <- w*(1 - c*r/(1 - momentum)),
+    see the module docstring. `lr` has no default: pass it. State: "momentum_buffer" (only when
+    momentum > 0).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | None = None,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        decay: str = "decoupled",
+        eps: float = 1e-8,
+        delta: float = 0.1,
+        wd_ratio: float = 0.1,
+    ) -> None:
+        if lr is None:
+            raise ValueError("lr is required for SGDP (no default); pass e.g. lr=0.1")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            decay=decay,
+            eps=eps,
+            delta=delta,
+            wd_ratio=wd_ratio,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_range("momentum", group["momentum"], 0.0, 1.0)
+        check_range("dampening", group["dampening"], 0.0, 1.0, high_open=False)
+        _check_projection(group)
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                "nesterov=True requires momentum > 0 and dampening = 0; "
+                f"got momentum={group['momentum']!r}, dampening={group['dampening']!r}"
+            )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._grads_of(group)
+            if not params:
+                continue
+            momentum = group["momentum"]
+            bufs: list[torch.Tensor | None] = []
+            for p in params:
+                if momentum == 0:
+                    bufs.append(None)
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.contiguous_format
+                    )
+                bufs.append(state["momentum_buffer"])
+            sgdp_step(
+                params,
+                grads,
+                bufs,
+                lr=group["lr"],
+                momentum=momentum,
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                eps=group["eps"],
+                delta=group["delta"],
+                wd_ratio=group["wd_ratio"],
+                decay_rate=decoupled_decay_rate(group),
+                l2=l2_coefficient(group),
+            )
+        return loss

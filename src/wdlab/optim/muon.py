@@ -1,0 +1,216 @@
+"""Muon for any model: orthogonalized momentum for hidden matrices, AdamW for the rest.
+
+torch.optim.Muon takes only 2-D params, so every user writes the same split by hand. Here one
+optimizer does the Moonlight recipe ("Muon is Scalable for LLM Training"): matrix-like params
+(ndim >= 2, conv weights flattened to (out, in*k*k)) get W <- W*(1 - decay) - lr*s*NS5(M), and
+vectors, embeddings and the output head (group role "embedding"/"output", set by wdlab.groups)
+get AdamW with betas (0.9, 0.95) at the same lr and the same decay mode; with
+update_scale="match_rms_adamw" both updates have RMS about 0.2*lr, so one lr serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from wdlab.optim.base import (
+    WdOptimizer,
+    check_betas,
+    check_range,
+    decoupled_decay_rate,
+    l2_coefficient,
+)
+from wdlab.optim.functional import NS_COEFFICIENTS, UPDATE_SCALES, adamw_step, muon_step
+
+NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+ADAMW_ROLES = ("embedding", "output")
+
+
+def _as_ns_dtype(value: Any) -> torch.dtype:
+    """torch.float32 / torch.bfloat16 or their names; anything else is a ValueError."""
+    if isinstance(value, str) and value in NS_DTYPES:
+        return NS_DTYPES[value]
+    if value in NS_DTYPES.values():
+        return value
+    raise ValueError(
+        "ns_dtype must be torch.float32 or torch.bfloat16 (or 'float32'/'bfloat16'), "
+        f"got {value!r}"
+    )
+
+
+class Muon(WdOptimizer):
+    """Muon with an AdamW fallback; `decay` is "decoupled" | "independent" | "l2".
+
+    Which update a param gets: the group key "use_muon" (bool) if present, else Muon for
+    ndim >= 2 unless the group's "role" is "embedding" or "output".
+
+    Muon params, like torch.optim.Muon: buf <- lerp(buf, g, 1 - momentum); M = lerp(g, buf,
+    momentum) with Nesterov else buf; O = NS5(M) on M/max(||M||_F, eps), transposed when
+    rows > cols; W <- W*(1 - c) - lr*s*O with c the decay rate computed from the plain lr,
+    s = 0.2*sqrt(max(A, B)) ("match_rms_adamw") or sqrt(max(1, A/B)) ("original").
+    Newton-Schulz runs in float32 by default (torch uses bfloat16; ns_dtype=torch.bfloat16
+    reproduces torch bit for bit): float32 stays within ~2e-6 of a float64 iteration, bfloat16
+    only within ~2e-2, and CPUs without bfloat16 matmul units gain nothing from it.
+
+    AdamW params: wdlab's shared AdamW step (torch's fused kernel where it runs, i.e.
+    torch.optim.AdamW(fused=True) bit for bit) with adamw_betas and adamw_eps.
+    State: "momentum_buffer" (torch Muon's name) or "step"/"exp_avg"/"exp_avg_sq" (torch
+    AdamW's), so torch's state_dicts load for the params they cover.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+        eps: float = 1e-7,
+        weight_decay: float = 0.1,
+        decay: str = "decoupled",
+        update_scale: str = "match_rms_adamw",
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-8,
+        ns_dtype: torch.dtype | str = torch.float32,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_coefficients=tuple(ns_coefficients)
+            if isinstance(ns_coefficients, (list, tuple))
+            else ns_coefficients,
+            eps=eps,
+            weight_decay=weight_decay,
+            decay=decay,
+            update_scale=update_scale,
+            adamw_betas=adamw_betas,
+            adamw_eps=adamw_eps,
+            ns_dtype=_as_ns_dtype(ns_dtype),
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_range("momentum", group["momentum"], 0.0, 1.0)
+        if not isinstance(group["nesterov"], bool):
+            raise ValueError(f"nesterov must be True or False, got {group['nesterov']!r}")
+        steps = group["ns_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps < 100:
+            raise ValueError(f"ns_steps must be an integer in [1, 100), got {steps!r}")
+        coefs = group["ns_coefficients"]
+        if (
+            not isinstance(coefs, (tuple, list))
+            or len(coefs) != 3
+            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefs)
+        ):
+            raise ValueError(
+                f"ns_coefficients must be three numbers (a, b, c), e.g. {NS_COEFFICIENTS}, "
+                f"got {coefs!r}"
+            )
+        check_range("eps", group["eps"], 0.0, low_open=True)
+        if group["update_scale"] not in UPDATE_SCALES:
+            raise ValueError(
+                f"update_scale must be one of {', '.join(UPDATE_SCALES)}; "
+                f"got {group['update_scale']!r}"
+            )
+        check_betas(group["adamw_betas"], "adamw_betas")
+        check_range("adamw_eps", group["adamw_eps"], 0.0)
+        group["ns_dtype"] = _as_ns_dtype(group["ns_dtype"])
+        flag = group.get("use_muon")
+        if flag is not None and not isinstance(flag, bool):
+            raise ValueError(f"use_muon must be True, False or absent, got {flag!r}")
+        if flag:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(
+                        f"use_muon=True needs parameters with ndim >= 2, got shape "
+                        f"{tuple(p.shape)}; leave use_muon unset to send it to AdamW"
+                    )
+
+    @staticmethod
+    def uses_muon(param: torch.Tensor, group: dict[str, Any]) -> bool:
+        """Whether `param` in `group` gets the orthogonalized update (else AdamW)."""
+        flag = group.get("use_muon")
+        if flag is not None:
+            return bool(flag)
+        return param.ndim >= 2 and group.get("role") not in ADAMW_ROLES
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._grads_of(group)
+            muon_p: list[torch.Tensor] = []
+            muon_g: list[torch.Tensor] = []
+            bufs: list[torch.Tensor] = []
+            adam_p: list[torch.Tensor] = []
+            adam_g: list[torch.Tensor] = []
+            exp_avgs: list[torch.Tensor] = []
+            exp_avg_sqs: list[torch.Tensor] = []
+            steps: list[torch.Tensor] = []
+            for p, g in zip(params, grads, strict=True):
+                state = self.state[p]
+                if self.uses_muon(p, group):
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(
+                            p, memory_format=torch.contiguous_format
+                        )
+                    muon_p.append(p)
+                    muon_g.append(g)
+                    bufs.append(state["momentum_buffer"])
+                else:
+                    if "exp_avg" not in state:
+                        state["step"] = torch.tensor(0.0)
+                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["exp_avg_sq"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format
+                        )
+                    adam_p.append(p)
+                    adam_g.append(g)
+                    exp_avgs.append(state["exp_avg"])
+                    exp_avg_sqs.append(state["exp_avg_sq"])
+                    steps.append(state["step"])
+            decay_rate = decoupled_decay_rate(group)
+            l2 = l2_coefficient(group)
+            if muon_p:
+                muon_step(
+                    muon_p,
+                    muon_g,
+                    bufs,
+                    lr=group["lr"],
+                    momentum=group["momentum"],
+                    nesterov=group["nesterov"],
+                    ns_steps=group["ns_steps"],
+                    ns_coefficients=tuple(group["ns_coefficients"]),
+                    eps=group["eps"],
+                    update_scale=group["update_scale"],
+                    ns_dtype=group["ns_dtype"],
+                    decay_rate=decay_rate,
+                    l2=l2,
+                )
+            if adam_p:
+                beta1, beta2 = group["adamw_betas"]
+                lr = group["lr"]
+                # The shared AdamW step decays by lr*weight_decay: give it the wanted rate / lr.
+                wd = l2 if l2 else (decay_rate / lr if lr > 0 else 0.0)
+                adamw_step(
+                    adam_p,
+                    adam_g,
+                    exp_avgs,
+                    exp_avg_sqs,
+                    steps,
+                    lr=lr,
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["adamw_eps"],
+                    weight_decay=wd,
+                    decoupled=not l2,
+                )
+        return loss

@@ -1,0 +1,208 @@
+"""The training engine: tiny targets, exact resume (in process and after SIGKILL), Ctrl-C,
+non-finite losses."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from wdlab import train, workloads
+from wdlab.config import build_config
+from wdlab.store import Store
+from wdlab.workloads.teacher import Teacher
+
+NO_MONITOR = ["train.monitor=off"]
+
+
+def _config(*assignments: str, **flags):
+    return build_config(
+        "teacher", tiny=True, flags=flags, assignments=[*NO_MONITOR, *assignments]
+    )
+
+
+def _final_params(runs_root: Path, run_id: str) -> dict[str, torch.Tensor]:
+    payload = torch.load(runs_root / run_id / "last.pt", weights_only=True)
+    return payload["model"]
+
+
+@pytest.mark.parametrize("name", workloads.available())
+def test_tiny_recipe_reaches_its_tiny_target(name, tmp_path) -> None:
+    config = build_config(name, tiny=True, assignments=NO_MONITOR)
+    with Store(tmp_path / "s.db") as store:
+        result = train.run(config, store, tmp_path / "runs")
+        record = store.get_run(result.run_id)
+        metrics = store.metrics(result.run_id)
+    assert result.reached, f"{name}: {result.final_metrics} vs target {result.target}"
+    assert result.steps_to_target is not None and result.steps_to_target <= config.steps
+    assert record.status == "finished" and record.result["reached"] is True
+    assert record.data_hash
+    assert "train_loss" in metrics and cls_metric(name) in metrics
+
+
+def cls_metric(name: str) -> str:
+    return workloads.get(name).metric
+
+
+def test_same_seed_same_result_and_lr_follows_schedule(tmp_path) -> None:
+    config = _config("train.stop_at_target=false", "schedule.warmup=5", "schedule.kind=cosine",
+                     steps=40)
+    with Store(tmp_path / "s.db") as store:
+        a = train.run(config, store, tmp_path / "runs")
+        b = train.run(config, store, tmp_path / "runs")
+        lrs = dict(store.metrics(a.run_id)["lr"])
+    for key, value in _final_params(tmp_path / "runs", a.run_id).items():
+        assert torch.equal(value, _final_params(tmp_path / "runs", b.run_id)[key]), key
+    peak = config.optimizer.lr
+    assert lrs[1] == pytest.approx(peak / 5)  # step 0 of warm-up: 1/5 of the peak
+    assert lrs[5] == pytest.approx(peak)
+    assert lrs[40] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 34 / 35)))
+
+
+def test_lr_multiplier_shapes() -> None:
+    assert train.lr_multiplier(0, 100, "constant", 0) == 1.0
+    assert train.lr_multiplier(9, 100, "linear", 10) == pytest.approx(1.0)
+    assert train.lr_multiplier(55, 100, "linear", 10) == pytest.approx(0.5)
+    assert train.lr_multiplier(55, 100, "cosine", 10) == pytest.approx(0.5)
+    assert train.lr_multiplier(100, 100, "cosine", 10, final=0.1) == pytest.approx(0.1)
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path, monkeypatch) -> None:
+    config = _config("train.stop_at_target=false", "train.checkpoint_every=10", steps=30)
+    with Store(tmp_path / "s.db") as store:
+        full = train.run(config, store, tmp_path / "runs")
+
+        real_batch = Teacher.batch
+
+        def crash_at_17(self, step):
+            if step == 17:
+                raise RuntimeError("simulated crash")
+            return real_batch(self, step)
+
+        monkeypatch.setattr(Teacher, "batch", crash_at_17)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train.run(config, store, tmp_path / "runs")
+        crashed = store.list_runs()[0]
+        assert crashed.status == "failed"
+        ckpt = torch.load(tmp_path / "runs" / crashed.id / "last.pt", weights_only=True)
+        assert ckpt["step"] == 10
+        monkeypatch.setattr(Teacher, "batch", real_batch)
+
+        run_id, resumed_config = train.resume_config(store, crashed.id)
+        resumed = train.run(resumed_config, store, tmp_path / "runs", resume_id=run_id)
+        assert resumed.status == "finished" and resumed.step == 30
+    expected = _final_params(tmp_path / "runs", full.run_id)
+    got = _final_params(tmp_path / "runs", resumed.run_id)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def _wdlab(*args: str, store: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "wdlab.cli", *args, "--store", str(store), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs,
+    )
+
+
+def _wait_for_checkpoint(runs_root: Path, proc: subprocess.Popen, timeout: float = 60) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(runs_root.glob("*/last.pt"))
+        if found:
+            return found[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+LONG_TINY = ["--tiny", "--set", "train.stop_at_target=false", "--set", "train.checkpoint_every=20",
+             "--set", "train.monitor=off", "--steps", "3000", "--threads", "1"]
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path) -> None:
+    store_path = tmp_path / "s.db"
+    proc = _wdlab("run", "teacher", *LONG_TINY, store=store_path)
+    _wait_for_checkpoint(tmp_path / "wdlab-runs", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Store(store_path) as store:
+        killed = store.list_runs()[0]
+        assert killed.status == "running"  # nobody could mark it: the process died
+    done = subprocess.run(
+        [sys.executable, "-m", "wdlab.cli", "run", "--resume", killed.id, "--store",
+         str(store_path), "--quiet"], capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    threads = torch.get_num_threads()
+    try:
+        config = _config("train.stop_at_target=false", "train.checkpoint_every=20",
+                         "train.threads=1", steps=3000)
+        assert config.to_dict() == killed.config
+        with Store(tmp_path / "ref.db") as store:
+            reference = train.run(config, store, tmp_path / "ref-runs")
+    finally:
+        torch.set_num_threads(threads)
+    expected = _final_params(tmp_path / "ref-runs", reference.run_id)
+    got = _final_params(tmp_path / "wdlab-runs", killed.id)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_ctrl_c_checkpoints_and_marks_interrupted(tmp_path) -> None:
+    store_path = tmp_path / "s.db"
+    proc = _wdlab("run", "teacher", *LONG_TINY, store=store_path)
+    _wait_for_checkpoint(tmp_path / "wdlab-runs", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    with Store(store_path) as store:
+        record = store.list_runs()[0]
+    assert record.status == "interrupted"
+    assert "--resume" in record.message
+    step = torch.load(tmp_path / "wdlab-runs" / record.id / "last.pt", weights_only=True)["step"]
+    assert 0 < step < 3000
+    assert record.result["step"] == step
+
+
+class _NaNAtStep7(Teacher):
+    def batch(self, step):
+        x, y = super().batch(step)
+        return (torch.full_like(x, float("nan")), y) if step == 7 else (x, y)
+
+
+@pytest.fixture
+def nan_teacher(monkeypatch):
+    real_get = workloads.get
+    monkeypatch.setattr(workloads, "get", lambda n: _NaNAtStep7 if n == "teacher" else real_get(n))
+
+
+def test_nonfinite_stop_marks_diverged_and_keeps_checkpoint(tmp_path, nan_teacher) -> None:
+    config = _config("train.stop_at_target=false", "train.checkpoint_every=5", steps=20)
+    with Store(tmp_path / "s.db") as store:
+        result = train.run(config, store, tmp_path / "runs")
+        record = store.get_run(result.run_id)
+    assert result.status == "diverged" and record.status == "diverged"
+    assert "step 7" in record.message and "\n" not in record.message
+    assert "lr" in record.message
+    payload = torch.load(tmp_path / "runs" / result.run_id / "last.pt", weights_only=True)
+    assert payload["step"] == 5
+    assert all(torch.isfinite(v).all() for v in payload["model"].values())
+
+
+def test_nonfinite_skip_continues(tmp_path, nan_teacher) -> None:
+    config = _config("train.stop_at_target=false", "train.on_nonfinite=skip", steps=20)
+    with Store(tmp_path / "s.db") as store:
+        result = train.run(config, store, tmp_path / "runs")
+        skipped = store.metrics(result.run_id)["skipped_steps"]
+    assert result.status == "finished" and result.step == 20
+    assert skipped == [(8, 1.0)]
+    payload = torch.load(tmp_path / "runs" / result.run_id / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in payload["model"].values())
