@@ -113,10 +113,8 @@ def test_grid_is_the_product_times_seeds() -> None:
     keys = {tuple(sorted(t.items())) for t in trials}
     assert len(keys) == len(trials)  # no duplicates
     columns = [axes["optimizer.name"], axes["optimizer.lr"].grid("--lr"), [0, 0.01, 0.1], [0, 1, 2]]
-    assert keys == {
-        tuple(sorted(zip(["optimizer.name", "optimizer.lr", "optimizer.weight_decay", "seed"], c)))
-        for c in itertools.product(*columns)
-    }
+    names = ["optimizer.name", "optimizer.lr", "optimizer.weight_decay", "seed"]
+    assert keys == {tuple(sorted(zip(names, c, strict=True))) for c in itertools.product(*columns)}
 
 
 def test_halton_is_deterministic_log_uniform_and_in_bounds() -> None:
@@ -222,7 +220,7 @@ def test_failing_and_diverging_trials_are_results(tmp_path: Path) -> None:
         workload="teacher",
         axes={"optimizer.eps": [1e-8, -1.0], "optimizer.lr": [3e-3, 1e6]},
         tiny=True,
-        assignments=['train.monitor="off"'],
+        assignments=['train.monitor="off"', "train.threads=1"],
     )
     summary = run_sweep(spec, tmp_path / "wdlab.db", workers=1, progress=False)
     by_params = {(t.params["optimizer.eps"], t.params["optimizer.lr"]): t for t in summary.trials}
@@ -294,13 +292,12 @@ def test_sigkill_then_rerun_loses_and_repeats_nothing(
 
 
 @pytest.mark.slow
-def test_ray_gives_the_local_pool_results(
-    tmp_path: Path, local_sweep: tuple[Path, str]
-) -> None:
+def test_ray_gives_the_local_pool_results(tmp_path: Path, local_sweep: tuple[Path, str]) -> None:
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install wdlab[ray])")
     try:
-        summary = run_sweep(_spec(), tmp_path / "wdlab.db", workers=2, backend="ray",
-                            progress=False)
+        summary = run_sweep(
+            _spec(), tmp_path / "wdlab.db", workers=2, backend="ray", progress=False
+        )
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -314,6 +311,50 @@ def test_trial_config_applies_dotted_params() -> None:
     base = build_config("teacher", tiny=True).to_dict()
     config = trial_config(base, {"optimizer.lr": 0.5, "seed": 7, "model.width": 32}, "x-t0")
     assert (config.optimizer.lr, config.seed, config.model["width"], config.name) == (
-        0.5, 7, 32, "x-t0"
+        0.5,
+        7,
+        32,
+        "x-t0",
     )
     assert np.isclose(base["optimizer"]["lr"], 3e-3)  # the base is not modified
+
+
+def test_cli_arguments_build_the_spec() -> None:
+    import argparse
+
+    from wdlab.sweep import add_arguments, spec_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = "teacher --optimizer adamw,lion --lr 1e-4:1e-1:7 --wd 0,0.01,0.1 --seeds 3 "
+    argv += "--grid model.width=32,64 --steps 50 --set train.clip=1.0"
+    spec = spec_from_args(parser.parse_args(argv.split()))
+    assert list(spec.axes) == [
+        "optimizer.name",
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "model.width",
+    ]
+    assert spec.assignments == ["steps=50", "train.clip=1.0"]
+    assert len(spec.trials()) == 2 * 7 * 3 * 2 * 3
+    with pytest.raises(ConfigError, match="^--seeds"):
+        spec_from_args(parser.parse_args(["teacher", "--seeds", "0:3"]))
+
+
+def test_recovery_requeues_only_dead_owners(tmp_path: Path) -> None:
+    import socket
+
+    from wdlab.sweep import recover_trials
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid is now free: a dead owner
+    host = socket.gethostname()
+    owners = [f"{host}:{gone.pid}:a", f"{host}:{os.getpid()}:b", "elsewhere:1:c"]
+    with Store(tmp_path / "wdlab.db") as store:
+        sweep = store.create_sweep(spec={}, trials=[{"i": i} for i in range(3)])
+        for owner in owners:
+            store.claim_trial(sweep, owner)
+        assert recover_trials(store, sweep) == [0]
+        assert [t.status for t in store.trials(sweep)] == ["pending", "running", "running"]
+        # any owner, on any host, loses its trial once its heartbeat is stale
+        assert recover_trials(store, sweep, stale_seconds=0.0) == [1, 2]

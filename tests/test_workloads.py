@@ -20,6 +20,15 @@ from wdlab.workloads.teacher import Teacher
 NAMES = workloads.available()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and extra threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make(name: str, seed: int = 0, model: dict | None = None, data: dict | None = None):
     """The workload `name` from its tiny recipe, with overrides."""
     cls = workloads.get(name)
@@ -32,7 +41,7 @@ def make(name: str, seed: int = 0, model: dict | None = None, data: dict | None 
 
 
 def same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
-    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_registry_names_match_classes() -> None:
@@ -80,8 +89,8 @@ def test_grokking_labels_and_split() -> None:
             "add": lambda a, b: (a + b) % 13,
             "sub": lambda a, b: (a - b) % 13,
             "mul": lambda a, b: (a * b) % 13,
-            "div": lambda a, b: torch.tensor(
-                [int(a_) * pow(int(b_), 11, 13) % 13 for a_, b_ in zip(a, b)]  # b^-1 = b^(p-2)
+            "div": lambda a, b: torch.tensor(  # 1/b = b^(p-2) mod p
+                [int(a_) * pow(int(b_), 11, 13) % 13 for a_, b_ in zip(a, b, strict=True)]
             ),
         }[operation](a, b)
         assert torch.equal(y, expected), operation
@@ -221,8 +230,9 @@ def test_recipe_is_a_valid_run_config(name, tiny) -> None:
 
 
 def test_gpt_options_pass_through() -> None:
-    model = make("charlm", model={"placement": "peri", "qk_norm": True, "norm": "rmsnorm"}).build_model()
-    assert (model.config.placement, model.config.qk_norm, model.config.norm) == ("peri", True, "rmsnorm")
+    options = {"placement": "peri", "qk_norm": True, "norm": "rmsnorm"}
+    config = make("charlm", model=options).build_model().config
+    assert (config.placement, config.qk_norm, config.norm) == ("peri", True, "rmsnorm")
     grok = make("grokking", model={"arch": "transformer", "placement": "post", "n_layer": 1,
                                    "d_model": 32, "d_mlp": 64})
     gpt = grok.build_model().gpt

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from wdlab import workloads
 from wdlab.errors import ConfigError
@@ -38,6 +38,19 @@ class OptimizerConfig(BaseModel):
     decay: Literal["decoupled", "independent", "l2"] = "decoupled"
     decay_embedding: bool = True
     decay_output: bool = True
+    # Width scaling (wdlab.scaling, docs/scaling.md): lr and weight_decay are tuned at
+    # base_width and carried to the workload's width by this rule.
+    scaling: Literal["sp", "mup", "mup-wd", "fan", "timescale"] | None = None
+    base_width: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _scaling_needs_base_width(self) -> OptimizerConfig:
+        if self.scaling is not None and self.base_width is None:
+            raise ValueError(
+                "optimizer.scaling needs optimizer.base_width (the width lr and weight_decay "
+                "were tuned at); set it with --set optimizer.base_width=64"
+            )
+        return self
 
     def hyperparameters(self) -> dict[str, Any]:
         """Keyword arguments for the optimizer class (everything but the grouping options)."""
@@ -63,7 +76,7 @@ class TrainConfig(_Strict):
     max_seconds: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
     monitor: Literal["off", "light", "full"] = "light"
-    monitor_every: int | None = Field(default=None, gt=0)
+    monitor_every: int = Field(default=10, gt=0)
     log_every: int = Field(default=1, gt=0)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from wdlab import optim
 from wdlab.groups import param_groups
+from wdlab.scaling import apply_init
 
 __all__ = ["create_optimizer"]
 
@@ -29,14 +30,23 @@ def create_optimizer(
     decay_output: bool = True,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     probe: bool = True,
+    scaling: str | None = None,
+    base_width: int | None = None,
+    width: int | None = None,
     **hparams: Any,
 ) -> torch.optim.Optimizer:
     """wdlab.optim optimizer `name` over wdlab.param_groups(model, ...).
 
     Extra keyword arguments (betas, momentum, decay="independent", ...) go to the
-    optimizer. An unknown `name` fails before the model is probed.
+    optimizer. An unknown `name` fails before the model is probed. With `scaling` (a
+    wdlab.scaling rule; lr and weight_decay tuned at `base_width`), the model is first
+    re-initialized in place by wdlab.scaling.apply_init (init, readout and attention
+    multipliers), then grouped with per-role lr and weight decay for `width`
+    (default: model.width).
     """
     optim.get(name)  # fail fast with the list of known names, before any probing
+    if scaling is not None:
+        apply_init(model, scaling, base_width, width, example_input=example_input)
     groups = param_groups(
         model,
         lr,
@@ -46,5 +56,9 @@ def create_optimizer(
         decay_output=decay_output,
         overrides=overrides,
         probe=probe,
+        scaling=scaling,
+        base_width=base_width,
+        width=width,
+        decay_mode=hparams.get("decay", "decoupled"),
     )
     return optim.create(name, groups, lr=lr, weight_decay=weight_decay, **hparams)

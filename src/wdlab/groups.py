@@ -22,7 +22,15 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["ROLES", "ParamInfo", "classify", "param_groups", "PROBE_SCALES", "PROBE_TOL"]
+__all__ = [
+    "ROLES",
+    "ParamInfo",
+    "classify",
+    "input_weights",
+    "param_groups",
+    "PROBE_SCALES",
+    "PROBE_TOL",
+]
 
 ROLES = ("matrix", "embedding", "output", "vector", "bias")
 
@@ -500,6 +508,77 @@ def classify(
     return infos
 
 
+# --------------------------------------------------------------------------- input weights
+
+
+def _tensors(x: Any) -> Iterator[torch.Tensor]:
+    """Every tensor (of any dtype) in a tensor / tuple / list / dict input."""
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, Mapping):
+        for value in x.values():
+            yield from _tensors(value)
+    elif isinstance(x, (tuple, list)):
+        for item in x:
+            yield from _tensors(item)
+
+
+def input_weights(model: nn.Module, example_input: Any = None) -> set[str]:
+    """Names of >= 2-D weights of modules that read the model's input tensor itself.
+
+    Width-scaling rules need them: such a weight's fan_in is the data's dimension, which
+    does not grow with the model's width, so μP treats it like an embedding. Found with one
+    eval-mode, no-grad forward of the model (hooks see which module receives the input
+    tensor object); training flags and RNG states are restored, nothing else is touched.
+    """
+    inner = _unwrap(model)
+    if example_input is None and callable(getattr(inner, "example_input", None)):
+        example_input = inner.example_input()
+    elif example_input is None:
+        example_input, _ = _infer_input(inner)
+    leaves = [(n, m) for n, m in inner.named_modules() if _is_layer(m)]
+    flat = list(_tensors(example_input))
+    fed: set[str] = set()
+
+    def pre_hook(name: str) -> Any:
+        def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            for a in (*args, *kwargs.values()):
+                if isinstance(a, torch.Tensor) and any(a is t for t in flat):
+                    fed.add(name)
+
+        return hook
+
+    modes = {m: m.training for m in inner.modules()}
+    handles = [m.register_forward_pre_hook(pre_hook(n), with_kwargs=True) for n, m in leaves]
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(inner)), torch.no_grad():
+            py_state, np_state = random.getstate(), np.random.get_state()
+            inner.eval()
+            try:
+                _call(inner, example_input)
+            except Exception as exc:
+                raise ValueError(
+                    f"could not run the model on the example input to find its input weights "
+                    f"({type(exc).__name__}: {exc}); pass example_input=... the model accepts"
+                ) from exc
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    names = set()
+    for prefix, module in leaves:
+        if prefix in fed and not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            for local, p in module.named_parameters(recurse=True):
+                if p.ndim >= 2 and p.requires_grad:
+                    names.add(f"{prefix}.{local}" if prefix else local)
+    first_names = {e.names[0] for e in _entries(inner)}
+    return names & first_names
+
+
 # --------------------------------------------------------------------------- param groups
 
 
@@ -552,6 +631,10 @@ def param_groups(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     infos: list[ParamInfo] | None = None,
     probe: bool = True,
+    scaling: str | None = None,
+    base_width: int | None = None,
+    width: int | None = None,
+    decay_mode: str = "decoupled",
 ) -> list[dict[str, Any]]:
     """Parameter groups any torch optimizer accepts, one per distinct setting.
 
@@ -561,11 +644,21 @@ def param_groups(
     names) to {"lr", "weight_decay", "decay"}; later patterns win; a pattern that matches
     nothing is an error. `infos` reuses an earlier classify() result instead of probing
     (its decay flags then stand; decay_embedding/decay_output/probe are not used).
+
+    `scaling` (a wdlab.scaling rule) treats lr and weight_decay as tuned at `base_width` and
+    scales them per role for `width` (default: model.width); `decay_mode` is the optimizer's
+    decay ("decoupled" | "independent" | "l2"). Overrides are absolute and win over scaling.
+    Init and multipliers are wdlab.scaling.apply_init's job (create_optimizer calls both).
     """
     lr = _check_number("lr", lr)
     weight_decay = _check_number("weight_decay", weight_decay)
     checked = _check_overrides(overrides)
     inner = _unwrap(model)
+    if scaling is None and (base_width is not None or width is not None):
+        raise ValueError(
+            "base_width/width are only used with scaling=...; pass scaling='mup' (or another "
+            "wdlab.scaling rule) or drop them"
+        )
     if infos is None:
         infos = classify(
             inner,
@@ -583,10 +676,28 @@ def param_groups(
             "pass infos=classify(model) for this model"
         )
 
+    per_param = {}
+    if scaling is not None:
+        from wdlab import scaling as rules  # scaling builds on this module
+
+        width = width if width is not None else getattr(inner, "width", None)
+        if width is None:
+            raise ValueError(
+                f"scaling needs the model's width: pass width=... ({type(inner).__name__} has "
+                "no .width; the workload's width is Workload.width)"
+            )
+        m = rules.check_scaling(scaling, base_width, width)
+        scales = rules.role_scales(scaling, m, decay_mode=decay_mode)
+        inputs = input_weights(inner, example_input) if scaling != "sp" and probe else set()
+        per_param = rules.scaled_settings(infos, inputs, scales)
+
     matched = dict.fromkeys(checked, False)
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for info in infos:
         p_lr, p_decay, p_wd = lr, info.decay, weight_decay
+        if info.name in per_param:
+            p_lr = lr * per_param[info.name].lr_mult
+            p_wd = weight_decay * per_param[info.name].wd_mult
         for pattern, settings in checked.items():
             names = (info.name, *info.tied_to)
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):

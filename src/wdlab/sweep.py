@@ -55,6 +55,7 @@ __all__ = [
     "run_sweep",
     "runs_root_for",
     "spec_from_args",
+    "summarize",
     "sweep_main",
     "trial_config",
 ]
@@ -470,10 +471,17 @@ class _Heartbeat(threading.Thread):
         self.lost = False
         self.stopped = threading.Event()
 
+    def orphaned(self) -> bool:
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
     def run(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_SECONDS):
-            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+        last_beat = time.monotonic()
+        while not self.stopped.wait(0.25):
+            if self.orphaned():
                 os._exit(3)  # the trial stays 'running'; the next sweep sees a dead owner
+            if time.monotonic() - last_beat < HEARTBEAT_SECONDS:
+                continue
+            last_beat = time.monotonic()
             index = self.current
             if index is not None:
                 try:
@@ -573,7 +581,7 @@ def _worker_loop(
         beat = _Heartbeat(store, sweep_id, worker, parent_pid)
         beat.start()
         try:
-            while True:
+            while not beat.orphaned():
                 try:
                     trial = store.claim_trial(sweep_id, worker)
                 except KeyboardInterrupt:
@@ -665,7 +673,8 @@ class _LocalExecutor:
         if self.crashes > MAX_WORKER_CRASHES:
             raise WdlabError(
                 f"sweep workers crashed {self.crashes} times (last exit code "
-                f"{self.last_exitcode}); run one trial with `wdlab run` to see why",
+                f"{self.last_exitcode}); run one trial with `wdlab run` to see why (a script "
+                "must call run_sweep under `if __name__ == '__main__':`)",
                 field="workers",
             )
         return len(self.procs)
@@ -699,10 +708,18 @@ class _RayExecutor:
         self.ray, self.args, self.refs = ray, args, []
         self.owned = False
         if not ray.is_initialized():
-            if address is None:
-                ray.init(num_cpus=workers or 2, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
+            try:
+                if address is None:
+                    ray.init(num_cpus=workers or 2, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                where = f"the Ray cluster at {address}" if address else "a local Ray"
+                raise WdlabError(
+                    f"cannot start or reach {where}: {str(err).splitlines()[0]}; check "
+                    "--address (or start one with `ray start --head`)",
+                    field="address",
+                ) from None
             self.owned = True
         self.task = ray.remote(num_cpus=1, max_retries=0)(_worker_loop)
 
@@ -774,19 +791,26 @@ def _counts(store: Store, sweep_id: str) -> dict[str, int]:
 
 def summarize(store: Store, sweep_id: str, wall_seconds: float = 0.0) -> SweepSummary:
     """A sweep's trials with their runs' results, from the store alone."""
+    from wdlab import workloads
+
     record = store.get_sweep(sweep_id)
+    metric = workloads.get(record.spec["spec"]["workload"]).metric  # failed trials too
     results = []
     for trial in store.trials(sweep_id):
         row = TrialResult(
-            trial.trial_index, trial.params, trial.status, run_id=trial.run_id, error=trial.error
+            trial.trial_index,
+            trial.params,
+            trial.status,
+            metric=metric,
+            run_id=trial.run_id,
+            error=trial.error,
         )
         if trial.run_id is not None:
             try:
                 summary = store.get_run(trial.run_id).result or {}
             except WdlabError:
                 summary = {}
-            row.metric = summary.get("metric")
-            row.final = summary.get("final_metrics", {}).get(row.metric)
+            row.final = summary.get("final_metrics", {}).get(metric)
             row.reached = summary.get("reached")
             row.steps_to_target = summary.get("steps_to_target")
             row.seconds_to_target = summary.get("seconds_to_target")

@@ -139,8 +139,9 @@ def _make_monitor(config: RunConfig, model: torch.nn.Module, optimizer: Any, sin
         return None
     from wdlab.monitor import Monitor
 
-    every = config.train.monitor_every or config.train.eval_every
-    return Monitor(model, optimizer, every=every, sink=sink, level=config.train.monitor)
+    return Monitor(
+        model, optimizer, every=config.train.monitor_every, sink=sink, level=config.train.monitor
+    )
 
 
 def run(
@@ -170,6 +171,9 @@ def run(
             example_input=workload.example_input(),
             decay_embedding=config.optimizer.decay_embedding,
             decay_output=config.optimizer.decay_output,
+            scaling=config.optimizer.scaling,
+            base_width=config.optimizer.base_width,
+            width=workload.width if config.optimizer.scaling else None,
             **config.optimizer.hyperparameters(),
         )
     except (ValueError, TypeError) as err:  # bad name or hyperparameter: the user's to fix

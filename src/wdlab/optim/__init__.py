@@ -20,9 +20,25 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "muon": ("wdlab.optim.muon", "Muon"),
     "adamp": ("wdlab.optim.adamp", "AdamP"),
     "sgdp": ("wdlab.optim.adamp", "SGDP"),
+    "novograd": ("wdlab.optim.novograd", "NovoGrad"),
+    "fadam": ("wdlab.optim.fadam", "FAdam"),
+    "scale": ("wdlab.optim.scale", "SCALE"),
 }
 
-__all__ = ["AdamW", "SGDW", "Lion", "Muon", "AdamP", "SGDP", "available", "get", "create"]
+__all__ = [
+    "AdamW",
+    "SGDW",
+    "Lion",
+    "Muon",
+    "AdamP",
+    "SGDP",
+    "NovoGrad",
+    "FAdam",
+    "SCALE",
+    "available",
+    "get",
+    "create",
+]
 
 
 def available() -> list[str]:

@@ -13,11 +13,11 @@ import torch
 
 # ---- shared elementwise machinery (AdamW, SGDW, Lion, AdamP, SGDP) -------------------------
 # Why chunks: a chain of separate torch ops re-reads every tensor from memory once per op;
-# slicing each tensor into blocks that fit in L2 lets the whole chain run on one block while
-# it is in cache, so memory sees roughly one read and one write per tensor (docs/performance.md).
+# slicing each tensor into blocks that fit in cache lets the whole chain run on one block while
+# it is there, so memory sees roughly one read and one write per tensor (docs/performance.md).
 
 CHUNK_NUMEL = 1 << 18
-"""Elements per block in "chunked" mode: 1 MB of fp32 per tensor, 3-4 tensors fit a 2 MB L2."""
+"""Elements per block in "chunked" mode (1 MB of fp32 per tensor): fastest of 2^16..2^19."""
 
 ELEMENTWISE_MODES = ("chunked", "whole", "compiled")
 
@@ -48,14 +48,14 @@ def foreach_elementwise(
     Modes:
       "whole"     one call per tensor: the reference path, any device and dtype.
       "chunked"   CPU tensors are cut along dim 0 into blocks of about `chunk_numel` elements and
-                  `update` runs block by block (one block stays in L2 for all its ops). A tensor
+                  `update` runs block by block (a block stays in cache for all its ops). A tensor
                   whose size(0) differs from the first tensor's (a 0-d or broadcast factor), or
                   None, is passed whole to every block. Non-CPU tensors fall back to "whole".
                   Elementwise torch ops round per element, so the result equals "whole".
       "compiled"  `update` is torch.compile'd (dynamic shapes, cached per function) and called
                   once per tensor (as 1-D views when its tensors share one contiguous
                   shape, so ranks do not multiply graphs); Python-float scalars become 0-d
-                  tensors of the first tensor's dtype so a changing lr never recompiles.
+                  tensors (fp32 or fp64) so a changing lr never recompiles.
                   `update` must then avoid `alpha=`/`value=` arguments (they need Python
                   numbers). Opt-in: the first call compiles for seconds and needs a C++
                   compiler; results match eager to float rounding.
@@ -69,8 +69,10 @@ def foreach_elementwise(
         for tensors in zip(*tensor_lists, strict=True):
             dtype = tensors[0].dtype  # type: ignore[union-attr]
             if dtype not in cache:
+                # fp32 scalars for half types: a bf16 lr would keep three digits.
+                wide = dtype if dtype in (torch.float32, torch.float64) else torch.float32
                 cache[dtype] = {
-                    k: torch.tensor(v, dtype=dtype) if isinstance(v, float) else v
+                    k: torch.tensor(v, dtype=wide) if isinstance(v, float) else v
                     for k, v in kwargs.items()
                 }
             fn(*_flat_if_elementwise(tensors), **cache[dtype])
@@ -262,6 +264,37 @@ def _sgdw_update_compiled(
     param.copy_(param * keep - lr * grad)
 
 
+def _sgdw_update_fused(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    buf: torch.Tensor | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    keep: float,
+    l2: float,
+    fresh: bool,
+) -> None:
+    # The decay pass, then torch's fused SGD kernel (bit for bit its for-loop path) on the block
+    # while it is still in cache: two passes per block instead of five.
+    if keep != 1.0:
+        param.mul_(keep)
+    torch._fused_sgd_(
+        [param],
+        [grad],
+        [] if buf is None else [buf],
+        weight_decay=l2,
+        momentum=momentum,
+        lr=lr,
+        dampening=dampening,
+        nesterov=nesterov,
+        maximize=False,
+        is_first_step=fresh,
+    )
+
+
 def sgdw_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -281,11 +314,19 @@ def sgdw_step(
     `momentum_bufs` holds None when momentum == 0; fresh=True means the buffers were just
     created (torch copies the gradient into a new buffer instead of applying dampening).
     With decay_rate=0 and mode "chunked"/"whole" this is torch.optim.SGD's default path bit
-    for bit; `mode` as in foreach_elementwise.
+    for bit; `mode` as in foreach_elementwise. With decay, "chunked" runs the decay pass and
+    then torch's fused SGD kernel per block (where that kernel exists), two passes in cache.
     """
     if mode == "compiled" and fresh:
         mode = "chunked"  # the one first step runs eager: one compiled graph fewer
-    kernel = _sgdw_update_compiled if mode == "compiled" else _sgdw_update
+    if mode == "compiled":
+        kernel = _sgdw_update_compiled
+    elif mode == "chunked" and decay_rate and _use_fused(params, None):
+        # Only with decoupled decay: torch's fused SGD rounds a few elements differently from
+        # its for-loop path, and without decay SGDW must equal torch.optim.SGD's default path.
+        kernel = _sgdw_update_fused
+    else:
+        kernel = _sgdw_update
     scalars = {
         "lr": lr,
         "momentum": momentum,
@@ -753,3 +794,231 @@ def sgdp_step(
         torch._fused_sgd_(p, g, bufs, weight_decay=l2, momentum=momentum, lr=step_lr,
                           dampening=dampening, nesterov=nesterov, maximize=False,
                           is_first_step=False)
+
+
+# ---- NovoGrad, FAdam, SCALE ---
+# Each needs one statistic over a whole tensor (or per row) before its elementwise pass: a norm
+# read first, then the update through foreach_elementwise per tensor with that statistic as a
+# Python scalar (or a (rows, 1) / (1, cols) factor). The kernels avoid alpha=/value= with
+# scalar arguments and branch only on bools, so mode="compiled" can trace them too.
+
+
+def _novograd_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    *,
+    lr: float,
+    keep: float,
+    beta1: float,
+    gain: float,
+    decay_gain: float,
+    decay_in_momentum: bool,
+    decays: bool,
+) -> None:
+    exp_avg.mul_(beta1).add_(grad * gain)
+    if decay_in_momentum:
+        exp_avg.add_(param * decay_gain)
+    if decays:
+        param.mul_(keep)
+    param.sub_(exp_avg * lr)
+
+
+def novograd_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    grad_averaging: bool,
+    decay_rate: float,
+    l2: float,
+    decay_in_momentum: bool,
+    mode: str = "chunked",
+) -> None:
+    """One NovoGrad step per tensor ("layer"); increments state_steps.
+
+    v <- ||g||^2 on the first step, else b2*v + (1 - b2)*||g||^2 (a 0-d tensor per layer);
+    d = g/(sqrt(v) + eps); m <- d on the first step, else b1*m + a*d with a = 1 - b1 if
+    grad_averaging else 1; w <- w*(1 - decay_rate) - lr*m. decay_in_momentum=True is the paper's
+    form instead: d gains (decay_rate/lr)*w and w is not shrunk separately. g includes l2*w.
+    """
+    for param, grad, exp_avg, exp_avg_sq, step_t in zip(
+        params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True
+    ):
+        if l2:
+            grad = grad.add(param, alpha=l2)
+        step_t += 1
+        first = float(step_t) == 1.0
+        norm_sq = float(torch.linalg.vector_norm(grad)) ** 2
+        exp_avg_sq.fill_(norm_sq if first else beta2 * float(exp_avg_sq) + (1 - beta2) * norm_sq)
+        scale = 1.0 / (float(exp_avg_sq) ** 0.5 + eps)
+        b1, avg = (0.0, 1.0) if first else (beta1, (1 - beta1) if grad_averaging else 1.0)
+        in_m = decay_in_momentum and decay_rate > 0 and lr > 0
+        scalars = {
+            "lr": lr,
+            "keep": 1.0 - decay_rate,
+            "beta1": b1,
+            "gain": avg * scale,
+            "decay_gain": avg * decay_rate / lr if in_m else 0.0,
+            "decay_in_momentum": in_m,
+            "decays": not decay_in_momentum and decay_rate > 0,
+        }
+        foreach_elementwise(_novograd_update, [[param], [grad], [exp_avg]], scalars, mode=mode)
+
+
+def _fisher_denom(fim: torch.Tensor, eps: float, power: float, sqrt: bool) -> torch.Tensor:
+    return (fim.sqrt() if sqrt else fim.pow(power)).add_(eps)
+
+
+def _fadam_fisher(
+    grad: torch.Tensor,
+    fim: torch.Tensor,
+    param: torch.Tensor,
+    sum_g: torch.Tensor,
+    sum_w: torch.Tensor,
+    *,
+    beta2: float,
+    eps: float,
+    power: float,
+    sqrt: bool,
+    with_decay: bool,
+) -> None:
+    # f <- b2*f + (1 - b2)*g^2; accumulate sum((g/den)^2) and sum((w/den)^2) for the RMS clips.
+    fim.mul_(beta2).add_(grad * grad * (1 - beta2))
+    denom = _fisher_denom(fim, eps, power, sqrt)
+    sum_g.add_((grad / denom).square().sum())
+    if with_decay:
+        sum_w.add_((param / denom).square().sum())
+
+
+def _fadam_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    fim: torch.Tensor,
+    exp_avg: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    eps: float,
+    power: float,
+    sqrt: bool,
+    gain: float,
+    decay_coef: float,
+    with_decay: bool,
+) -> None:
+    denom = _fisher_denom(fim, eps, power, sqrt)
+    exp_avg.mul_(beta1).add_(grad / denom * gain)
+    if with_decay:
+        param.sub_(param / denom * decay_coef)
+    param.sub_(exp_avg * lr)
+
+
+def fadam_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    fims: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    clip: float,
+    power: float,
+    decay_rate: float,
+    l2: float,
+    mode: str = "chunked",
+) -> None:
+    """One FAdam step per tensor (Hwang 2024, Algorithm 1); increments state_steps.
+
+    b2_t = b2*(1 - b2^(t-1))/(1 - b2^t) (so f is exactly Adam's bias-corrected v);
+    f <- b2_t*f + (1 - b2_t)*g^2; eps_t = eps*min(1, RMS(g)); den = f^power + eps_t;
+    g_nat = (g/den)/max(1, RMS(g/den)/clip); m <- b1*m + (1 - b1)*g_nat (no bias correction);
+    w_nat = (w/den)/max(1, RMS(w/den)/clip); w <- w - decay_rate*w_nat - lr*m.
+    Three reads of g (RMS, Fisher pass, update pass): the clips need whole-tensor RMS values.
+    """
+    sqrt = power == 0.5
+    for param, grad, exp_avg, fim, step_t in zip(
+        params, grads, exp_avgs, fims, state_steps, strict=True
+    ):
+        if l2:
+            grad = grad.add(param, alpha=l2)
+        step_t += 1
+        t = float(step_t)
+        numel = max(grad.numel(), 1)
+        beta2_t = beta2 * (1 - beta2 ** (t - 1)) / (1 - beta2**t)
+        rms_g = float(torch.linalg.vector_norm(grad)) / numel**0.5
+        eps_t = eps * min(1.0, rms_g) if rms_g > 0 else eps
+        sums = [torch.zeros((), dtype=torch.float64, device=param.device) for _ in range(2)]
+        with_decay = decay_rate > 0
+        common = {"eps": eps_t, "power": power, "sqrt": sqrt, "with_decay": with_decay}
+        foreach_elementwise(
+            _fadam_fisher, [[grad], [fim], [param], [sums[0]], [sums[1]]],
+            {"beta2": beta2_t, **common}, mode=mode,
+        )
+        div_g = max(1.0, (float(sums[0]) / numel) ** 0.5 / clip)
+        div_w = max(1.0, (float(sums[1]) / numel) ** 0.5 / clip)
+        scalars = {
+            "lr": lr,
+            "beta1": beta1,
+            "gain": (1 - beta1) / div_g,
+            "decay_coef": decay_rate / div_w,
+            **common,
+        }
+        foreach_elementwise(
+            _fadam_update, [[param], [grad], [fim], [exp_avg]], scalars, mode=mode
+        )
+
+
+def _scale_update(
+    param: torch.Tensor, grad: torch.Tensor, step: torch.Tensor, *, keep: float, decays: bool
+) -> None:
+    # step = lr/RMS per row (rows, 1) or per column (1, cols): w <- keep*w - step*g.
+    if decays:
+        param.mul_(keep)
+    param.addcmul_(grad, step, value=-1)
+
+
+def scale_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum_bufs: list[torch.Tensor | None],
+    norm_dims: list[int],
+    *,
+    lr: float,
+    momentum: float,
+    eps: float,
+    decay_rate: float,
+    l2: float,
+    mode: str = "chunked",
+) -> None:
+    """One SCALE step on matrix-like params (viewed as (size(0), -1)).
+
+    buf <- lerp(buf, g, 1 - momentum) where a buffer exists (the output layer), then that
+    direction D is divided by its RMS along `norm_dims[i]` (1: per row over the inputs of a
+    torch (out, in) weight, 0: per column, for an (num, dim) embedding), clamped at eps, and
+    w <- w*(1 - decay_rate) - lr*D/RMS. g includes l2*w.
+    """
+    for param, grad, buf, dim in zip(params, grads, momentum_bufs, norm_dims, strict=True):
+        if l2:
+            grad = grad.add(param, alpha=l2)
+        if buf is not None:
+            grad = buf.lerp_(grad, 1 - momentum)
+        rows = param.reshape(param.size(0), -1)
+        direction = grad.reshape(rows.shape)
+        # lr/RMS = lr*sqrt(n)/||.||, with RMS clamped at eps as the authors' code does.
+        root_n = direction.size(dim) ** 0.5
+        norms = torch.linalg.vector_norm(direction, dim=dim, keepdim=True)
+        step = torch.div(lr * root_n, norms.clamp_(min=eps * root_n))
+        scalars = {"keep": 1.0 - decay_rate, "decays": decay_rate > 0}
+        if param.is_contiguous():  # rows is a view: update it block by block
+            foreach_elementwise(_scale_update, [[rows], [direction], [step]], scalars, mode=mode)
+        else:  # reshape copied: update the tensor itself
+            param.mul_(1.0 - decay_rate).sub_((direction * step).reshape(param.shape))

@@ -103,7 +103,7 @@ class Digits(Workload):
         if tiny:
             return {
                 "steps": 150,
-                "target": 0.85,
+                "target": 0.9,
                 "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.1,
                               "betas": [0.9, 0.999]},
                 "schedule": {"kind": "cosine", "warmup": 10},

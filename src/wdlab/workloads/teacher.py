@@ -98,7 +98,7 @@ class Teacher(Workload):
         if tiny:
             return {
                 "steps": 200,
-                "target": 0.2,
+                "target": 0.15,
                 "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.1,
                               "betas": [0.9, 0.999]},
                 "schedule": {"kind": "cosine", "warmup": 10},

@@ -1,0 +1,120 @@
+"""FAdam: Adam read as natural-gradient descent with the diagonal empirical Fisher.
+
+Hwang, "FAdam: Adam is a natural gradient optimizer using diagonal empirical Fisher
+information" (2024). The changes to Adam that follow from that reading: momentum averages the
+natural gradient g/sqrt(f) (not g), the Fisher EMA is bias-corrected through its coefficient,
+epsilon shrinks with the gradient's RMS, the natural gradient is RMS-clipped, and the weight
+decay term is itself a natural gradient (w divided by the Fisher), clipped the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from wdlab.optim.base import (
+    WdOptimizer,
+    check_betas,
+    check_range,
+    decoupled_decay_rate,
+    l2_coefficient,
+)
+from wdlab.optim.functional import fadam_step
+from wdlab.optim.novograd import check_mode
+
+
+class FAdam(WdOptimizer):
+    """FAdam (the paper's Algorithm 1) with wdlab's decay modes.
+
+    Per tensor, at step t:
+      b2_t  = b2*(1 - b2^(t-1))/(1 - b2^t)         f starts at 0, so f_1 = g_1^2 and f_t equals
+      f_t   = b2_t*f + (1 - b2_t)*g^2                Adam's bias-corrected second moment
+      eps_t = eps*min(1, RMS(g))                   adaptive epsilon (eps if g is all zero)
+      den   = f_t^p + eps_t
+      g_nat = (g/den) / max(1, RMS(g/den)/clip)
+      m_t   = b1*m + (1 - b1)*g_nat                no bias correction of m (as the paper)
+      w_nat = (w/den) / max(1, RMS(w/den)/clip)
+      w_t   = w - c*w_nat - lr*m_t
+    Decay modes (chosen here; the paper has only the first): "decoupled" c = lr*wd (the
+    paper's w - lr*(m + wd*w_nat)), "independent" c = (lr/initial_lr)*wd, "l2" adds wd*w to g
+    and drops the w_nat term. So wd is a coefficient on a Fisher-preconditioned decay, not a
+    fraction of w removed per step: weights with a large Fisher decay less.
+    Choices where public versions differ: eps_t = eps*min(1, RMS(g)) with one constant (other
+    ports use min(eps, eps2*RMS(g)) with a second one), and the clip divisor max(1, RMS/clip).
+    Defaults are the paper's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, clip 1, p 0.5, wd 0.1.
+    State: "step" (float32 0-d), "momentum" and "fim" (like p), pytorch-optimizer's names.
+    mode as SGDW's.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        decay: str = "decoupled",
+        clip: float = 1.0,
+        p: float = 0.5,
+        *,
+        mode: str = "chunked",
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decay=decay,
+            clip=clip,
+            p=p,
+            mode=mode,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_betas(group["betas"])
+        check_range("eps", group["eps"], 0.0, low_open=True)
+        check_range("clip", group["clip"], 0.0, low_open=True)
+        check_range("p", group["p"], 0.0, 1.0, low_open=True, high_open=False)
+        check_mode(group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._grads_of(group)
+            if not params:
+                continue
+            momenta, fims, steps = [], [], []
+            for p in params:
+                state = self.state[p]
+                if "momentum" not in state:
+                    state["step"] = torch.tensor(0.0)
+                    state["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["fim"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                momenta.append(state["momentum"])
+                fims.append(state["fim"])
+                steps.append(state["step"])
+            beta1, beta2 = group["betas"]
+            fadam_step(
+                params,
+                grads,
+                momenta,
+                fims,
+                steps,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                clip=group["clip"],
+                power=group["p"],
+                decay_rate=decoupled_decay_rate(group),
+                l2=l2_coefficient(group),
+                mode=group["mode"],
+            )
+        return loss

@@ -1,0 +1,120 @@
+"""How many bytes of state an optimizer keeps, also before its first step.
+
+Optimizers create state lazily at the first step, but a memory column (wdlab inspect) is most
+useful before training. Decision: a parameter that already has state counts its state tensors'
+bytes as they are; one without state counts what its optimizer will create, from the known
+state layout of wdlab's and torch's optimizers (tests/test_optim_memory.py checks each layout
+against the state after one step). Any other optimizer is estimated by stepping a deep copy of
+it once with zero gradients (memory for one copy of params and state, for the moment only).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+STEP_BYTES = 4
+"""The float32 0-d "step" tensor of torch's Adam-family state."""
+
+
+def _nbytes(value: Any) -> int:
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+
+
+def _layout(optimizer: torch.optim.Optimizer, p: torch.Tensor, group: dict[str, Any]) -> int | None:
+    """State bytes `optimizer` will create for `p` in `group`; None if the layout is unknown."""
+    from wdlab.optim.adamp import SGDP, AdamP
+    from wdlab.optim.adamw import AdamW
+    from wdlab.optim.fadam import FAdam
+    from wdlab.optim.lion import Lion
+    from wdlab.optim.muon import Muon
+    from wdlab.optim.novograd import NovoGrad
+    from wdlab.optim.scale import SCALE
+    from wdlab.optim.sgdw import SGDW
+
+    n = _nbytes(p)
+    adam = 2 * n + STEP_BYTES
+    if isinstance(optimizer, (AdamW, AdamP, FAdam)):
+        return adam
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return adam + (n if group.get("amsgrad") else 0)
+    if isinstance(optimizer, (SGDW, SGDP, torch.optim.SGD)):
+        return n if group.get("momentum", 0) else 0
+    if isinstance(optimizer, Lion):
+        return n
+    if isinstance(optimizer, NovoGrad):
+        return n + STEP_BYTES + p.element_size()
+    if isinstance(optimizer, Muon):
+        return n if Muon.uses_muon(p, group) else adam
+    if isinstance(optimizer, SCALE):
+        kind = SCALE.update_of(p, group)
+        return {"adamw": adam, "output": n}.get(kind, 0)
+    return None
+
+
+def _probed(optimizer: torch.optim.Optimizer) -> dict[int, int]:
+    """State bytes per param index after one zero-gradient step of a deep copy."""
+    twin = copy.deepcopy(optimizer)
+    params = [p for group in twin.param_groups for p in group["params"]]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    try:
+        twin.step()
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot estimate"
+        raise ValueError(
+            f"state_bytes cannot estimate {type(optimizer).__name__} before its first step "
+            f"({exc}); call it after optimizer.step()"
+        ) from exc
+    return {
+        i: sum(_nbytes(v) for v in twin.state.get(p, {}).values()) for i, p in enumerate(params)
+    }
+
+
+def _wrapper_bytes(wrapper: Any) -> int:
+    """A wrapper's own state: what it holds, or for targets without it yet, one value per row."""
+    from wdlab.optim.wrappers import NormGrowthLimiter, rows_of
+
+    total = 0
+    for p in getattr(wrapper, "targets", []):
+        held = wrapper.wrapper_state.get(p)
+        if held:
+            total += sum(_nbytes(v) for v in held.values())
+        elif isinstance(wrapper, NormGrowthLimiter):
+            total += 8  # "prev_norm", float64
+        else:  # LAWN before the end of its warm phase: "norm" per row
+            total += rows_of(p, wrapper.per).size(0) * p.element_size()
+    return total
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of optimizer state over all its params (see the module docstring for the estimate).
+
+    Wrappers (wdlab.optim.wrappers) count the inner optimizer's state plus their own.
+    """
+    from wdlab.optim.wrappers import OptimizerWrapper
+
+    if isinstance(optimizer, OptimizerWrapper):
+        return state_bytes(optimizer.optimizer) + _wrapper_bytes(optimizer)
+    total, probe = 0, None
+    index = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            held = optimizer.state.get(p)
+            if held:
+                total += sum(_nbytes(v) for v in held.values())
+            else:
+                expected = _layout(optimizer, p, group)
+                if expected is None:
+                    probe = _probed(optimizer) if probe is None else probe
+                    expected = probe[index]
+                total += expected
+            index += 1
+    return total
+
+
+def state_bytes_per_param(optimizer: torch.optim.Optimizer) -> float:
+    """state_bytes divided by the number of parameter elements (AdamW fp32: about 8)."""
+    numel = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+    return state_bytes(optimizer) / numel if numel else 0.0

@@ -1,0 +1,162 @@
+"""SCALE: column-normalized SGD, with momentum only on the output layer.
+
+Glentis, Li, Han, Hong, "A Minimalist Optimizer Design for LLM Pretraining" (2025; code
+OptimAI-Lab/Minimalist_LLM_Pretraining). Normalizing each gradient column does most of what
+Adam's per-weight scaling does for matrices, and momentum matters most where gradient noise is
+largest, the output layer; so matrices keep no state except the head's momentum buffer
+(the paper reports Adam's quality at 35-45% of its total memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from wdlab.optim.base import (
+    WdOptimizer,
+    check_betas,
+    check_range,
+    decoupled_decay_rate,
+    l2_coefficient,
+)
+from wdlab.optim.functional import adamw_step, scale_step
+from wdlab.optim.novograd import check_mode
+
+ADAMW_ROLES = ("vector", "bias")
+
+
+class SCALE(WdOptimizer):
+    """SCALE with wdlab's decay modes; needs param groups that carry wdlab's "role".
+
+    Which update a param gets (from its group's "role", set by wdlab.param_groups):
+      "output" (ndim >= 2)   buf <- lerp(buf, g, 1 - momentum); w <- w*(1 - c) - lr*N(buf)
+      "matrix" (ndim >= 2)   w <- w*(1 - c) - lr*N(g)             (no state at all)
+      "embedding"            as "matrix", N per column of the (num, dim) table
+      "vector", "bias", and anything with ndim < 2: AdamW (adamw_betas, adamw_eps), same lr
+    N(D) divides D by its RMS along the input dimension, i.e. per output neuron: each row of a
+    torch (out, in) weight (conv weights as (out, in*k*k)); for an embedding table, each of its
+    dim columns over the vocabulary. That is the paper's "column" normalization written in
+    torch's (out, in) layout, and what the authors' code does (RMS clamped at eps, so every row
+    of N(D) has RMS 1 and the lr is on Adam's scale). The momentum buffer is an EMA as in their
+    code. Decay, as the authors' code: "decoupled" c = lr*wd before the step; "independent"
+    c = (lr/initial_lr)*wd; "l2" adds wd*w to g before momentum and normalization.
+    Groups without a "role" key are refused (ValueError): without it the output layer, which
+    alone gets momentum, is unknown; use wdlab.param_groups or wdlab.create_optimizer.
+    State: "momentum_buffer" (torch SGD's name) for the output layer; "step", "exp_avg",
+    "exp_avg_sq" (torch AdamW's) for the AdamW params. mode as SGDW's.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        decay: str = "decoupled",
+        eps: float = 1e-8,
+        adamw_betas: tuple[float, float] = (0.9, 0.999),
+        adamw_eps: float = 1e-8,
+        *,
+        mode: str = "chunked",
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            decay=decay,
+            eps=eps,
+            adamw_betas=adamw_betas,
+            adamw_eps=adamw_eps,
+            mode=mode,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_range("momentum", group["momentum"], 0.0, 1.0)
+        check_range("eps", group["eps"], 0.0, low_open=True)
+        check_betas(group["adamw_betas"], "adamw_betas")
+        check_range("adamw_eps", group["adamw_eps"], 0.0)
+        check_mode(group)
+        if "role" not in group:
+            raise ValueError(
+                "SCALE needs param groups with a 'role' key (matrix, embedding, output, "
+                "vector, bias) to find the output layer; pass wdlab.param_groups(model, ...) "
+                "or use wdlab.create_optimizer(model, 'scale', ...)"
+            )
+
+    @staticmethod
+    def update_of(param: torch.Tensor, group: dict[str, Any]) -> str:
+        """ "output", "matrix", "embedding" (normalized updates) or "adamw" for this param."""
+        role = group.get("role")
+        if param.ndim < 2 or role in ADAMW_ROLES:
+            return "adamw"
+        return role if role in ("output", "embedding") else "matrix"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._grads_of(group)
+            norm_p: list[torch.Tensor] = []
+            norm_g: list[torch.Tensor] = []
+            bufs: list[torch.Tensor | None] = []
+            dims: list[int] = []
+            adam: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
+            for p, g in zip(params, grads, strict=True):
+                state = self.state[p]
+                kind = self.update_of(p, group)
+                if kind == "adamw":
+                    if "exp_avg" not in state:
+                        state["step"] = torch.tensor(0.0)
+                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["exp_avg_sq"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format
+                        )
+                    for column, value in zip(
+                        adam,
+                        (p, g, state["exp_avg"], state["exp_avg_sq"], state["step"]),
+                        strict=True,
+                    ):
+                        column.append(value)
+                    continue
+                if kind == "output" and "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.contiguous_format
+                    )
+                norm_p.append(p)
+                norm_g.append(g)
+                bufs.append(state.get("momentum_buffer") if kind == "output" else None)
+                dims.append(0 if kind == "embedding" else 1)
+            decay_rate, l2, lr = decoupled_decay_rate(group), l2_coefficient(group), group["lr"]
+            if norm_p:
+                scale_step(
+                    norm_p,
+                    norm_g,
+                    bufs,
+                    dims,
+                    lr=lr,
+                    momentum=group["momentum"],
+                    eps=group["eps"],
+                    decay_rate=decay_rate,
+                    l2=l2,
+                    mode=group["mode"],
+                )
+            if adam[0]:
+                beta1, beta2 = group["adamw_betas"]
+                # The shared AdamW step decays by lr*weight_decay: give it the wanted rate / lr.
+                wd = l2 if l2 else (decay_rate / lr if lr > 0 else 0.0)
+                adamw_step(
+                    *adam,
+                    lr=lr,
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["adamw_eps"],
+                    weight_decay=wd,
+                    decoupled=not l2,
+                )
+        return loss

@@ -1,0 +1,427 @@
+"""Wrappers that change what any optimizer's step does to some weights, after it has run.
+
+Each wrapper takes a built optimizer (wdlab's or torch's), lets it step, then acts on the
+result: project norms back (NaP, LAWN), turn the update into a fixed-angle rotation (REQ's
+rotational variant), cap the update norm's growth (Fira's limiter), or replace the decay by a
+sign-masked one (cautious weight decay). They share the inner optimizer's `param_groups` and
+`state` (so lr schedulers and `defaults` act on the inner optimizer) and add their own state
+to the state_dict under one key per wrapper class, "wrapper:<ClassName>", keyed by parameter
+index like torch's; wrappers nest. Loading a state_dict without that key (one saved from the
+bare optimizer) keeps the wrapper's current state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from wdlab.optim.base import check_range, decoupled_decay_rate
+
+GRANULARITIES = ("tensor", "neuron")
+_HOOK_DICTS = (
+    "_optimizer_step_pre_hooks",
+    "_optimizer_step_post_hooks",
+    "_optimizer_state_dict_pre_hooks",
+    "_optimizer_state_dict_post_hooks",
+    "_optimizer_load_state_dict_pre_hooks",
+    "_optimizer_load_state_dict_post_hooks",
+)
+
+
+def rows_of(tensor: torch.Tensor, per: str) -> torch.Tensor:
+    """`tensor` as rows: one per neuron (dim 0 of a >= 2-D weight) or the whole tensor as one."""
+    if per == "neuron" and tensor.ndim >= 2:
+        return tensor.reshape(tensor.size(0), -1)
+    return tensor.reshape(1, -1)
+
+
+def row_norms(tensor: torch.Tensor, per: str) -> torch.Tensor:
+    """Norm of each row of rows_of(tensor, per), shape (rows, 1)."""
+    return torch.linalg.vector_norm(rows_of(tensor, per), dim=1, keepdim=True)
+
+
+def _check_per(per: Any) -> None:
+    if per not in GRANULARITIES:
+        raise ValueError(f"per must be one of {', '.join(GRANULARITIES)}; got {per!r}")
+
+
+class OptimizerWrapper(torch.optim.Optimizer):
+    """Base: delegates the torch.optim.Optimizer contract to `optimizer`, keeps its own state.
+
+    Subclasses implement `_wrapped_step()` (which calls self.optimizer.step()) and, for
+    non-tensor state, `_extra_state()` / `_load_extra_state()`.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        # No super().__init__: the param groups and state are the inner optimizer's.
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(
+                "optimizer must be a torch.optim.Optimizer instance, "
+                f"got {type(optimizer).__name__}"
+            )
+        self.optimizer = optimizer
+        self.defaults = optimizer.defaults
+        self.wrapper_state: defaultdict[torch.Tensor, dict[str, torch.Tensor]] = defaultdict(dict)
+        for name in _HOOK_DICTS:
+            setattr(self, name, OrderedDict())
+        self._patch_step_function()
+
+    @property  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property  # type: ignore[override]
+    def state(self) -> defaultdict[torch.Tensor, Any]:
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: defaultdict[torch.Tensor, Any]) -> None:
+        self.optimizer.state = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _params(self) -> list[torch.Tensor]:
+        """All params in param_groups order: the index order of torch's state_dict."""
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _select(
+        self, params: Iterable[torch.Tensor] | None, key: str, value: Any, what: str
+    ) -> list[torch.Tensor]:
+        """`params` if given (all in the optimizer), else the params of groups with key=value."""
+        known = self._params()
+        if params is None:
+            chosen = [p for g in self.param_groups if g.get(key) == value for p in g["params"]]
+            if not chosen:
+                raise ValueError(
+                    f"{type(self).__name__} found no {what}: no param group has {key}={value!r} "
+                    "(build groups with wdlab.param_groups) and params= was not given"
+                )
+            return chosen
+        chosen = list(params)
+        ids = {id(p) for p in known}
+        if not chosen or any(id(p) not in ids for p in chosen):
+            raise ValueError(
+                f"params must be a non-empty list of parameters of the wrapped optimizer "
+                f"({what} for {type(self).__name__})"
+            )
+        return chosen
+
+    def _key(self) -> str:
+        return f"wrapper:{type(self).__name__}"
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        """Restore what _extra_state saved (override)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        out = self.optimizer.state_dict()
+        index = {id(p): i for i, p in enumerate(self._params())}
+        own = {index[id(p)]: dict(s) for p, s in self.wrapper_state.items() if s}
+        out[self._key()] = {"state": own, "extra": self._extra_state()}
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        own = state_dict.pop(self._key(), None)
+        self.optimizer.load_state_dict(state_dict)
+        if own is None:
+            return
+        params = self._params()
+        self.wrapper_state = defaultdict(dict)
+        for i, entries in own["state"].items():
+            p = params[int(i)]
+            self.wrapper_state[p] = {
+                k: v.to(p.device) if isinstance(v, torch.Tensor) else v for k, v in entries.items()
+            }
+        self._load_extra_state(dict(own.get("extra", {})))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    def _snapshot(self, params: Iterable[torch.Tensor]) -> dict[torch.Tensor, torch.Tensor]:
+        """Copies of the params the inner step will move (those with a gradient)."""
+        return {p: p.detach().clone() for p in params if p.grad is not None}
+
+    def _group_of(self) -> dict[torch.Tensor, dict[str, Any]]:
+        return {p: g for g in self.param_groups for p in g["params"]}
+
+    def _wrapped_step(self) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._wrapped_step()
+        return loss
+
+
+class _NormProjection(OptimizerWrapper):
+    """Record target norms once `steps == start` and project onto them after every later step."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Iterable[torch.Tensor] | None,
+        select: tuple[str, Any, str],
+        per: str,
+        start: int,
+    ) -> None:
+        super().__init__(optimizer)
+        _check_per(per)
+        self.targets = self._select(params, *select)
+        self.per, self.start, self.steps = per, start, 0
+        if start == 0:
+            self._record()
+
+    def _record(self) -> None:
+        for p in self.targets:
+            self.wrapper_state[p]["norm"] = row_norms(p.detach(), self.per)
+
+    def _wrapped_step(self) -> None:
+        self.optimizer.step()
+        self.steps += 1
+        if self.steps == self.start:
+            self._record()
+        elif self.steps > self.start:
+            for p in self.targets:
+                target = self.wrapper_state[p]["norm"]
+                rows = rows_of(p.detach(), self.per)
+                now = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+                # Rows that start at zero (or collapse to zero) have no direction to keep.
+                ok = (target > 0) & (now > 0)
+                factor = torch.where(ok, target / torch.where(ok, now, 1.0), 1.0)
+                p.detach().copy_((rows * factor).reshape(p.shape))
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.steps = int(extra.get("steps", self.steps))
+
+
+class NaP(_NormProjection):
+    """Normalize-and-Project: keep each scale-invariant weight at its initial norm.
+
+    Lyle et al., "Normalization and effective learning rates in reinforcement learning": with
+    a normalization after each layer, projecting every scale-invariant weight back to its norm
+    at wrap time after each step fixes the effective lr to the schedule (REFERENCE.md §2).
+    Which weights: `params` if given, else those of groups with scale_invariant=True (as
+    wdlab.param_groups marks them). per="tensor" (default, one norm per tensor) or "neuron"
+    (one per row of dim 0). Rows of zero norm are left alone. State: "norm" per param.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Iterable[torch.Tensor] | None = None,
+        *,
+        per: str = "tensor",
+    ) -> None:
+        select = ("scale_invariant", True, "scale-invariant weights")
+        super().__init__(optimizer, params, select, per, start=0)
+
+
+class LAWN(_NormProjection):
+    """Logit Attenuating Weight Normalization: after `warmup` steps, fix the output weights' norms.
+
+    Kumar et al. ("LAWN"): training runs free for a warm phase, then the norms of the final
+    homogeneous sub-network are held at their values at the end of it, which stops the logits
+    from growing. Which weights: `params` if given, else groups with role "output" (as
+    wdlab.param_groups marks the head). per as NaP's. State: "norm" per param once recorded.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup: int,
+        params: Iterable[torch.Tensor] | None = None,
+        *,
+        per: str = "tensor",
+    ) -> None:
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be an integer number of steps >= 0, got {warmup!r}")
+        super().__init__(optimizer, params, ("role", "output", "output weights"), per, warmup)
+
+
+class RotationalWrapper(OptimizerWrapper):
+    """REQ's rotational variant: every step rotates each neuron by the equilibrium angle.
+
+    Kosson, Messmer, Jaggi, "Rotational Equilibrium" (epfml/REQ), REFERENCE.md §2. Per row
+    (neuron; a 1-D tensor is one row) of each selected weight, after the inner step produced
+    the update u:
+      u <- u - w*<u, w>/||w0||^2          (drop the radial part, decay included)
+      v <- 0.9*v + 0.1*||u||^2,  v_hat = v/(1 - 0.9^t)
+      w <- w + tan(theta)*||w0||*u/sqrt(v_hat), then rescaled to ||w0||
+    so the angle is exactly theta whenever ||u||^2 = v_hat, in particular on step 1 (REQ writes
+    theta for tan(theta); the two agree to O(theta^3)). theta is the equilibrium angular update
+    of the wrapped optimizer's group (wdlab.monitor.equilibrium), recomputed every step so it
+    follows the lr schedule, or `angle` (radians, or a function of the group) if given; a
+    group whose lr is 0 does not rotate. Which weights: `params`, else groups with
+    scale_invariant=True. Rows of zero norm are left to the inner update.
+    State: "norm" (||w0|| per row), "ema" (v per row), "step".
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Iterable[torch.Tensor] | None = None,
+        *,
+        angle: float | Callable[[dict[str, Any]], float] | None = None,
+        beta: float = 0.9,
+    ) -> None:
+        super().__init__(optimizer)
+        if angle is not None and not callable(angle):
+            check_range("angle", angle, 0.0, math.pi / 2)
+        check_range("beta", beta, 0.0, 1.0)
+        self.angle, self.beta = angle, beta
+        self.targets = self._select(params, "scale_invariant", True, "scale-invariant weights")
+        groups = self._group_of()
+        for p in self.targets:
+            self._angle_of(groups[p])  # fail now, not at the first step
+            self.wrapper_state[p]["norm"] = row_norms(p.detach(), "neuron")
+            self.wrapper_state[p]["ema"] = torch.zeros_like(self.wrapper_state[p]["norm"])
+            self.wrapper_state[p]["step"] = torch.zeros(())
+
+    def _angle_of(self, group: dict[str, Any]) -> float:
+        if self.angle is not None:
+            return float(self.angle(group) if callable(self.angle) else self.angle)
+        if float(group.get("lr", 0.0)) == 0.0:
+            return 0.0
+        from wdlab.monitor.equilibrium import hyper_for, predict
+
+        hyper = hyper_for(self.optimizer, group)
+        if hyper is None:
+            raise ValueError(
+                f"angle: no equilibrium prediction for {type(self.optimizer).__name__} with "
+                f"weight_decay={group.get('weight_decay')!r}, decay={group.get('decay')!r} "
+                "(needs weight_decay > 0 and SGD/SGDW/AdamW/Lion/AdamP/SGDP); pass angle=<radians>"
+            )
+        return predict(hyper, numel=1)[0]
+
+    def _wrapped_step(self) -> None:
+        before = self._snapshot(self.targets)
+        self.optimizer.step()
+        groups = self._group_of()
+        for p, w in before.items():
+            theta = self._angle_of(groups[p])
+            state = self.wrapper_state[p]
+            norm0 = state["norm"]
+            w_rows = rows_of(w, "neuron")
+            u = rows_of(p.detach(), "neuron") - w_rows
+            live = norm0 > 0
+            radial = (u * w_rows).sum(dim=1, keepdim=True) / torch.where(live, norm0, 1.0).square()
+            u -= w_rows * radial
+            state["step"] += 1
+            state["ema"].lerp_(u.square().sum(dim=1, keepdim=True), 1 - self.beta)
+            v_hat = state["ema"] / (1 - self.beta ** float(state["step"]))
+            moving = live & (v_hat > 0)
+            gain = math.tan(theta) * norm0 / torch.where(moving, v_hat, 1.0).sqrt()
+            new = w_rows + u * torch.where(moving, gain, 0.0)
+            new_norm = torch.linalg.vector_norm(new, dim=1, keepdim=True)
+            new *= torch.where(live, norm0 / torch.where(live, new_norm, 1.0), 1.0)
+            rotated = torch.where(live, new, rows_of(p.detach(), "neuron"))
+            p.detach().copy_(rotated.reshape(p.shape))
+
+
+class NormGrowthLimiter(OptimizerWrapper):
+    """Fira-style limiter: ||u_t|| <= gamma*||u_{t-1}|| for each tensor's update u.
+
+    Chen et al., "Fira": a sudden jump of the update norm precedes loss spikes; capping its
+    relative growth per step removes them. u is measured per unit lr, u = (w_after -
+    w_before)/lr, so an lr schedule's own growth is not capped; if ||u_t|| > gamma*||u_{t-1}||
+    the step is scaled down to exactly gamma*||u_{t-1}||, and that capped norm is what the next
+    step compares with. The update includes the inner optimizer's decay. No cap on a tensor's
+    first step, after a zero update, or when lr is 0. `params` defaults to every param.
+    State: "prev_norm" per param.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gamma: float = 1.01,
+        params: Iterable[torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(optimizer)
+        check_range("gamma", gamma, 1.0)
+        self.gamma = gamma
+        every = params is None
+        self.targets = self._params() if every else self._select(params, "", None, "weights")
+
+    def _wrapped_step(self) -> None:
+        before = self._snapshot(self.targets)
+        self.optimizer.step()
+        groups = self._group_of()
+        for p, w in before.items():
+            lr = float(groups[p]["lr"])
+            if lr <= 0:
+                continue
+            update = p.detach() - w
+            norm = float(torch.linalg.vector_norm(update)) / lr
+            prev = self.wrapper_state[p].get("prev_norm")
+            if prev is not None and float(prev) > 0 and norm > self.gamma * float(prev):
+                cap = self.gamma * float(prev)
+                p.detach().copy_(w.add_(update, alpha=cap / norm))
+                norm = cap
+            self.wrapper_state[p]["prev_norm"] = torch.tensor(norm, dtype=torch.float64)
+
+
+class CautiousWeightDecay(OptimizerWrapper):
+    """Cautious weight decay: decay only coordinates whose update agrees in sign with the weight.
+
+    Chen et al., "Cautious Weight Decay": the inner optimizer steps with weight_decay set to 0,
+    giving the update -lr*u; then w <- w - c*w only where u*w > 0 (the step already pulls that
+    coordinate toward 0), with c the group's decay rate: lr*wd ("decoupled", and torch
+    optimizers, whose groups have no "decay"), (lr/initial_lr)*wd ("independent"). Coordinates
+    where u*w <= 0 are untouched by decay. Groups with decay="l2" and wd > 0 are refused: an
+    L2 term in the gradient cannot be masked after the fact. This replaces optimizer-specific
+    decay forms (SGDP's 1/(1 - momentum), FAdam's Fisher-scaled term) by the plain masked one.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(optimizer)
+        for group in self.param_groups:
+            if group.get("decay") == "l2" and group.get("weight_decay", 0) > 0:
+                raise ValueError(
+                    "decay='l2' cannot be made cautious; use decay='decoupled' or "
+                    "'independent' in the wrapped optimizer"
+                )
+
+    def _wrapped_step(self) -> None:
+        decaying = [g for g in self.param_groups if g.get("weight_decay", 0) > 0]
+        rates = [decoupled_decay_rate({"decay": "decoupled", **g}) for g in decaying]
+        before = self._snapshot(p for g in decaying for p in g["params"])
+        saved = [g["weight_decay"] for g in decaying]
+        for g in decaying:
+            g["weight_decay"] = 0.0
+        try:
+            self.optimizer.step()
+        finally:
+            for g, wd in zip(decaying, saved, strict=True):
+                g["weight_decay"] = wd
+        for group, rate in zip(decaying, rates, strict=True):
+            for p in group["params"]:
+                if p not in before:
+                    continue
+                w = before[p]
+                agree = (p.detach() - w).mul_(w) < 0  # the step -lr*u moves w toward 0
+                p.detach().sub_(w.mul_(agree), alpha=rate)
