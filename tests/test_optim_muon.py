@@ -56,7 +56,8 @@ def test_muon_matches_float64_formula(scale_rule: str, nesterov: bool) -> None:
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)
               for s in shapes]
-    opt = Muon(params, lr=0.02, nesterov=nesterov, update_scale=scale_rule, weight_decay=0.1)
+    opt = Muon(params, lr=0.02, nesterov=nesterov, update_scale=scale_rule, weight_decay=0.1,
+               ns_dtype=torch.float32)
     ref = [(p.detach().clone(), torch.zeros_like(p)) for p in params]
     for t in range(3):
         grads = grads_for(shapes, t)
@@ -73,7 +74,7 @@ def test_muon_matches_float64_formula(scale_rule: str, nesterov: bool) -> None:
 
 def test_muon_conv_weight_is_flattened() -> None:
     conv = nn.Conv2d(3, 8, 3, bias=False).double()
-    opt = Muon(conv.parameters(), lr=0.02, weight_decay=0.0)
+    opt = Muon(conv.parameters(), lr=0.02, weight_decay=0.0, ns_dtype=torch.float32)
     g = grads_for([(8, 3, 3, 3)], 5)[0]
     conv.weight.grad = g
     w0 = conv.weight.detach().clone()
@@ -160,7 +161,7 @@ def test_singular_values_of_update_near_one() -> None:
             assert float(s.min()) >= 0.6 and float(s.max()) <= 1.2, (shape, dtype, s)
     # The step Muon takes is lr * s * O with O in the same band.
     w = torch.randn(32, 64, generator=gen, requires_grad=True)
-    opt = Muon([w], lr=0.02, weight_decay=0.0, update_scale="original")
+    opt = Muon([w], lr=0.02, weight_decay=0.0, update_scale="original", ns_dtype=torch.float32)
     w0 = w.detach().clone()
     w.grad = torch.randn(32, 64, generator=gen)
     opt.step()
@@ -180,7 +181,7 @@ def test_decoupled_decay_with_zero_gradient() -> None:
     """Zero gradient gives O = 0 (norm clamped at eps) and a zero Adam step: only decay acts."""
     m = torch.randn(6, 4, requires_grad=True)
     v = torch.randn(4, requires_grad=True)
-    opt = Muon([m, v], lr=0.05, weight_decay=0.3)
+    opt = Muon([m, v], lr=0.05, weight_decay=0.3, ns_dtype=torch.float32)
     m0, v0 = m.detach().clone(), v.detach().clone()
     m.grad, v.grad = torch.zeros_like(m), torch.zeros_like(v)
     opt.step()
@@ -191,7 +192,7 @@ def test_decoupled_decay_with_zero_gradient() -> None:
 def test_independent_decay_follows_schedule() -> None:
     shapes = [(12, 20)]
     w = torch.randn(*shapes[0], dtype=torch.float64, requires_grad=True)
-    opt = Muon([w], lr=0.02, weight_decay=0.5, decay="independent")
+    opt = Muon([w], lr=0.02, weight_decay=0.5, decay="independent", ns_dtype=torch.float32)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (k + 1))
     ref_w, ref_b = w.detach().clone(), torch.zeros_like(w)
     for t in range(3):
@@ -210,7 +211,7 @@ def test_independent_decay_follows_schedule() -> None:
 def test_l2_decay_enters_the_momentum() -> None:
     shapes = [(12, 20)]
     w = torch.randn(*shapes[0], dtype=torch.float64, requires_grad=True)
-    opt = Muon([w], lr=0.02, weight_decay=0.5, decay="l2")
+    opt = Muon([w], lr=0.02, weight_decay=0.5, decay="l2", ns_dtype=torch.float32)
     ref_w, ref_b = w.detach().clone(), torch.zeros_like(w)
     for t in range(3):
         g = grads_for(shapes, t)[0]

@@ -251,7 +251,34 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     decayed = sum(i.numel for i in infos if i.decay)
     invariant = sum(i.numel for i in infos if i.scale_invariant)
     console.print(f"{total:,} parameters; {decayed:,} decayed; {invariant:,} scale-invariant")
+    console.print(_memory_table(model, infos))
     return 0
+
+
+def _memory_table(model: Any, infos: list[Any]) -> Any:
+    """Optimizer state each registered optimizer would keep for this model."""
+    from rich.table import Table
+
+    from wdlab import optim
+    from wdlab.groups import param_groups
+
+    groups = param_groups(model, lr=1e-3, weight_decay=0.0, infos=infos)
+    table = Table(title="optimizer state (each optimizer's default hyperparameters)")
+    for column in ("optimizer", "bytes / parameter", "total"):
+        table.add_column(column, justify="left" if column == "optimizer" else "right")
+    for name in optim.available():
+        optimizer = optim.create(name, [dict(g) for g in groups], lr=1e-3)
+        size = optim.state_bytes(optimizer)
+        table.add_row(name, f"{optim.state_bytes_per_param(optimizer):.2f}", _human_bytes(size))
+    return table
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GB"
 
 
 # ---- parser ---------------------------------------------------------------------------------
@@ -279,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", _cmd_run, "train one run of a workload to its target")
     p.add_argument("workload", nargs="?", help="grokking | charlm | digits | teacher")
-    p.add_argument("--optimizer", help="adamw | sgdw | lion | muon | adamp | sgdp")
+    p.add_argument("--optimizer", help="an optimizer name (see wdlab inspect for the list)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--wd", type=float, help="weight decay coefficient")
     p.add_argument("--decay", choices=["decoupled", "independent", "l2"])

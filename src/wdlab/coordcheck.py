@@ -20,7 +20,7 @@ from torch import nn
 
 from wdlab import workloads
 from wdlab.factory import create_optimizer
-from wdlab.groups import classify
+from wdlab.groups import classify, input_weights
 from wdlab.scaling import RULES
 from wdlab.workloads.base import Workload
 
@@ -219,15 +219,19 @@ def plot_coord_check(data: Mapping[str, Any], path: str | Path) -> Path:
 
 
 @torch.no_grad()
-def top_singular_values(model: nn.Module, infos: Sequence[Any] | None = None) -> dict[str, float]:
-    """Largest singular value of every hidden ("matrix" role) weight, by parameter name;
-    conv kernels are flattened to (out_channels, rest). classify(model, probe=False) decides
-    the roles unless `infos` is given."""
+def top_singular_values(
+    model: nn.Module, infos: Sequence[Any] | None = None, example_input: Any = None
+) -> dict[str, float]:
+    """Largest singular value of every hidden matrix (role "matrix", not fed by the raw
+    input: an input layer's fan_in does not grow with width), by parameter name; conv
+    kernels are flattened to (out_channels, rest). classify(model, probe=False) decides the
+    roles unless `infos` is given; `example_input` finds the input layer (wdlab.groups)."""
     infos = infos if infos is not None else classify(model, probe=False)
+    inputs = input_weights(model, example_input)
     params = dict(model.named_parameters())
     out = {}
     for info in infos:
-        if info.role != "matrix":
+        if info.role != "matrix" or info.name in inputs:
             continue
         w = params[info.name].detach().float()
         out[info.name] = float(torch.linalg.matrix_norm(w.reshape(w.shape[0], -1), ord=2))
@@ -274,8 +278,8 @@ def singular_value_check(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        losses.append(float(loss))
-        for name, value in top_singular_values(net).items():
+        losses.append(float(loss.detach()))
+        for name, value in top_singular_values(net, example_input=workload.example_input()).items():
             sigma.setdefault(name, []).append(value)
     return {
         "workload": workload_name, "rule": rule, "base_width": base_width, "lr": lr,

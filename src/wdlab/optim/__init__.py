@@ -38,7 +38,15 @@ __all__ = [
     "available",
     "get",
     "create",
+    "state_bytes",
+    "state_bytes_per_param",
 ]
+
+# Functions that live beside the optimizers (also imported lazily).
+_FUNCTIONS: dict[str, str] = {
+    "state_bytes": "wdlab.optim.memory",
+    "state_bytes_per_param": "wdlab.optim.memory",
+}
 
 
 def available() -> list[str]:
@@ -61,6 +69,8 @@ def create(name: str, params: Iterable[Any], **hparams: Any) -> torch.optim.Opti
 
 
 def __getattr__(attr: str) -> Any:
+    if attr in _FUNCTIONS:
+        return getattr(importlib.import_module(_FUNCTIONS[attr]), attr)
     for module, cls in _REGISTRY.values():
         if cls == attr:
             return getattr(importlib.import_module(module), cls)

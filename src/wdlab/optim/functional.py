@@ -799,8 +799,10 @@ def sgdp_step(
 # ---- NovoGrad, FAdam, SCALE ---
 # Each needs one statistic over a whole tensor (or per row) before its elementwise pass: a norm
 # read first, then the update through foreach_elementwise per tensor with that statistic as a
-# Python scalar (or a (rows, 1) / (1, cols) factor). The kernels avoid alpha=/value= with
-# scalar arguments and branch only on bools, so mode="compiled" can trace them too.
+# Python scalar (or a (rows, 1) / (1, cols) factor). The per-tensor statistics cost a host sync
+# per tensor, so these offer the eager modes only ("chunked", "whole"), not "compiled".
+
+EAGER_MODES = ("chunked", "whole")
 
 
 def _novograd_update(
@@ -816,12 +818,28 @@ def _novograd_update(
     decay_in_momentum: bool,
     decays: bool,
 ) -> None:
-    exp_avg.mul_(beta1).add_(grad * gain)
-    if decay_in_momentum:
-        exp_avg.add_(param * decay_gain)
+    # The decay pass, then torch's fused SGD kernel on the block while it is in cache: with
+    # dampening 1 - gain its buffer rule m <- b1*m + (1 - dampening)*(g + wd*w) is NovoGrad's.
     if decays:
         param.mul_(keep)
-    param.sub_(exp_avg * lr)
+    if beta1 > 0 and param.device.type in ("cpu", "cuda"):
+        torch._fused_sgd_(
+            [param],
+            [grad],
+            [exp_avg],
+            weight_decay=decay_gain / gain if decay_in_momentum else 0.0,
+            momentum=beta1,
+            lr=lr,
+            dampening=1.0 - gain,
+            nesterov=False,
+            maximize=False,
+            is_first_step=False,
+        )
+        return
+    exp_avg.mul_(beta1).add_(grad, alpha=gain)
+    if decay_in_momentum:
+        exp_avg.add_(param, alpha=decay_gain)
+    param.add_(exp_avg, alpha=-lr)
 
 
 def novograd_step(
@@ -844,9 +862,10 @@ def novograd_step(
     """One NovoGrad step per tensor ("layer"); increments state_steps.
 
     v <- ||g||^2 on the first step, else b2*v + (1 - b2)*||g||^2 (a 0-d tensor per layer);
-    d = g/(sqrt(v) + eps); m <- d on the first step, else b1*m + a*d with a = 1 - b1 if
-    grad_averaging else 1; w <- w*(1 - decay_rate) - lr*m. decay_in_momentum=True is the paper's
-    form instead: d gains (decay_rate/lr)*w and w is not shrunk separately. g includes l2*w.
+    d = g/(sqrt(v) + eps); m <- d on the first step (m is still 0 there: b1*0 + d), else
+    b1*m + a*d with a = 1 - b1 if grad_averaging else 1; w <- w*(1 - decay_rate) - lr*m.
+    decay_in_momentum=True is the paper's form instead: d gains (decay_rate/lr)*w and w is not
+    shrunk separately. g includes l2*w.
     """
     for param, grad, exp_avg, exp_avg_sq, step_t in zip(
         params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True
@@ -858,12 +877,12 @@ def novograd_step(
         norm_sq = float(torch.linalg.vector_norm(grad)) ** 2
         exp_avg_sq.fill_(norm_sq if first else beta2 * float(exp_avg_sq) + (1 - beta2) * norm_sq)
         scale = 1.0 / (float(exp_avg_sq) ** 0.5 + eps)
-        b1, avg = (0.0, 1.0) if first else (beta1, (1 - beta1) if grad_averaging else 1.0)
+        avg = 1.0 if first or not grad_averaging else 1 - beta1
         in_m = decay_in_momentum and decay_rate > 0 and lr > 0
         scalars = {
             "lr": lr,
             "keep": 1.0 - decay_rate,
-            "beta1": b1,
+            "beta1": beta1,
             "gain": avg * scale,
             "decay_gain": avg * decay_rate / lr if in_m else 0.0,
             "decay_in_momentum": in_m,
@@ -890,11 +909,12 @@ def _fadam_fisher(
     with_decay: bool,
 ) -> None:
     # f <- b2*f + (1 - b2)*g^2; accumulate sum((g/den)^2) and sum((w/den)^2) for the RMS clips.
-    fim.mul_(beta2).add_(grad * grad * (1 - beta2))
+    fim.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denom = _fisher_denom(fim, eps, power, sqrt)
-    sum_g.add_((grad / denom).square().sum())
+    ratio = torch.div(grad, denom)
+    sum_g.add_(torch.linalg.vector_norm(ratio).square())
     if with_decay:
-        sum_w.add_((param / denom).square().sum())
+        sum_w.add_(torch.linalg.vector_norm(torch.div(param, denom, out=ratio)).square())
 
 
 def _fadam_update(
@@ -913,10 +933,10 @@ def _fadam_update(
     with_decay: bool,
 ) -> None:
     denom = _fisher_denom(fim, eps, power, sqrt)
-    exp_avg.mul_(beta1).add_(grad / denom * gain)
+    exp_avg.mul_(beta1).addcdiv_(grad, denom, value=gain)
     if with_decay:
-        param.sub_(param / denom * decay_coef)
-    param.sub_(exp_avg * lr)
+        param.addcdiv_(param, denom, value=-decay_coef)
+    param.add_(exp_avg, alpha=-lr)
 
 
 def fadam_step(

@@ -50,9 +50,10 @@ class Muon(WdOptimizer):
     momentum) with Nesterov else buf; O = NS5(M) on M/max(||M||_F, eps), transposed when
     rows > cols; W <- W*(1 - c) - lr*s*O with c the decay rate computed from the plain lr,
     s = 0.2*sqrt(max(A, B)) ("match_rms_adamw") or sqrt(max(1, A/B)) ("original").
-    Newton-Schulz runs in float32 by default (torch uses bfloat16; ns_dtype=torch.bfloat16
-    reproduces torch bit for bit): float32 stays within ~2e-6 of a float64 iteration, bfloat16
-    only within ~2e-2, and CPUs without bfloat16 matmul units gain nothing from it.
+    Newton-Schulz runs in bfloat16 by default, like torch.optim.Muon and the Moonlight recipe,
+    and then reproduces torch bit for bit at the same speed (float32 took 2.3x as long on the
+    AVX-512 CPU of docs/performance.md). ns_dtype=torch.float32 is the accurate option: it
+    stays within ~2e-6 of a float64 iteration, bfloat16 only within ~2e-2.
 
     AdamW params: wdlab's shared AdamW step (torch's fused kernel where it runs, i.e.
     torch.optim.AdamW(fused=True) bit for bit) with adamw_betas and adamw_eps.
@@ -74,7 +75,7 @@ class Muon(WdOptimizer):
         update_scale: str = "match_rms_adamw",
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
-        ns_dtype: torch.dtype | str = torch.float32,
+        ns_dtype: torch.dtype | str = torch.bfloat16,
     ) -> None:
         defaults = dict(
             lr=lr,

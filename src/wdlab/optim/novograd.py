@@ -20,15 +20,13 @@ from wdlab.optim.base import (
     decoupled_decay_rate,
     l2_coefficient,
 )
-from wdlab.optim.functional import ELEMENTWISE_MODES, novograd_step
+from wdlab.optim.functional import EAGER_MODES, novograd_step
 
 
 def check_mode(group: dict[str, Any]) -> None:
-    """The elementwise execution mode every foreach_elementwise optimizer accepts."""
-    if group["mode"] not in ELEMENTWISE_MODES:
-        raise ValueError(
-            f"mode must be one of {', '.join(ELEMENTWISE_MODES)}; got {group['mode']!r}"
-        )
+    """NovoGrad, FAdam and SCALE run eagerly: "chunked" (blocks in cache) or "whole"."""
+    if group["mode"] not in EAGER_MODES:
+        raise ValueError(f"mode must be one of {', '.join(EAGER_MODES)}; got {group['mode']!r}")
 
 
 def check_bool(group: dict[str, Any], name: str) -> None:
@@ -53,7 +51,9 @@ class NovoGrad(WdOptimizer):
     schedule only) and no separate shrink happens.
     Defaults follow the paper's experiments: betas (0.95, 0.98), eps 1e-8, grad_averaging off.
     State: "step" (float32 0-d), "exp_avg" (like p), "exp_avg_sq" (0-d, p's dtype): the names
-    of apex's FusedNovoGrad. mode as SGDW's ("chunked" default, "whole", "compiled").
+    of apex's FusedNovoGrad. mode: "chunked" (default; decay pass plus torch's fused SGD
+    kernel per cache-sized block, the momentum rule with dampening 1 - a/(sqrt(v) + eps)) or
+    "whole"; no "compiled" (the per-layer norm syncs with the host anyway).
     """
 
     def __init__(

@@ -45,7 +45,7 @@ class SCALE(WdOptimizer):
     Groups without a "role" key are refused (ValueError): without it the output layer, which
     alone gets momentum, is unknown; use wdlab.param_groups or wdlab.create_optimizer.
     State: "momentum_buffer" (torch SGD's name) for the output layer; "step", "exp_avg",
-    "exp_avg_sq" (torch AdamW's) for the AdamW params. mode as SGDW's.
+    "exp_avg_sq" (torch AdamW's) for the AdamW params. mode: "chunked" (default) or "whole".
     """
 
     def __init__(

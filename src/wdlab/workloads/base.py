@@ -9,11 +9,21 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 Batch = tuple[torch.Tensor, ...]
+
+
+def epoch_indices(n: int, batch_size: int, seed: int, step: int, stream: int) -> torch.Tensor:
+    """Indices of the minibatch for `step`: a fresh permutation of n examples every epoch,
+    seeded by (seed, epoch, stream), sliced by the step's position in the epoch. The last
+    incomplete batch of an epoch is dropped, so every batch has batch_size examples."""
+    epoch, position = divmod(step, n // batch_size)
+    order = np.random.default_rng([seed, epoch, stream]).permutation(n)
+    return torch.from_numpy(order[position * batch_size : (position + 1) * batch_size])
 
 
 class Section(BaseModel):

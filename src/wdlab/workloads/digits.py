@@ -33,7 +33,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from wdlab.workloads.base import Batch, Section, Workload
+from wdlab.workloads.base import Batch, Section, Workload, epoch_indices
 
 DATA_STREAM = 2  # mixed into the epoch generator's seed so data never shares a stream
 N_IMAGES, N_CLASSES = 1797, 10
@@ -143,11 +143,9 @@ class Digits(Workload):
             return nn.Sequential(*layers)
 
     def batch(self, step: int) -> Batch:
-        epoch, position = divmod(step, self.steps_per_epoch)
-        rng = np.random.default_rng([self.seed, epoch, DATA_STREAM])
-        order = torch.from_numpy(rng.permutation(len(self.train_y)))
-        size = self.data_config.batch_size
-        index = order[position * size : (position + 1) * size]
+        index = epoch_indices(
+            len(self.train_y), self.data_config.batch_size, self.seed, step, DATA_STREAM
+        )
         return self.train_x[index], self.train_y[index]
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -25,12 +25,11 @@ import hashlib
 import math
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from wdlab.workloads.base import Batch, Section, Workload
+from wdlab.workloads.base import Batch, Section, Workload, epoch_indices
 
 DATA_STREAM = 3  # mixed into the epoch generator's seed so data never shares a stream
 
@@ -134,11 +133,9 @@ class Teacher(Workload):
             )
 
     def batch(self, step: int) -> Batch:
-        epoch, position = divmod(step, self.steps_per_epoch)
-        rng = np.random.default_rng([self.seed, epoch, DATA_STREAM])
-        order = torch.from_numpy(rng.permutation(self.data_config.n_train))
-        size = self.data_config.batch_size
-        index = order[position * size : (position + 1) * size]
+        index = epoch_indices(
+            self.data_config.n_train, self.data_config.batch_size, self.seed, step, DATA_STREAM
+        )
         return self.train_x[index], self.train_y[index]
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
