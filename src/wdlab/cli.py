@@ -1,4 +1,4 @@
-"""The `wdlab` command line: run | runs | show | export | inspect.
+"""The `wdlab` command line: run | sweep | runs | show | export | inspect.
 
 Every error a user can cause ends in one line on stderr naming the problem and the fix, with
 exit code 2 and no traceback. Options use one style everywhere (DESIGN.md).
@@ -119,6 +119,21 @@ def _target_op(result: Any) -> str:
         if cls.metric == result.metric:
             return ">=" if cls.higher_is_better else "<="
     return "vs"
+
+
+# ---- sweep -----------------------------------------------------------------------------------
+
+
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    from wdlab.sweep import add_arguments
+
+    add_arguments(p)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from wdlab.sweep import sweep_main
+
+    return sweep_main(args)
 
 
 # ---- runs / show / export ----------------------------------------------------------------------
@@ -323,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, help="torch threads")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted or killed run")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    store_option(p)
+
+    p = add("sweep", _cmd_sweep, "run (or resume) a sweep of a workload over a grid or Halton set")
+    _sweep_arguments(p)
     store_option(p)
 
     p = add("runs", _cmd_runs, "list runs in the store")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from wdlab import optim
-from wdlab.groups import param_groups
+from wdlab.groups import classify, param_groups
 from wdlab.scaling import apply_init
 
 __all__ = ["create_optimizer"]
@@ -45,8 +45,16 @@ def create_optimizer(
     (default: model.width).
     """
     optim.get(name)  # fail fast with the list of known names, before any probing
-    if scaling is not None:
-        apply_init(model, scaling, base_width, width, example_input=example_input)
+    infos = None
+    if scaling is not None:  # classify once, before and after the init: names do not change
+        infos = classify(
+            model,
+            example_input,
+            decay_embedding=decay_embedding,
+            decay_output=decay_output,
+            probe=probe,
+        )
+        apply_init(model, scaling, base_width, width, example_input=example_input, infos=infos)
     groups = param_groups(
         model,
         lr,
@@ -55,6 +63,7 @@ def create_optimizer(
         decay_embedding=decay_embedding,
         decay_output=decay_output,
         overrides=overrides,
+        infos=infos,
         probe=probe,
         scaling=scaling,
         base_width=base_width,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TextIO
@@ -14,8 +15,9 @@ def _format_fields(fields: dict[str, float]) -> str:
 class PlainProgress:
     """One line about every 5% of the run and at every evaluation, for non-terminals."""
 
-    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+    def __init__(self, label: str, stream: TextIO | None = None, unit: str = "step") -> None:
         self.label = label
+        self.unit = unit
         self.stream = stream or sys.stdout
         self.total = 0
         self.every = 1
@@ -35,7 +37,8 @@ class PlainProgress:
         rate = (step - self.initial) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         print(
-            f"{self.label} step {step}/{self.total} {_format_fields(fields)} eta {eta:.0f}s",
+            f"{self.label} {self.unit} {step}/{self.total} {_format_fields(fields)} "
+            + (f"eta {eta:.0f}s" if math.isfinite(eta) else ""),
             file=self.stream,
             flush=True,
         )
@@ -84,8 +87,10 @@ class RichProgress:
         self.bar.stop()
 
 
-def make_progress(label: str, enabled: bool = True) -> PlainProgress | RichProgress | None:
+def make_progress(
+    label: str, enabled: bool = True, unit: str = "step"
+) -> PlainProgress | RichProgress | None:
     """A rich bar when stdout is a terminal, plain lines otherwise, None when disabled."""
     if not enabled:
         return None
-    return RichProgress(label) if sys.stdout.isatty() else PlainProgress(label)
+    return RichProgress(label) if sys.stdout.isatty() else PlainProgress(label, unit=unit)

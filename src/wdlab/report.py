@@ -174,3 +174,139 @@ def plot_run(metrics: dict[str, Series], out_dir: Path, title: str = "") -> list
         _finish(ax, "nats")
         written.append(_save(fig, out_dir / "monitor_logz.png"))
     return written
+
+
+# --------------------------------------------------------------------------- sweep and bench plots
+# Used by wdlab.html_report and wdlab.bench. Labels come from users (optimizer names, config
+# values), so every one goes through safe_title before matplotlib sees it.
+
+_NAN = float("nan")
+
+
+def _colors(keys: Iterable[str]) -> dict[str, object]:
+    """One stable color per key (tab10 order), so a key keeps its color across plots."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {key: cmap(i % 10) for i, key in enumerate(sorted(set(keys)))}
+
+
+def plot_curves(
+    curves: list[tuple[str, str, Series]], path: Path, title: str, ylabel: str = "train loss"
+) -> Path:
+    """All trials' curves on one axis, colored by group (e.g. optimizer); one legend entry
+    per group. `curves` holds (group, trial label, series)."""
+    fig, (ax,) = _figure(title)
+    colors = _colors(g for g, _, _ in curves)
+    seen: set[str] = set()
+    for group, _label, series in curves:
+        finite = [(s, v) for s, v in series if v == v and abs(v) != float("inf")]
+        if not finite:
+            continue
+        label = safe_title(group, 60) if group not in seen else None
+        seen.add(group)
+        _plot(ax, finite, label, color=colors[group], alpha=0.8, linewidth=1.0)
+    ax.set_title(ylabel + " of every trial")
+    _finish(ax, ylabel, log=_positive(s for _, _, s in curves))
+    return _save(fig, Path(path))
+
+
+def plot_heatmap(
+    lrs: list[float],
+    wds: list[float],
+    values: list[list[float]],
+    labels: list[list[str]],
+    path: Path,
+    title: str,
+    cbar: str,
+    higher_is_better: bool = False,
+) -> Path:
+    """An LR (columns) × WD (rows) grid. values[i][j] belongs to (wds[i], lrs[j]); NaN cells
+    are drawn grey and carry their text from `labels` ("diverged", "missing", "miss")."""
+    import numpy as np
+
+    data = np.ma.masked_invalid(np.asarray(values, dtype=float).reshape(len(wds), len(lrs)))
+    fig = Figure(figsize=(1.2 * len(lrs) + 3.0, 0.7 * len(wds) + 2.2))
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = _grey_bad("viridis" if higher_is_better else "viridis_r")  # yellow = best
+    image = ax.imshow(data, cmap=cmap, aspect="auto", origin="lower")
+    if data.count():
+        fig.colorbar(image, ax=ax, label=safe_title(cbar, 60))
+    for i in range(len(wds)):
+        for j in range(len(lrs)):
+            ax.text(
+                j,
+                i,
+                safe_title(labels[i][j], 20),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black",
+                bbox={"facecolor": "white", "alpha": 0.6, "linewidth": 0, "pad": 1},
+            )
+    ax.set_xticks(range(len(lrs)), [f"{v:.3g}" for v in lrs], rotation=45)
+    ax.set_yticks(range(len(wds)), [f"{v:.3g}" for v in wds])
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("weight decay")
+    ax.set_title(safe_title(title))
+    return _save(fig, Path(path))
+
+
+def _grey_bad(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name].with_extremes(bad="0.55")
+
+
+def plot_lr_sensitivity(
+    lines: list[tuple[str, list[float], list[float]]],
+    init_loss: float | None,
+    path: Path,
+    title: str,
+    ylabel: str = "final loss",
+) -> Path:
+    """Final loss against learning rate (log x), one line per (label, lrs, losses); diverged
+    points (NaN) are drawn at ℓ0 with an x, as the LR-sensitivity score counts them."""
+    fig, (ax,) = _figure(title)
+    colors = _colors(label for label, _, _ in lines)
+    for label, lrs, losses in lines:
+        pts = sorted(zip(lrs, losses, strict=True))
+        xs = [x for x, _ in pts]
+        ys = [y if y == y and abs(y) != float("inf") else _NAN for _, y in pts]
+        ax.plot(xs, ys, marker="o", label=safe_title(label, 80), color=colors[label])
+        bad = [x for x, y in zip(xs, ys, strict=True) if y != y]
+        if bad and init_loss is not None:
+            ax.plot(bad, [init_loss] * len(bad), "x", color=colors[label], markersize=9)
+    if init_loss is not None:
+        ax.axhline(init_loss, color="0.4", linestyle=":", label=f"ℓ0 = {init_loss:.4g}")
+    ax.set_xscale("log")
+    ax.set_title("LR sensitivity")
+    _finish(ax, ylabel)
+    ax.set_xlabel("learning rate")
+    return _save(fig, Path(path))
+
+
+def plot_profile(
+    profile: dict[str, list[tuple[float, float]]], path: Path, title: str, r_max: float = 4.0
+) -> Path:
+    """AlgoPerf performance profiles: ρ(τ) as right-continuous steps on [1, r_max]."""
+    fig, (ax,) = _figure(title)
+    colors = _colors(profile)
+    for name, points in profile.items():
+        pts = sorted(points)
+        if not pts or pts[-1][0] < r_max:
+            pts.append((r_max, pts[-1][1] if pts else 0.0))
+        ax.plot(
+            [t for t, _ in pts],
+            [r for _, r in pts],
+            drawstyle="steps-post",
+            label=safe_title(name, 60),
+            color=colors[name],
+            linewidth=2,
+        )
+    ax.set_xlim(1.0, r_max)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("performance profile")
+    _finish(ax, "fraction of workloads ρ(τ)")
+    ax.set_xlabel("τ (time / best time)")
+    return _save(fig, Path(path))

@@ -969,6 +969,20 @@ class Store:
 
         return self._transact(requeue)
 
+    def requeue_trial(self, sweep_id: str, index: int, worker: str | None) -> bool:
+        """Put one running trial back to pending if `worker` still owns it; its run_id is
+        kept so the next worker resumes that run. True if it was requeued."""
+
+        def requeue(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE trials SET status = 'pending', worker = NULL WHERE sweep_id = ? "
+                "AND trial_index = ? AND status = 'running' AND worker IS ?",
+                (sweep_id, index, worker),
+            )
+            return cur.rowcount == 1
+
+        return self._transact(requeue)
+
     def trials(self, sweep_id: str, status: str | None = None) -> list[TrialRecord]:
         """A sweep's trials by index (optionally of one status)."""
         sql, params = "SELECT * FROM trials WHERE sweep_id = ?", [sweep_id]

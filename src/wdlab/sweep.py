@@ -23,7 +23,6 @@ import json
 import math
 import os
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -409,26 +408,12 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def _requeue(store: Store, sweep_id: str, index: int, worker: str | None) -> bool:
-    """Put one running trial back to pending if `worker` still owns it (run_id is kept so
-    the next worker resumes that run). Store has no public call for this yet; see docs."""
-
-    def body(c: sqlite3.Connection) -> bool:
-        cur = c.execute(
-            "UPDATE trials SET status = 'pending', worker = NULL WHERE sweep_id = ? "
-            "AND trial_index = ? AND status = 'running' AND worker IS ?",
-            (sweep_id, index, worker),
-        )
-        return cur.rowcount == 1
-
-    return store._transact(body)
-
-
 def recover_trials(store: Store, sweep_id: str, stale_seconds: float = STALE_SECONDS) -> list[int]:
     """Requeue running trials whose owner died on this host or fell silent; their indices."""
     indices = []
     for trial in store.trials(sweep_id, status="running"):
-        if _owner_dead(trial.worker) and _requeue(store, sweep_id, trial.trial_index, trial.worker):
+        owner = trial.worker
+        if _owner_dead(owner) and store.requeue_trial(sweep_id, trial.trial_index, owner):
             indices.append(trial.trial_index)
     indices += store.requeue_stale_trials(sweep_id, older_than=stale_seconds)
     return sorted(indices)
@@ -541,7 +526,7 @@ def _run_trial(
             proxy.run_id = resume_id
         result = train.run(config, proxy, runs_root, resume_id=resume_id)  # type: ignore[arg-type]
     except KeyboardInterrupt:
-        _requeue(store, sweep_id, index, worker)
+        store.requeue_trial(sweep_id, index, worker)
         return False
     except Exception as err:  # a failing trial is a result; it never stops the others
         if not beat.lost:
@@ -550,7 +535,7 @@ def _run_trial(
             )
         return True
     if result.status == "interrupted":
-        _requeue(store, sweep_id, index, worker)
+        store.requeue_trial(sweep_id, index, worker)
         return False
     if not beat.lost:  # someone else took the trial over; its outcome is theirs to record
         status = _result_status(result.status)
@@ -595,7 +580,7 @@ def _worker_loop(
                         store, trial, worker, base, sweep_name, Path(runs_root), beat
                     )
                 except KeyboardInterrupt:
-                    _requeue(store, sweep_id, trial.trial_index, worker)
+                    store.requeue_trial(sweep_id, trial.trial_index, worker)
                     carry_on = False
                 beat.current = None
                 if on_trial is not None:
@@ -611,6 +596,9 @@ def _worker_loop(
 def _local_worker_main(
     store_path: str, sweep_id: str, runs_root: str, threads: int, parent_pid: int
 ) -> None:
+    # Before torch is imported: size OpenMP's pool too, not only torch's intra-op threads
+    # (Ray does the same for its workers), so 2 workers on 2 cores do not oversubscribe.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     _worker_loop(store_path, sweep_id, runs_root, threads, parent_pid)
 
 
@@ -868,7 +856,9 @@ def run_sweep(
             os.fspath(runs_root_for(store_path)),
             max(1, _cores() // workers),
         )
-        bar = make_progress(f"sweep {store.get_sweep(sweep_id).name}", enabled=progress)
+        bar = make_progress(
+            f"sweep {store.get_sweep(sweep_id).name}", enabled=progress, unit="trial"
+        )
         shown = [-1]
 
         def report() -> dict[str, int]:

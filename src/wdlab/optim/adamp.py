@@ -19,7 +19,7 @@ the steady-state pull of L2 through a momentum buffer. In l2 mode momentum alrea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -27,6 +27,8 @@ import torch
 from wdlab.optim.base import (
     WdOptimizer,
     check_betas,
+    check_bool,
+    check_momentum,
     check_range,
     decoupled_decay_rate,
     l2_coefficient,
@@ -39,8 +41,7 @@ def _check_projection(group: dict[str, Any]) -> None:
     check_range("eps", group["eps"], 0.0)
     check_range("delta", group["delta"], 0.0)
     check_range("wd_ratio", group["wd_ratio"], 0.0, 1.0, high_open=False)
-    if not isinstance(group["nesterov"], bool):
-        raise ValueError(f"nesterov must be True or False, got {group['nesterov']!r}")
+    check_bool(group, "nesterov")
 
 
 class AdamP(WdOptimizer):
@@ -80,47 +81,30 @@ class AdamP(WdOptimizer):
         check_betas(group["betas"])
         _check_projection(group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._grads_of(group)
-            exp_avgs, exp_avg_sqs, steps = [], [], []
-            for p in params:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["step"] = torch.tensor(0.0)
-                    # Contiguous: the projection views the update (built from these) as rows.
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                    state["exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.contiguous_format
-                    )
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            if not params:
-                continue
-            beta1, beta2 = group["betas"]
-            adamp_step(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                delta=group["delta"],
-                wd_ratio=group["wd_ratio"],
-                nesterov=group["nesterov"],
-                decay_rate=decoupled_decay_rate(group),
-                l2=l2_coefficient(group),
-            )
-        return loss
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        # Contiguous: the projection views the update (built from these) as rows.
+        exp_avgs, exp_avg_sqs, steps = self._adam_states(
+            params, memory_format=torch.contiguous_format
+        )
+        beta1, beta2 = group["betas"]
+        adamp_step(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            delta=group["delta"],
+            wd_ratio=group["wd_ratio"],
+            nesterov=group["nesterov"],
+            decay_rate=decoupled_decay_rate(group),
+            l2=l2_coefficient(group),
+        )
 
 
 class SGDP(WdOptimizer):
@@ -162,8 +146,7 @@ class SGDP(WdOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_range("momentum", group["momentum"], 0.0, 1.0)
-        check_range("dampening", group["dampening"], 0.0, 1.0, high_open=False)
+        check_momentum(group)
         _check_projection(group)
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
@@ -171,40 +154,22 @@ class SGDP(WdOptimizer):
                 f"got momentum={group['momentum']!r}, dampening={group['dampening']!r}"
             )
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._grads_of(group)
-            if not params:
-                continue
-            momentum = group["momentum"]
-            bufs: list[torch.Tensor | None] = []
-            for p in params:
-                if momentum == 0:
-                    bufs.append(None)
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.contiguous_format
-                    )
-                bufs.append(state["momentum_buffer"])
-            sgdp_step(
-                params,
-                grads,
-                bufs,
-                lr=group["lr"],
-                momentum=momentum,
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                eps=group["eps"],
-                delta=group["delta"],
-                wd_ratio=group["wd_ratio"],
-                decay_rate=decoupled_decay_rate(group),
-                l2=l2_coefficient(group),
-            )
-        return loss
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        momentum = group["momentum"]
+        bufs = [self._buffer(p) if momentum != 0 else None for p in params]
+        sgdp_step(
+            params,
+            grads,
+            bufs,
+            lr=group["lr"],
+            momentum=momentum,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            eps=group["eps"],
+            delta=group["delta"],
+            wd_ratio=group["wd_ratio"],
+            decay_rate=decoupled_decay_rate(group),
+            l2=l2_coefficient(group),
+        )

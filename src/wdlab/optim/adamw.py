@@ -59,47 +59,34 @@ class AdamW(WdOptimizer):
             return (wd / initial_lr if initial_lr > 0 else 0.0), True
         return wd, True
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            if group.get("amsgrad") or group.get("maximize"):
-                raise ValueError(
-                    "wdlab AdamW supports amsgrad=False and maximize=False only; "
-                    "use torch.optim.AdamW for these options"
-                )
-            params, grads = self._grads_of(group)
-            if not params:
-                continue
-            fused = group.get("fused")
-            exp_avgs, exp_avg_sqs, steps = [], [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    device = p.device if fused is not False else torch.device("cpu")
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            beta1, beta2 = group["betas"]
-            weight_decay, decoupled = self._torch_weight_decay(group)
-            adamw_step(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=weight_decay,
-                decoupled=decoupled,
-                fused=fused,
+    def _check_step(self, group: dict[str, Any]) -> None:
+        if group.get("amsgrad") or group.get("maximize"):
+            raise ValueError(
+                "wdlab AdamW supports amsgrad=False and maximize=False only; "
+                "use torch.optim.AdamW for these options"
             )
-        return loss
+
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        fused = group.get("fused")
+        # torch keeps "step" on the param's device for its fused kernels, on the CPU otherwise.
+        exp_avgs, exp_avg_sqs, steps = self._adam_states(
+            params, step_device="param" if fused is not False else "cpu"
+        )
+        beta1, beta2 = group["betas"]
+        weight_decay, decoupled = self._torch_weight_decay(group)
+        adamw_step(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=weight_decay,
+            decoupled=decoupled,
+            fused=fused,
+        )

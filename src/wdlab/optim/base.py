@@ -1,4 +1,5 @@
-"""Bookkeeping every wdlab optimizer shares: hyperparameter checks and the three decay modes.
+"""Bookkeeping every wdlab optimizer shares: hyperparameter checks, the three decay modes, the
+step loop over param groups and the creation of torch-compatible state.
 
 The decay modes (REFERENCE.md §1):
   decoupled    w <- w * (1 - lr * wd)           torch.optim.AdamW's meaning
@@ -10,12 +11,18 @@ Decay is applied before the gradient step; moment buffers see the raw gradient
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import torch
 
+from wdlab.optim.functional import EAGER_MODES, adamw_step
+
 DECAY_MODES = ("decoupled", "independent", "l2")
+# Params, grads, exp_avgs, exp_avg_sqs, steps: the lists of an AdamW fallback step.
+AdamColumns = tuple[list[torch.Tensor], ...]
+# Where a new Adam "step" counter lives: None = torch.tensor(0.0), else float32 on CPU / p's device.
+StepDevice = Literal["cpu", "param"] | None
 
 
 def check_range(
@@ -47,9 +54,30 @@ def check_betas(betas: Any, name: str = "betas") -> None:
         check_range(f"{name}[{i}]", beta, 0.0, 1.0)
 
 
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    """Raise ValueError naming `name` and the allowed values unless value is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
 def check_decay(decay: Any) -> None:
-    if decay not in DECAY_MODES:
-        raise ValueError(f"decay must be one of {', '.join(DECAY_MODES)}; got {decay!r}")
+    check_choice("decay", decay, DECAY_MODES)
+
+
+def check_mode(group: dict[str, Any], modes: Sequence[str] = EAGER_MODES) -> None:
+    """The group's "mode" is one of `modes` (default: the eager ones, "chunked" or "whole")."""
+    check_choice("mode", group["mode"], modes)
+
+
+def check_bool(group: dict[str, Any], name: str) -> None:
+    if not isinstance(group[name], bool):
+        raise ValueError(f"{name} must be True or False, got {group[name]!r}")
+
+
+def check_momentum(group: dict[str, Any]) -> None:
+    """SGD-style momentum in [0, 1) and dampening in [0, 1]."""
+    check_range("momentum", group["momentum"], 0.0, 1.0)
+    check_range("dampening", group["dampening"], 0.0, 1.0, high_open=False)
 
 
 def decoupled_decay_rate(group: dict[str, Any]) -> float:
@@ -73,7 +101,8 @@ class WdOptimizer(torch.optim.Optimizer):
     """Base class: validates common hyperparameters per group and records initial_lr.
 
     Subclasses call `super().__init__(params, defaults)` and implement `_check_group`
-    for their own hyperparameters and `step`.
+    for their own hyperparameters and `_step_group` for the update; `step` is shared so
+    that closure handling and the skipping of gradient-less groups live in one place.
     """
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
@@ -111,6 +140,115 @@ class WdOptimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
             group.setdefault("initial_lr", group["lr"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every group that has gradients; returns closure() if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._check_step(group)
+            params, grads = self._grads_of(group)
+            if params:
+                self._step_group(group, params, grads)
+        return loss
+
+    def _check_step(self, group: dict[str, Any]) -> None:
+        """Refuse group settings (e.g. from a loaded state_dict) the update can't honour."""
+
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        """Update `params` (those of `group` with a gradient) in place (override)."""
+        raise NotImplementedError
+
+    def _adam_state(
+        self,
+        p: torch.Tensor,
+        keys: tuple[str, str] = ("exp_avg", "exp_avg_sq"),
+        *,
+        memory_format: torch.memory_format = torch.preserve_format,
+        step_device: StepDevice = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """p's (first moment, second moment, "step"), created on first use in torch's layout.
+
+        The moments are zeros like p. "step" is torch.tensor(0.0) (torch's single-tensor
+        layout) unless step_device is "cpu" or "param": then a float32 0-d tensor on the CPU
+        or on p's device (what torch.optim.AdamW's fused kernels expect).
+        """
+        state = self.state[p]
+        first, second = keys
+        if first not in state:
+            if step_device is None:
+                state["step"] = torch.tensor(0.0)
+            else:
+                device = p.device if step_device == "param" else torch.device("cpu")
+                state["step"] = torch.zeros((), dtype=torch.float32, device=device)
+            state[first] = torch.zeros_like(p, memory_format=memory_format)
+            state[second] = torch.zeros_like(p, memory_format=memory_format)
+        return state[first], state[second], state["step"]
+
+    def _adam_states(
+        self,
+        params: list[torch.Tensor],
+        keys: tuple[str, str] = ("exp_avg", "exp_avg_sq"),
+        *,
+        memory_format: torch.memory_format = torch.preserve_format,
+        step_device: StepDevice = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """`_adam_state` of each param, as three lists (first moments, second moments, steps)."""
+        firsts, seconds, steps = [], [], []
+        for p in params:
+            first, second, step = self._adam_state(
+                p, keys, memory_format=memory_format, step_device=step_device
+            )
+            firsts.append(first)
+            seconds.append(second)
+            steps.append(step)
+        return firsts, seconds, steps
+
+    def _add_to_adamw(self, columns: AdamColumns, p: torch.Tensor, g: torch.Tensor) -> None:
+        """Append p, g and p's Adam state to the columns of an AdamW fallback step."""
+        for column, value in zip(columns, (p, g, *self._adam_state(p)), strict=True):
+            column.append(value)
+
+    @staticmethod
+    def _adamw_fallback(
+        group: dict[str, Any], columns: AdamColumns, decay_rate: float, l2: float
+    ) -> None:
+        """AdamW on the params Muon and SCALE route away from their own update.
+
+        Same lr and decay mode as the group; betas and eps from its adamw_betas, adamw_eps.
+        """
+        if not columns[0]:
+            return
+        beta1, beta2 = group["adamw_betas"]
+        lr = group["lr"]
+        # The shared AdamW step decays by lr*weight_decay: give it the wanted rate / lr.
+        wd = l2 if l2 else (decay_rate / lr if lr > 0 else 0.0)
+        adamw_step(
+            *columns,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["adamw_eps"],
+            weight_decay=wd,
+            decoupled=not l2,
+        )
+
+    def _buffer(
+        self,
+        p: torch.Tensor,
+        key: str = "momentum_buffer",
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> torch.Tensor:
+        """p's zero-initialized buffer state[key], created on first use."""
+        state = self.state[p]
+        if key not in state:
+            state[key] = torch.zeros_like(p, memory_format=memory_format)
+        return state[key]
 
     def _grads_of(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Parameters with a gradient and their gradients; sparse gradients are refused."""

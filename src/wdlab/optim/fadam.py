@@ -9,7 +9,7 @@ decay term is itself a natural gradient (w divided by the Fisher), clipped the s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -17,12 +17,12 @@ import torch
 from wdlab.optim.base import (
     WdOptimizer,
     check_betas,
+    check_mode,
     check_range,
     decoupled_decay_rate,
     l2_coefficient,
 )
 from wdlab.optim.functional import fadam_step
-from wdlab.optim.novograd import check_mode
 
 
 class FAdam(WdOptimizer):
@@ -80,41 +80,24 @@ class FAdam(WdOptimizer):
         check_range("p", group["p"], 0.0, 1.0, low_open=True, high_open=False)
         check_mode(group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._grads_of(group)
-            if not params:
-                continue
-            momenta, fims, steps = [], [], []
-            for p in params:
-                state = self.state[p]
-                if "momentum" not in state:
-                    state["step"] = torch.tensor(0.0)
-                    state["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["fim"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                momenta.append(state["momentum"])
-                fims.append(state["fim"])
-                steps.append(state["step"])
-            beta1, beta2 = group["betas"]
-            fadam_step(
-                params,
-                grads,
-                momenta,
-                fims,
-                steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                clip=group["clip"],
-                power=group["p"],
-                decay_rate=decoupled_decay_rate(group),
-                l2=l2_coefficient(group),
-                mode=group["mode"],
-            )
-        return loss
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        momenta, fims, steps = self._adam_states(params, ("momentum", "fim"))
+        beta1, beta2 = group["betas"]
+        fadam_step(
+            params,
+            grads,
+            momenta,
+            fims,
+            steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            clip=group["clip"],
+            power=group["p"],
+            decay_rate=decoupled_decay_rate(group),
+            l2=l2_coefficient(group),
+            mode=group["mode"],
+        )

@@ -15,6 +15,7 @@ import torch
 from wdlab.optim.base import (
     WdOptimizer,
     check_betas,
+    check_mode,
     decoupled_decay_rate,
     l2_coefficient,
 )
@@ -42,37 +43,21 @@ class Lion(WdOptimizer):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_betas(group["betas"])
-        if group["mode"] not in ELEMENTWISE_MODES:
-            raise ValueError(
-                f"mode must be one of {', '.join(ELEMENTWISE_MODES)}; got {group['mode']!r}"
-            )
+        check_mode(group, ELEMENTWISE_MODES)
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._grads_of(group)
-            if not params:
-                continue
-            exp_avgs = []
-            for p in params:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                exp_avgs.append(state["exp_avg"])
-            beta1, beta2 = group["betas"]
-            lion_step(
-                params,
-                grads,
-                exp_avgs,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                decay_rate=decoupled_decay_rate(group),
-                l2=l2_coefficient(group),
-                mode=group.get("mode", "chunked"),
-            )
-        return loss
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        exp_avgs = [self._buffer(p, "exp_avg", torch.preserve_format) for p in params]
+        beta1, beta2 = group["betas"]
+        lion_step(
+            params,
+            grads,
+            exp_avgs,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            decay_rate=decoupled_decay_rate(group),
+            l2=l2_coefficient(group),
+            mode=group.get("mode", "chunked"),
+        )

@@ -10,19 +10,22 @@ update_scale="match_rms_adamw" both updates have RMS about 0.2*lr, so one lr ser
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from wdlab.optim.base import (
+    AdamColumns,
     WdOptimizer,
     check_betas,
+    check_bool,
+    check_choice,
     check_range,
     decoupled_decay_rate,
     l2_coefficient,
 )
-from wdlab.optim.functional import NS_COEFFICIENTS, UPDATE_SCALES, adamw_step, muon_step
+from wdlab.optim.functional import NS_COEFFICIENTS, UPDATE_SCALES, muon_step
 
 NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ADAMW_ROLES = ("embedding", "output")
@@ -97,8 +100,7 @@ class Muon(WdOptimizer):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_range("momentum", group["momentum"], 0.0, 1.0)
-        if not isinstance(group["nesterov"], bool):
-            raise ValueError(f"nesterov must be True or False, got {group['nesterov']!r}")
+        check_bool(group, "nesterov")
         steps = group["ns_steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps < 100:
             raise ValueError(f"ns_steps must be an integer in [1, 100), got {steps!r}")
@@ -113,11 +115,7 @@ class Muon(WdOptimizer):
                 f"got {coefs!r}"
             )
         check_range("eps", group["eps"], 0.0, low_open=True)
-        if group["update_scale"] not in UPDATE_SCALES:
-            raise ValueError(
-                f"update_scale must be one of {', '.join(UPDATE_SCALES)}; "
-                f"got {group['update_scale']!r}"
-            )
+        check_choice("update_scale", group["update_scale"], UPDATE_SCALES)
         check_betas(group["adamw_betas"], "adamw_betas")
         check_range("adamw_eps", group["adamw_eps"], 0.0)
         group["ns_dtype"] = _as_ns_dtype(group["ns_dtype"])
@@ -140,78 +138,36 @@ class Muon(WdOptimizer):
             return bool(flag)
         return param.ndim >= 2 and group.get("role") not in ADAMW_ROLES
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._grads_of(group)
-            muon_p: list[torch.Tensor] = []
-            muon_g: list[torch.Tensor] = []
-            bufs: list[torch.Tensor] = []
-            adam_p: list[torch.Tensor] = []
-            adam_g: list[torch.Tensor] = []
-            exp_avgs: list[torch.Tensor] = []
-            exp_avg_sqs: list[torch.Tensor] = []
-            steps: list[torch.Tensor] = []
-            for p, g in zip(params, grads, strict=True):
-                state = self.state[p]
-                if self.uses_muon(p, group):
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(
-                            p, memory_format=torch.contiguous_format
-                        )
-                    muon_p.append(p)
-                    muon_g.append(g)
-                    bufs.append(state["momentum_buffer"])
-                else:
-                    if "exp_avg" not in state:
-                        state["step"] = torch.tensor(0.0)
-                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        state["exp_avg_sq"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format
-                        )
-                    adam_p.append(p)
-                    adam_g.append(g)
-                    exp_avgs.append(state["exp_avg"])
-                    exp_avg_sqs.append(state["exp_avg_sq"])
-                    steps.append(state["step"])
-            decay_rate = decoupled_decay_rate(group)
-            l2 = l2_coefficient(group)
-            if muon_p:
-                muon_step(
-                    muon_p,
-                    muon_g,
-                    bufs,
-                    lr=group["lr"],
-                    momentum=group["momentum"],
-                    nesterov=group["nesterov"],
-                    ns_steps=group["ns_steps"],
-                    ns_coefficients=tuple(group["ns_coefficients"]),
-                    eps=group["eps"],
-                    update_scale=group["update_scale"],
-                    ns_dtype=group["ns_dtype"],
-                    decay_rate=decay_rate,
-                    l2=l2,
-                )
-            if adam_p:
-                beta1, beta2 = group["adamw_betas"]
-                lr = group["lr"]
-                # The shared AdamW step decays by lr*weight_decay: give it the wanted rate / lr.
-                wd = l2 if l2 else (decay_rate / lr if lr > 0 else 0.0)
-                adamw_step(
-                    adam_p,
-                    adam_g,
-                    exp_avgs,
-                    exp_avg_sqs,
-                    steps,
-                    lr=lr,
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["adamw_eps"],
-                    weight_decay=wd,
-                    decoupled=not l2,
-                )
-        return loss
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        muon_p: list[torch.Tensor] = []
+        muon_g: list[torch.Tensor] = []
+        bufs: list[torch.Tensor] = []
+        adam: AdamColumns = ([], [], [], [], [])
+        for p, g in zip(params, grads, strict=True):
+            if self.uses_muon(p, group):
+                muon_p.append(p)
+                muon_g.append(g)
+                bufs.append(self._buffer(p))
+            else:
+                self._add_to_adamw(adam, p, g)
+        decay_rate = decoupled_decay_rate(group)
+        l2 = l2_coefficient(group)
+        if muon_p:
+            muon_step(
+                muon_p,
+                muon_g,
+                bufs,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                nesterov=group["nesterov"],
+                ns_steps=group["ns_steps"],
+                ns_coefficients=tuple(group["ns_coefficients"]),
+                eps=group["eps"],
+                update_scale=group["update_scale"],
+                ns_dtype=group["ns_dtype"],
+                decay_rate=decay_rate,
+                l2=l2,
+            )
+        self._adamw_fallback(group, adam, decay_rate, l2)

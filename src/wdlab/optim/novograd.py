@@ -8,7 +8,7 @@ so one lr serves layers whose gradients differ by orders of magnitude.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -16,22 +16,13 @@ import torch
 from wdlab.optim.base import (
     WdOptimizer,
     check_betas,
+    check_bool,
+    check_mode,
     check_range,
     decoupled_decay_rate,
     l2_coefficient,
 )
-from wdlab.optim.functional import EAGER_MODES, novograd_step
-
-
-def check_mode(group: dict[str, Any]) -> None:
-    """NovoGrad, FAdam and SCALE run eagerly: "chunked" (blocks in cache) or "whole"."""
-    if group["mode"] not in EAGER_MODES:
-        raise ValueError(f"mode must be one of {', '.join(EAGER_MODES)}; got {group['mode']!r}")
-
-
-def check_bool(group: dict[str, Any], name: str) -> None:
-    if not isinstance(group[name], bool):
-        raise ValueError(f"{name} must be True or False, got {group[name]!r}")
+from wdlab.optim.functional import novograd_step
 
 
 class NovoGrad(WdOptimizer):
@@ -93,41 +84,34 @@ class NovoGrad(WdOptimizer):
             )
         check_mode(group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._grads_of(group)
-            if not params:
-                continue
-            exp_avgs, exp_avg_sqs, steps = [], [], []
-            for p in params:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros((), dtype=p.dtype, device=p.device)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            beta1, beta2 = group["betas"]
-            novograd_step(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                grad_averaging=group["grad_averaging"],
-                decay_rate=decoupled_decay_rate(group),
-                l2=l2_coefficient(group),
-                decay_in_momentum=group["decay_in_momentum"],
-                mode=group["mode"],
-            )
-        return loss
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        exp_avgs, exp_avg_sqs, steps = [], [], []
+        for p in params:
+            state = self.state[p]
+            if "exp_avg" not in state:
+                # Not _adam_state: the second moment is one 0-d scalar per tensor.
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros((), dtype=p.dtype, device=p.device)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        beta1, beta2 = group["betas"]
+        novograd_step(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            grad_averaging=group["grad_averaging"],
+            decay_rate=decoupled_decay_rate(group),
+            l2=l2_coefficient(group),
+            decay_in_momentum=group["decay_in_momentum"],
+            mode=group["mode"],
+        )

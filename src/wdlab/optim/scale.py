@@ -9,20 +9,21 @@ largest, the output layer; so matrices keep no state except the head's momentum 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from wdlab.optim.base import (
+    AdamColumns,
     WdOptimizer,
     check_betas,
+    check_mode,
     check_range,
     decoupled_decay_rate,
     l2_coefficient,
 )
-from wdlab.optim.functional import adamw_step, scale_step
-from wdlab.optim.novograd import check_mode
+from wdlab.optim.functional import scale_step
 
 ADAMW_ROLES = ("vector", "bias")
 
@@ -94,69 +95,39 @@ class SCALE(WdOptimizer):
             return "adamw"
         return role if role in ("output", "embedding") else "matrix"
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._grads_of(group)
-            norm_p: list[torch.Tensor] = []
-            norm_g: list[torch.Tensor] = []
-            bufs: list[torch.Tensor | None] = []
-            dims: list[int] = []
-            adam: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
-            for p, g in zip(params, grads, strict=True):
-                state = self.state[p]
-                kind = self.update_of(p, group)
-                if kind == "adamw":
-                    if "exp_avg" not in state:
-                        state["step"] = torch.tensor(0.0)
-                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        state["exp_avg_sq"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format
-                        )
-                    for column, value in zip(
-                        adam,
-                        (p, g, state["exp_avg"], state["exp_avg_sq"], state["step"]),
-                        strict=True,
-                    ):
-                        column.append(value)
-                    continue
-                if kind == "output" and "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.contiguous_format
-                    )
-                norm_p.append(p)
-                norm_g.append(g)
-                bufs.append(state.get("momentum_buffer") if kind == "output" else None)
-                dims.append(0 if kind == "embedding" else 1)
-            decay_rate, l2, lr = decoupled_decay_rate(group), l2_coefficient(group), group["lr"]
-            if norm_p:
-                scale_step(
-                    norm_p,
-                    norm_g,
-                    bufs,
-                    dims,
-                    lr=lr,
-                    momentum=group["momentum"],
-                    eps=group["eps"],
-                    decay_rate=decay_rate,
-                    l2=l2,
-                    mode=group["mode"],
-                )
-            if adam[0]:
-                beta1, beta2 = group["adamw_betas"]
-                # The shared AdamW step decays by lr*weight_decay: give it the wanted rate / lr.
-                wd = l2 if l2 else (decay_rate / lr if lr > 0 else 0.0)
-                adamw_step(
-                    *adam,
-                    lr=lr,
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["adamw_eps"],
-                    weight_decay=wd,
-                    decoupled=not l2,
-                )
-        return loss
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        norm_p: list[torch.Tensor] = []
+        norm_g: list[torch.Tensor] = []
+        bufs: list[torch.Tensor | None] = []
+        dims: list[int] = []
+        adam: AdamColumns = ([], [], [], [], [])
+        for p, g in zip(params, grads, strict=True):
+            kind = self.update_of(p, group)
+            if kind == "adamw":
+                self._add_to_adamw(adam, p, g)
+                continue
+            if kind == "output":
+                bufs.append(self._buffer(p))
+            else:
+                self.state.setdefault(p, {})  # no state, but an (empty) entry, as torch SGD
+                bufs.append(None)
+            norm_p.append(p)
+            norm_g.append(g)
+            dims.append(0 if kind == "embedding" else 1)
+        decay_rate, l2 = decoupled_decay_rate(group), l2_coefficient(group)
+        if norm_p:
+            scale_step(
+                norm_p,
+                norm_g,
+                bufs,
+                dims,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                eps=group["eps"],
+                decay_rate=decay_rate,
+                l2=l2,
+                mode=group["mode"],
+            )
+        self._adamw_fallback(group, adam, decay_rate, l2)

@@ -13,7 +13,13 @@ from typing import Any
 import torch
 from torch.optim.optimizer import required  # type: ignore[attr-defined]
 
-from wdlab.optim.base import WdOptimizer, check_range, decoupled_decay_rate, l2_coefficient
+from wdlab.optim.base import (
+    WdOptimizer,
+    check_mode,
+    check_momentum,
+    decoupled_decay_rate,
+    l2_coefficient,
+)
 from wdlab.optim.functional import ELEMENTWISE_MODES, sgdw_step
 
 
@@ -50,60 +56,48 @@ class SGDW(WdOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_range("momentum", group["momentum"], 0.0, 1.0)
-        check_range("dampening", group["dampening"], 0.0, 1.0, high_open=False)
+        check_momentum(group)
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 "nesterov=True needs momentum in (0, 1) and dampening=0, got "
                 f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
             )
-        if group["mode"] not in ELEMENTWISE_MODES:
-            raise ValueError(
-                f"mode must be one of {', '.join(ELEMENTWISE_MODES)}; got {group['mode']!r}"
-            )
+        check_mode(group, ELEMENTWISE_MODES)
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._grads_of(group)
-            if not params:
+    def _step_group(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        momentum = group["momentum"]
+        # Params whose buffer is new take torch's first-step rule (buffer = gradient).
+        batches: dict[bool, tuple[list, list, list]] = {True: ([], [], []), False: ([], [], [])}
+        for p, g in zip(params, grads, strict=True):
+            buf = None
+            fresh = False
+            if momentum != 0:
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = torch.empty_like(
+                        p, memory_format=torch.preserve_format
+                    )
+                    fresh = True
+            ps, gs, bs = batches[fresh]
+            ps.append(p)
+            gs.append(g)
+            bs.append(buf)
+        for fresh, (ps, gs, bs) in batches.items():
+            if not ps:
                 continue
-            momentum = group["momentum"]
-            # Params whose buffer is new take torch's first-step rule (buffer = gradient).
-            batches: dict[bool, tuple[list, list, list]] = {True: ([], [], []), False: ([], [], [])}
-            for p, g in zip(params, grads, strict=True):
-                buf = None
-                fresh = False
-                if momentum != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = torch.empty_like(
-                            p, memory_format=torch.preserve_format
-                        )
-                        fresh = True
-                ps, gs, bs = batches[fresh]
-                ps.append(p)
-                gs.append(g)
-                bs.append(buf)
-            for fresh, (ps, gs, bs) in batches.items():
-                if not ps:
-                    continue
-                sgdw_step(
-                    ps,
-                    gs,
-                    bs,
-                    lr=group["lr"],
-                    momentum=momentum,
-                    dampening=group["dampening"],
-                    nesterov=group["nesterov"],
-                    decay_rate=decoupled_decay_rate(group),
-                    l2=l2_coefficient(group),
-                    fresh=fresh,
-                    mode=group.get("mode", "chunked"),
-                )
-        return loss
+            sgdw_step(
+                ps,
+                gs,
+                bs,
+                lr=group["lr"],
+                momentum=momentum,
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                decay_rate=decoupled_decay_rate(group),
+                l2=l2_coefficient(group),
+                fresh=fresh,
+                mode=group.get("mode", "chunked"),
+            )

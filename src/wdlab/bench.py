@@ -1,0 +1,359 @@
+"""AlgoPerf-style optimizer comparison over the built-in workloads, with external tuning.
+
+For every optimizer and workload: S studies, each a quasi-random (scrambled Halton) search
+of N trials over log-uniform lr and weight decay; every trial trains to the workload's
+target. A study's time is its fastest trial, the workload's time the median over studies
+(scoring.external_tuning_time); across workloads, performance profiles and AlgoPerf scores
+with r_max = 4 (scoring.performance_profile / algoperf_score). REFERENCE.md §8.
+
+Every study is an ordinary sweep (sweep.run_sweep) named after what it measures, so its
+runs sit in the store and re-running the same command resumes instead of retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wdlab.errors import ConfigError
+
+__all__ = [
+    "FAMILY_RANGES",
+    "FAMILY_SETTINGS",
+    "BenchResult",
+    "add_arguments",
+    "bench_main",
+    "run_bench",
+    "search_space",
+]
+
+R_MAX = 4.0
+MEASURES = ("seconds", "steps")
+DEFAULT_OPTIMIZERS = ("adamw", "lion")
+QUICK = {"trials": 3, "studies": 1}
+FULL = {"trials": 5, "studies": 3}  # AlgoPerf's external tuning
+
+# Log-uniform search ranges ((lr lo, lr hi), (wd lo, wd hi)) per optimizer family. Adam-like
+# updates have RMS ~1 per coordinate; Lion's sign update is larger, so its lr is 10x smaller
+# and its decoupled λ 10x larger (same η·λ, the decay timescale, REFERENCE §1); SGD's update
+# scales with the gradient, so its lr is 10x larger and λ 10x smaller.
+_ADAM = ((1e-4, 1e-2), (1e-3, 1.0))
+FAMILY_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "adamw": _ADAM,
+    "adamp": _ADAM,
+    "fadam": _ADAM,
+    "muon": _ADAM,  # match_rms_adamw: the update RMS is AdamW's, so AdamW's ranges apply
+    "lion": ((1e-5, 1e-3), (1e-2, 10.0)),
+    "sgdw": ((1e-3, 1e-1), (1e-4, 0.1)),
+    "sgdp": ((1e-3, 1e-1), (1e-4, 0.1)),
+    "scale": ((1e-3, 1e-1), (1e-4, 0.1)),
+    "novograd": ((1e-3, 1e-1), (1e-4, 0.1)),
+}
+
+
+# Fixed settings per family on top of each workload's recipe (tuned for AdamW): Lion's
+# paper default betas instead of AdamW's.
+FAMILY_SETTINGS: dict[str, list[str]] = {"lion": ["optimizer.betas=[0.9, 0.99]"]}
+
+
+def search_space(optimizer: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The (lr range, wd range) searched for `optimizer`; an unknown family gets AdamW's."""
+    return FAMILY_RANGES.get(optimizer, _ADAM)
+
+
+@dataclass
+class BenchResult:
+    """Times per optimizer and workload, and the scores built from them.
+
+    trial_times[opt][workload] holds one list of trial times per study (math.inf for a
+    trial that missed the target, diverged or failed); times[opt][workload] is the
+    external-tuning time (median over studies of the fastest trial), in `measure` units.
+    """
+
+    optimizers: list[str]
+    workloads: list[str]
+    measure: str
+    trials: int
+    studies: int
+    quick: bool
+    trial_times: dict[str, dict[str, list[list[float]]]]
+    times: dict[str, dict[str, float]]
+    scores: dict[str, float]
+    profile: dict[str, list[tuple[float, float]]]
+    unsolved: list[str]
+    sweep_ids: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # trials that raised: not misses
+    profile_png: Path | None = None
+    r_max: float = R_MAX
+
+
+def _check(optimizers: list[str], workloads: list[str], trials: int, studies: int, workers: int):
+    from wdlab import optim
+    from wdlab import workloads as wl
+
+    known_opt, known_wl = optim.available(), wl.available()
+    if not optimizers:
+        raise ConfigError(
+            "--optimizers needs at least one name, e.g. adamw,lion", field="optimizers"
+        )
+    for name in optimizers:
+        if name not in known_opt:
+            raise ConfigError(
+                f"--optimizers: unknown optimizer {name!r}; known: {', '.join(known_opt)}",
+                field="optimizers",
+            )
+    if not workloads:
+        raise ConfigError("--workloads needs at least one name, e.g. teacher", field="workloads")
+    for name in workloads:
+        if name not in known_wl:
+            raise ConfigError(
+                f"--workloads: unknown workload {name!r}; known: {', '.join(known_wl)}",
+                field="workloads",
+            )
+    for flag, value in (("--trials", trials), ("--studies", studies), ("--workers", workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{flag} must be an integer >= 1, got {value!r}", field=flag[2:])
+    if len(set(optimizers)) < len(optimizers) or len(set(workloads)) < len(workloads):
+        raise ConfigError("--optimizers and --workloads must not repeat a name", field="optimizers")
+
+
+def _spec(optimizer: str, workload: str, trials: int, study: int, quick: bool):
+    from wdlab.sweep import RangeSpec, SweepSpec
+
+    (lr_lo, lr_hi), (wd_lo, wd_hi) = search_space(optimizer)
+    tag = "quick" if quick else "full"
+    return SweepSpec.create(
+        workload=workload,
+        axes={
+            "optimizer.name": [optimizer],
+            "optimizer.lr": RangeSpec(lo=lr_lo, hi=lr_hi),
+            "optimizer.weight_decay": RangeSpec(lo=wd_lo, hi=wd_hi),
+        },
+        seeds=[study],  # a study differs in its sample AND its training seed
+        sample="halton",
+        n_trials=trials,
+        sample_seed=study,
+        tiny=quick,
+        assignments=list(FAMILY_SETTINGS.get(optimizer, [])),
+        name=f"bench-{tag}-{workload}-{optimizer}-n{trials}-s{study}",
+    )
+
+
+def _trial_time(row: Any, measure: str) -> float:
+    if row.status != "finished" or not row.reached:
+        return math.inf
+    value = row.seconds_to_target if measure == "seconds" else row.steps_to_target
+    if value is None:
+        return math.inf
+    # A target met at the first evaluation in 0 s would break the ratio t / t_best.
+    return max(float(value), 1e-9)
+
+
+def estimate(workloads: list[str], n_runs_per_workload: int, quick: bool) -> str:
+    """What the bench will train, in trials and step budgets (trials stop at the target)."""
+    from wdlab import workloads as wl
+
+    parts, total_steps = [], 0
+    for name in workloads:
+        steps = int(wl.get(name).recipe(tiny=quick)["steps"])
+        total_steps += steps * n_runs_per_workload
+        parts.append(f"{name} {n_runs_per_workload}×≤{steps}")
+    runs = n_runs_per_workload * len(workloads)
+    return f"{runs} trials ({', '.join(parts)} steps; at most {total_steps} steps in all)"
+
+
+def run_bench(
+    optimizers: list[str],
+    workloads: list[str],
+    store_path: Path,
+    *,
+    trials: int,
+    studies: int,
+    quick: bool,
+    workers: int,
+    measure: str = "seconds",
+    out_dir: Path | None = None,
+    progress: bool = True,
+    stream: Any = None,
+) -> BenchResult:
+    """Run (or resume) every study, then score. The profile PNG goes to out_dir (default:
+    beside the store) as bench_profile.png."""
+    from wdlab import scoring
+    from wdlab.report import plot_profile
+    from wdlab.sweep import run_sweep
+
+    stream = stream or sys.stdout
+    _check(optimizers, workloads, trials, studies, workers)
+    if measure not in MEASURES:
+        raise ConfigError(
+            f"--measure {measure!r} is not known; use seconds or steps", field="measure"
+        )
+    store_path = Path(store_path)
+    n_sweeps = len(optimizers) * len(workloads) * studies
+    print(
+        f"bench: {len(optimizers)} optimizers × {len(workloads)} workloads × {studies} studies "
+        f"× {trials} trials = "
+        + estimate(workloads, len(optimizers) * studies * trials, quick)
+        + f"; time to target in {measure}",
+        file=stream,
+        flush=True,
+    )
+    trial_times: dict[str, dict[str, list[list[float]]]] = {}
+    sweep_ids: dict[str, dict[str, list[str]]] = {}
+    failures: list[str] = []
+    k = 0
+    for workload in workloads:
+        for opt in optimizers:
+            for study in range(studies):
+                k += 1
+                spec = _spec(opt, workload, trials, study, quick)
+                print(f"[{k}/{n_sweeps}] {spec.name}", file=stream, flush=True)
+                summary = run_sweep(spec, store_path, workers=workers, progress=progress)
+                times = [_trial_time(t, measure) for t in summary.trials]
+                failures += [
+                    f"{spec.name} trial {t.index}: {t.error}"
+                    for t in summary.trials
+                    if t.status == "failed"
+                ]
+                trial_times.setdefault(opt, {}).setdefault(workload, []).append(times)
+                sweep_ids.setdefault(opt, {}).setdefault(workload, []).append(summary.sweep_id)
+    times = {
+        opt: {w: scoring.external_tuning_time(trial_times[opt][w]) for w in workloads}
+        for opt in optimizers
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the unsolved list is reported instead
+        ratios = scoring.performance_ratios(times, R_MAX)
+        scores = scoring.algoperf_score(times, R_MAX)
+        profile = scoring.performance_profile(times, r_max=R_MAX)
+    out = Path(out_dir) if out_dir is not None else store_path.resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_profile(
+        profile,
+        out / "bench_profile.png",
+        f"{'quick ' if quick else ''}bench: {', '.join(ratios.workloads) or 'no solved workload'}",
+        R_MAX,
+    )
+    return BenchResult(
+        optimizers=list(optimizers),
+        workloads=list(workloads),
+        measure=measure,
+        trials=trials,
+        studies=studies,
+        quick=quick,
+        trial_times=trial_times,
+        times=times,
+        scores=scores,
+        profile=profile,
+        unsolved=ratios.unsolved,
+        sweep_ids=sweep_ids,
+        failures=failures,
+        profile_png=png,
+    )
+
+
+# --------------------------------------------------------------------------- CLI glue
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `wdlab bench` options (the CLI adds --store itself)."""
+    p.add_argument(
+        "--optimizers",
+        default=",".join(DEFAULT_OPTIMIZERS),
+        metavar="NAMES",
+        help=f"optimizers to compare (default {','.join(DEFAULT_OPTIMIZERS)})",
+    )
+    p.add_argument(
+        "--workloads", metavar="NAMES", help="workloads to run (default: all built-in ones)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"tiny recipes, {QUICK['trials']} trials × {QUICK['studies']} study "
+        "(minutes on a laptop)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        help=f"trials per study (default {FULL['trials']}, quick {QUICK['trials']})",
+    )
+    p.add_argument(
+        "--studies", type=int, help=f"studies (default {FULL['studies']}, quick {QUICK['studies']})"
+    )
+    p.add_argument("--workers", type=int, default=1, help="trials trained at once")
+    p.add_argument(
+        "--measure",
+        choices=MEASURES,
+        default="seconds",
+        help="time to target in training seconds (AlgoPerf) or steps (reproducible)",
+    )
+    p.add_argument("--out-dir", dest="out_dir", help="where bench_profile.png goes")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _names(text: str | None, default: list[str]) -> list[str]:
+    if text is None:
+        return default
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def print_result(result: BenchResult, stream: Any = None) -> None:
+    """Times per workload and the scores, as aligned text."""
+    stream = stream or sys.stdout
+    unit = "s" if result.measure == "seconds" else "steps"
+    header = ["optimizer", *result.workloads, "score"]
+    rows = [
+        [opt]
+        + [
+            "miss" if math.isinf(result.times[opt][w]) else f"{result.times[opt][w]:.4g} {unit}"
+            for w in result.workloads
+        ]
+        + [f"{result.scores[opt]:.3f}"]
+        for opt in result.optimizers
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(
+        f"time to target ({unit}, median over {result.studies} studies of the fastest of "
+        f"{result.trials} trials) and AlgoPerf score (r_max {result.r_max:g}):",
+        file=stream,
+    )
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), file=stream)
+    if result.unsolved:
+        print(f"no optimizer reached the target on: {', '.join(result.unsolved)}", file=stream)
+    if result.failures:
+        print(
+            f"{len(result.failures)} trials FAILED (counted as misses; fix and re-run to "
+            "retrain only them after deleting their sweeps):",
+            file=stream,
+        )
+        for line in result.failures[:10]:
+            print(f"  {line}", file=stream)
+    if result.profile_png is not None:
+        print(f"performance profile: {result.profile_png}", file=stream)
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    """`wdlab bench`: run or resume the comparison and print times and scores."""
+    from wdlab import workloads as wl
+
+    preset = QUICK if args.quick else FULL
+    result = run_bench(
+        _names(args.optimizers, list(DEFAULT_OPTIMIZERS)),
+        _names(args.workloads, wl.available()),
+        Path(getattr(args, "store", None) or "wdlab.db"),
+        trials=args.trials if args.trials is not None else preset["trials"],
+        studies=args.studies if args.studies is not None else preset["studies"],
+        quick=args.quick,
+        workers=args.workers,
+        measure=args.measure,
+        out_dir=Path(args.out_dir) if args.out_dir else None,
+        progress=not args.quiet,
+    )
+    print_result(result)
+    return 0
