@@ -70,3 +70,16 @@ def test_unknown_workload_and_bad_set_syntax(tmp_path) -> None:
     bad.write_text("steps = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         build_config("teacher", file=bad)
+
+
+def test_switching_optimizer_drops_the_recipes_optimizer_specific_settings() -> None:
+    recipe = get("teacher").recipe()["optimizer"]
+    assert "betas" in recipe  # the recipe is AdamW's
+    config = build_config("teacher", flags={"optimizer.name": "sgdw"})
+    assert "betas" not in config.optimizer.hyperparameters()
+    assert config.optimizer.lr == pytest.approx(recipe["lr"])
+    config = build_config("teacher", flags={"optimizer.name": "lion"},
+                          assignments=["optimizer.betas=[0.9, 0.99]"])
+    assert config.optimizer.hyperparameters()["betas"] == (0.9, 0.99)
+    assert "betas" in build_config("teacher", flags={"optimizer.name": "adamw"}).model_dump()[
+        "optimizer"]

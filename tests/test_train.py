@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import torch
 
 from wdlab import train, workloads
 from wdlab.config import build_config
+from wdlab.errors import WdlabError
 from wdlab.store import Store
 from wdlab.workloads.teacher import Teacher
 
@@ -206,3 +208,15 @@ def test_nonfinite_skip_continues(tmp_path, nan_teacher) -> None:
     assert skipped == [(8, 1.0)]
     payload = torch.load(tmp_path / "runs" / result.run_id / "last.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in payload["model"].values())
+
+
+def test_resume_refuses_changed_data(tmp_path) -> None:
+    config = _config("train.stop_at_target=false", steps=5)
+    with Store(tmp_path / "s.db") as store:
+        result = train.run(config, store, tmp_path / "runs")
+        store.update_run(result.run_id, status="interrupted")
+        with sqlite3.connect(tmp_path / "s.db") as db:  # the data changed under the run
+            db.execute("UPDATE runs SET data_hash = 'feedbeef' WHERE id = ?", (result.run_id,))
+        run_id, cfg = train.resume_config(store, result.run_id)
+        with pytest.raises(WdlabError, match="different data"):
+            train.run(cfg, store, tmp_path / "runs", resume_id=run_id)

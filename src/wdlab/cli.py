@@ -1,4 +1,4 @@
-"""The `wdlab` command line: run | sweep | runs | show | export | inspect.
+"""The `wdlab` command line: run | sweep | bench | report | runs | show | export | inspect.
 
 Every error a user can cause ends in one line on stderr naming the problem and the fix, with
 exit code 2 and no traceback. Options use one style everywhere (DESIGN.md).
@@ -134,6 +134,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from wdlab.sweep import sweep_main
 
     return sweep_main(args)
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    from wdlab.bench import add_arguments
+
+    add_arguments(p)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from wdlab.bench import bench_main
+
+    return bench_main(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from wdlab.html_report import build_report
+
+    with _open_store(args.store) as store:
+        path = build_report(store, args.ref, Path(args.output))
+    print(f"wrote {path}")
+    return 0
 
 
 # ---- runs / show / export ----------------------------------------------------------------------
@@ -342,6 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sweep", _cmd_sweep, "run (or resume) a sweep of a workload over a grid or Halton set")
     _sweep_arguments(p)
+    store_option(p)
+
+    p = add("bench", _cmd_bench, "AlgoPerf-style comparison of optimizers across the workloads")
+    _bench_arguments(p)
+    store_option(p)
+
+    p = add("report", _cmd_report, "a self-contained HTML report of a sweep or a run")
+    p.add_argument("ref", metavar="SWEEP_OR_RUN", help="sweep or run id, unique prefix or name")
+    p.add_argument("-o", "--output", default="report.html", help="the HTML file to write")
     store_option(p)
 
     p = add("runs", _cmd_runs, "list runs in the store")

@@ -173,22 +173,34 @@ def build_config(
         cls = workloads.get(workload)
     except ValueError as err:
         raise ConfigError(str(err) + " (the WORKLOAD argument)", field="workload") from None
-    tree: dict[str, Any] = {"workload": workload, **cls.recipe(tiny=tiny)}
+    user: dict[str, Any] = {}
     if file is not None:
-        from_file = load_toml(file)
-        if from_file.get("workload", workload) != workload:
+        user = load_toml(file)
+        if user.get("workload", workload) != workload:
             raise ConfigError(
-                f"config file is for workload {from_file['workload']!r}, but the command names "
-                f"{workload!r}; run `wdlab run {from_file['workload']}` or edit the file"
+                f"config file is for workload {user['workload']!r}, but the command names "
+                f"{workload!r}; run `wdlab run {user['workload']}` or edit the file"
             )
-        tree = deep_merge(tree, from_file)
     for key, value in (flags or {}).items():
         if value is not None:
-            set_dotted(tree, key, value)
+            set_dotted(user, key, value)
     for item in assignments or []:
         key, value = parse_assignment(item)
-        set_dotted(tree, key, value)
-    return validate(tree)
+        set_dotted(user, key, value)
+    recipe = {"workload": workload, **cls.recipe(tiny=tiny)}
+    recipe["optimizer"] = _recipe_optimizer(recipe["optimizer"], user.get("optimizer", {}))
+    return validate(deep_merge(recipe, user))
+
+
+CORE_OPTIMIZER_KEYS = frozenset(OptimizerConfig.model_fields)
+
+
+def _recipe_optimizer(recipe: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's optimizer section; when the user picks another optimizer, only the keys
+    every optimizer takes (lr, weight_decay, ...) carry over, not e.g. AdamW's betas."""
+    if "name" not in user or str(user["name"]).lower() == str(recipe.get("name", "")).lower():
+        return recipe
+    return {key: value for key, value in recipe.items() if key in CORE_OPTIMIZER_KEYS}
 
 
 def validate(tree: dict[str, Any]) -> RunConfig:

@@ -395,7 +395,7 @@ def _sweep_body(store: Store, sweep: SweepRecord, files: Path) -> list[str]:
             _img(png, "training loss of every trial"),
         ]
 
-    body += _heatmaps(views, metric, higher, files, title)
+    body += _heatmaps(views, spec.get("axes", {}), metric, higher, files, title)
     body += _sensitivity(views, files, title)
 
     comparison = compare_optimizers(views)
@@ -417,11 +417,14 @@ def _sweep_body(store: Store, sweep: SweepRecord, files: Path) -> list[str]:
 
 
 def _heatmaps(
-    views: list[TrialView], metric: str, higher: bool, files: Path, title: str
+    views: list[TrialView],
+    axes: Mapping[str, Any],
+    metric: str,
+    higher: bool,
+    files: Path,
+    title: str,
 ) -> list[str]:
-    lrs = {v.lr for v in views}
-    wds = {v.wd for v in views}
-    if None in lrs or None in wds:
+    if not (axes.keys() >= {_LR, _WD}):  # a heatmap of fixed values says nothing
         return []
     out = []
     for value, label, high in (

@@ -194,6 +194,13 @@ def run(
         )
     else:
         result.run_id = resume_id
+        stored_hash = store.get_run(resume_id).data_hash
+        if stored_hash and stored_hash != workload.data_hash():
+            raise WdlabError(
+                f"run {resume_id} was trained on different data (hash {stored_hash[:12]}, now "
+                f"{workload.data_hash()[:12]}; charlm's corpus changes between Python "
+                "versions); resume it with the Python it started with, or start a new run"
+            )
         payload = load_checkpoint(runs_root / resume_id / "last.pt")
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
