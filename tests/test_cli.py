@@ -63,3 +63,17 @@ def test_run_show_runs_export_inspect(capsys, tmp_path) -> None:
     assert main(["inspect", "teacher"]) == 0
     out = capsys.readouterr().out
     assert "matrix" in out and "bias" in out
+
+
+def test_transfer_and_coordcheck_commands(capsys, tmp_path) -> None:
+    assert main(["transfer", "--rule", "fan", "--from-width", "64", "--to-width", "256",
+                 "--lr", "3e-3", "--wd", "0.1"]) == 0
+    out = capsys.readouterr().out
+    # fan: matrix lr scales 1/width (64/256), matrix wd scales sqrt(width) (2x)
+    matrix = next(line for line in out.splitlines() if "matrix" in line)
+    assert "0.00075" in matrix and "0.2" in matrix
+    assert main(["coordcheck", "teacher", "--tiny", "--widths", "16,32", "--steps", "2",
+                 "-o", str(tmp_path / "cc")]) == 0
+    assert (tmp_path / "cc" / "coordcheck_mup.png").is_file()
+    err = _fails(capsys, "coordcheck", "teacher", "--widths", "16,x")
+    assert "--widths" in err

@@ -1,4 +1,5 @@
-"""The `wdlab` command line: run | sweep | bench | report | runs | show | export | inspect.
+"""The `wdlab` command line: run | sweep | bench | report | runs | show | export | inspect |
+transfer | coordcheck.
 
 Every error a user can cause ends in one line on stderr naming the problem and the fix, with
 exit code 2 and no traceback. Options use one style everywhere (DESIGN.md).
@@ -317,6 +318,76 @@ def _human_bytes(size: float) -> str:
     return f"{size:.1f} GB"
 
 
+# ---- transfer / coordcheck -------------------------------------------------------------------
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from wdlab.scaling import transfer_table
+
+    try:
+        rows = transfer_table(args.rule, args.from_width, args.to_width, args.lr, args.wd,
+                              decay_mode=args.decay)
+    except ValueError as err:
+        raise WdlabError(str(err)) from None
+    table = Table(title=f"{args.rule}: tuned at width {args.from_width} "
+                        f"(lr {args.lr:g}, wd {args.wd:g}) -> width {args.to_width}")
+    for column in ("role", "lr", "weight decay", "init std x", "forward x"):
+        table.add_column(column, justify="left" if column == "role" else "right")
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    for row in rows:
+        table.add_row(row["role"], fmt(row["lr"]), fmt(row["weight_decay"]),
+                      fmt(row["init_std_mult"]), fmt(row["forward_mult"]))
+    Console().print(table)
+    return 0
+
+
+def _cmd_coordcheck(args: argparse.Namespace) -> int:
+    from wdlab import workloads
+    from wdlab.coordcheck import (
+        coord_check,
+        coord_slopes,
+        plot_coord_check,
+        plot_singular_values,
+        singular_value_check,
+    )
+
+    widths = _int_list(args.widths, "--widths")
+    try:
+        workloads.get(args.workload)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        data = coord_check(args.workload, widths, steps=args.steps, rule=args.rule,
+                           tiny=args.tiny)
+        print(f"coord check ({args.rule}): log-log slope of mean |activation| vs width "
+              "(0 = flat)")
+        for layer, slope in coord_slopes(data).items():
+            print(f"  {layer:<40} {slope:+.3f}")
+        print(f"wrote {plot_coord_check(data, out / f'coordcheck_{args.rule}.png')}")
+        if args.sv_steps:
+            sv = singular_value_check(args.workload, widths, steps=args.sv_steps,
+                                      rule=args.rule, tiny=args.tiny)
+            print(f"wrote {plot_singular_values(sv, out / f'singular_values_{args.rule}.png')}")
+    except ValueError as err:
+        raise WdlabError(str(err)) from None
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise WdlabError(f"{flag} takes comma-separated integers, e.g. 64,128,256") from None
+    if len(values) < 2 or min(values) < 1:
+        raise WdlabError(f"{flag} needs at least two positive widths, got {text!r}")
+    return values
+
+
 # ---- parser ---------------------------------------------------------------------------------
 
 
@@ -390,6 +461,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "tensorboard"], default="csv")
     p.add_argument("-o", "--output", help="file (csv) or log directory (tensorboard)")
     store_option(p)
+
+    from wdlab.scaling import RULES
+
+    p = add("transfer", _cmd_transfer, "per-role lr, weight decay and init a width rule gives")
+    p.add_argument("--rule", choices=RULES, required=True)
+    p.add_argument("--from-width", type=_positive_int, required=True, dest="from_width")
+    p.add_argument("--to-width", type=_positive_int, required=True, dest="to_width")
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--wd", type=float, required=True)
+    p.add_argument("--decay", choices=["decoupled", "independent", "l2"], default="decoupled")
+
+    p = add("coordcheck", _cmd_coordcheck, "activation size across widths (muP coord check)")
+    p.add_argument("workload")
+    p.add_argument("--widths", default="64,128,256,512")
+    p.add_argument("--rule", choices=RULES, default="mup")
+    p.add_argument("--steps", type=_positive_int, default=4, help="training steps to record")
+    p.add_argument("--sv-steps", type=int, default=0, dest="sv_steps",
+                   help="also train N steps per width and plot top singular values")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("-o", "--out", default=".", help="folder for the PNGs")
 
     p = add("inspect", _cmd_inspect, "show how wdlab classifies a model's parameters")
     p.add_argument("model", help="a workload name or package.module:factory")
