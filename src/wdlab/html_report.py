@@ -15,10 +15,8 @@ import base64
 import html
 import json
 import math
-import os
 import re
 import statistics
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from wdlab import report, scoring
+from wdlab.atomic import atomic_open
 from wdlab.errors import WdlabError
 from wdlab.store import RunRecord, Store, SweepRecord
 
@@ -335,17 +334,8 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
     return path
 
 

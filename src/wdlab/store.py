@@ -20,7 +20,6 @@ import operator
 import os
 import platform
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wdlab.atomic import atomic_open
 from wdlab.errors import WdlabError
 
 __all__ = [
@@ -1065,20 +1065,11 @@ class Store:
         series = self.metrics(run_id)
         rows = sorted((step, name, value) for name, pts in series.items() for step, value in pts)
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(["step", "name", "value"])
-                for step, name, value in rows:
-                    writer.writerow([step, name, repr(float(value))])  # repr: exact round trip
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(target, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "name", "value"])
+            for step, name, value in rows:
+                writer.writerow([step, name, repr(float(value))])  # repr: exact round trip
         return target
 
     def export_tensorboard(self, run_id: str, logdir: str | os.PathLike[str]) -> Path:

@@ -12,7 +12,6 @@ run ends bit-identical to an uninterrupted one on CPU.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from wdlab import workloads
+from wdlab.atomic import atomic_open
 from wdlab.config import RunConfig, validate
 from wdlab.errors import ConfigError, WdlabError
 from wdlab.factory import create_optimizer
@@ -97,10 +97,8 @@ def lr_multiplier(step: int, total: int, kind: str, warmup: int, final: float = 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
