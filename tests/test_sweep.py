@@ -358,3 +358,16 @@ def test_recovery_requeues_only_dead_owners(tmp_path: Path) -> None:
         assert [t.status for t in store.trials(sweep)] == ["pending", "running", "running"]
         # any owner, on any host, loses its trial once its heartbeat is stale
         assert recover_trials(store, sweep, stale_seconds=0.0) == [1, 2]
+
+
+def test_optimizer_axis_drops_the_recipes_adamw_settings() -> None:
+    from wdlab.config import build_config
+    from wdlab.sweep import trial_config
+
+    base = build_config("teacher").to_dict()
+    assert "betas" in base["optimizer"]
+    config = trial_config(base, {"optimizer.name": "sgdw", "optimizer.lr": 0.1}, "t")
+    assert "betas" not in config.optimizer.hyperparameters()
+    mine = build_config("teacher", assignments=["optimizer.betas=[0.5, 0.6]"]).to_dict()
+    config = trial_config(mine, {"optimizer.name": "lion"}, "t")
+    assert config.optimizer.hyperparameters()["betas"] == (0.5, 0.6)  # the user's stay

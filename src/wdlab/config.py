@@ -195,6 +195,22 @@ def build_config(
 CORE_OPTIMIZER_KEYS = frozenset(OptimizerConfig.model_fields)
 
 
+def switch_optimizer(tree: dict[str, Any], name: str) -> dict[str, Any]:
+    """A copy of a resolved config tree set to optimizer `name`. Settings that only the old
+    optimizer takes are dropped when they are the workload recipe's own (e.g. AdamW's betas);
+    ones the user set stay, and the optimizer says if it cannot take them."""
+    out = copy.deepcopy(tree)
+    section = out.setdefault("optimizer", {})
+    if str(section.get("name", "")).lower() != str(name).lower():
+        cls = workloads.get(out["workload"])
+        recipe_values = [cls.recipe(tiny=tiny)["optimizer"] for tiny in (False, True)]
+        for key in [k for k in section if k not in CORE_OPTIMIZER_KEYS]:
+            if any(key in r and r[key] == section[key] for r in recipe_values):
+                del section[key]
+    section["name"] = name
+    return out
+
+
 def _recipe_optimizer(recipe: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
     """The recipe's optimizer section; when the user picks another optimizer, only the keys
     every optimizer takes (lr, weight_decay, ...) carry over, not e.g. AdamW's betas."""

@@ -332,9 +332,11 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], name: str) -> Any
     """The validated RunConfig of one trial."""
     import copy
 
-    from wdlab.config import set_dotted, validate
+    from wdlab.config import set_dotted, switch_optimizer, validate
 
     tree = copy.deepcopy(base)
+    if "optimizer.name" in params:  # another optimizer: the recipe's AdamW betas do not apply
+        tree = switch_optimizer(tree, params["optimizer.name"])
     for key, value in params.items():
         set_dotted(tree, key, value)
     tree["name"] = name
