@@ -79,7 +79,10 @@ def rows(compiled: bool) -> list[tuple[str, list[Entry]]]:
         )
     )
     sgd_kw = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
-    sgdw = [Entry("wdlab SGDW", lambda p: get("sgdw")(p, **sgd_kw), 20)]
+    sgdw = [
+        Entry("wdlab SGDW", lambda p: get("sgdw")(p, **sgd_kw), 20),
+        Entry("wdlab SGDW chunked", lambda p: get("sgdw")(p, **sgd_kw, mode="chunked"), 20),
+    ]
     if compiled:
         sgdw.append(
             Entry("wdlab SGDW compiled", lambda p: get("sgdw")(p, **sgd_kw, mode="compiled"), 20)
@@ -90,7 +93,14 @@ def rows(compiled: bool) -> list[tuple[str, list[Entry]]]:
         Entry("torch SGD fused", lambda p: torch.optim.SGD(p, **sgd_kw, fused=True), 20),
     ]
     families.append(("sgdw", sgdw))
-    lion = [Entry("wdlab Lion", lambda p: get("lion")(p, lr=1e-4, weight_decay=0.1), 20)]
+    lion = [
+        Entry("wdlab Lion", lambda p: get("lion")(p, lr=1e-4, weight_decay=0.1), 20),
+        Entry(
+            "wdlab Lion chunked",
+            lambda p: get("lion")(p, lr=1e-4, weight_decay=0.1, mode="chunked"),
+            20,
+        ),
+    ]
     if compiled:
         lion.append(
             Entry(

@@ -63,6 +63,21 @@ def entries() -> list[Entry]:
             lambda p: get("scale")(scale_groups(p), lr=1e-3, weight_decay=0.01),
             scale_bytes(probe),  # type: ignore[arg-type]
         ),
+        Entry(
+            "wdlab NovoGrad chunked",
+            lambda p: get("novograd")(p, lr=1e-2, weight_decay=0.01, mode="chunked"),
+            24,
+        ),
+        Entry(
+            "wdlab FAdam chunked",
+            lambda p: get("fadam")(p, lr=1e-3, weight_decay=0.1, mode="chunked"),
+            44,
+        ),
+        Entry(
+            "wdlab SCALE chunked",
+            lambda p: get("scale")(scale_groups(p), lr=1e-3, weight_decay=0.01, mode="chunked"),
+            scale_bytes(probe),  # type: ignore[arg-type]
+        ),
     ]
     if importlib.util.find_spec("pytorch_optimizer"):
         import pytorch_optimizer as po

@@ -6,35 +6,33 @@
    the best loss of every run at that width is the reference.
 4. Regret = loss of the carried setting - best loss at that width (also relative to it).
 
-Every run goes through the engine (wdlab.train.run), exactly as `wdlab run WORKLOAD --set
-optimizer.scaling=RULE --set optimizer.base_width=W0` would, with an in-memory store.
-Runs with identical per-role settings (e.g. timescale and mup-wd when only width changes)
-are run once. Full experiment (hours on one core):
+Every run is a trial of a `wdlab sweep` (wdlab.sweep.run_sweep) in one store, exactly as
+`wdlab run WORKLOAD --set optimizer.scaling=RULE --set optimizer.base_width=W0` would run it,
+so --workers uses every core and an interrupted experiment resumes where it stopped.
+Losses are means over seeds; a diverged or failed run counts as +inf.
 
-    python benchmarks/transfer.py --widths 64,128,256,512 --steps 750 --seeds 0,1,2
+    python benchmarks/transfer.py --widths 64,128,256,512 --steps 750 --seeds 0,1,2 \
+        --store transfer.db --json transfer.json
 
-The reduced run of docs/scaling.md:
+Reduced runs of docs/scaling.md:
 
-    python benchmarks/transfer.py --widths 32,64,128 --steps 300 --lrs 3e-3,1e-2,3e-2 \
-        --wds 0.01,0.3 --set model.n_layer=2 --json transfer_reduced.json
+    python benchmarks/transfer.py --widths 32,64,128 --steps 300 \
+        --lrs 3e-3,1e-2,3e-2,1e-1 --wds 0.1,1.0 --set model.n_layer=2 \
+        --set model.tie_embeddings=false --store transfer.db --json transfer.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from wdlab.config import build_config
 from wdlab.coordcheck import WIDTH_FIELDS
-from wdlab.scaling import RULES, transfer_table
-from wdlab.store import Store
-from wdlab.train import run
+from wdlab.scaling import RULES
+from wdlab.sweep import SweepSpec, SweepSummary, run_sweep
 
 
 def _floats(text: str) -> list[float]:
@@ -59,115 +57,91 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="parametrizations swept at every width to find the best loss")
     p.add_argument("--set", dest="assignments", action="append", default=[],
                    help="extra run settings, e.g. --set model.n_layer=2 (repeatable)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--store", type=Path, default=Path("transfer.db"))
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     return p.parse_args(argv)
 
 
-class Runner:
-    """Runs (width, rule, lr, wd) through the engine, averaged over seeds, with a cache keyed
-    by the per-role settings the rule produces."""
+def _sweep(args: argparse.Namespace, width: int, axes: dict[str, list[Any]],
+           name: str) -> SweepSummary:
+    fixed = [
+        *args.assignments,
+        f"steps={args.steps}",
+        f"model.{WIDTH_FIELDS[args.workload]}={width}",
+        f"optimizer.base_width={args.widths[0]}",
+        'train.monitor="off"',
+        "train.stop_at_target=false",
+        f"train.eval_every={args.steps}",
+        "train.threads=1",
+    ]
+    spec = SweepSpec.create(workload=args.workload, axes=axes, seeds=args.seeds,
+                            assignments=fixed, name=name)
+    print(f"== {name}: {len(spec.trials())} trials", flush=True)
+    return run_sweep(spec, args.store, workers=args.workers)
 
-    def __init__(self, args: argparse.Namespace, root: Path) -> None:
-        self.args, self.root = args, root
-        self.base = args.widths[0]
-        self.cache: dict[tuple[Any, ...], float] = {}
-        self.log: list[dict[str, Any]] = []
-        self.store = Store(":memory:")
 
-    def key(self, width: int, rule: str, lr: float, wd: float) -> tuple[Any, ...]:
-        rows = transfer_table(rule, self.base, width, lr, wd)
-        values = tuple(
-            (r["role"], r["lr"], r["weight_decay"], r["init_std_mult"], r["forward_mult"])
-            for r in rows
-        )
-        return (width, rule != "sp" and width != self.base, values)
-
-    def loss(self, width: int, rule: str, lr: float, wd: float) -> float:
-        key = self.key(width, rule, lr, wd)
-        if key in self.cache:
-            return self.cache[key]
-        a = self.args
-        losses = []
-        start = time.perf_counter()
-        for seed in a.seeds:
-            sets = [
-                *a.assignments,
-                f"model.{WIDTH_FIELDS[a.workload]}={width}",
-                f"optimizer.scaling=\"{rule}\"",
-                f"optimizer.base_width={self.base}",
-                "train.monitor=\"off\"",
-                "train.stop_at_target=false",
-                f"train.eval_every={a.steps}",
-                f"train.threads={a.threads}",
-            ]
-            config = build_config(
-                a.workload,
-                flags={"steps": a.steps, "seed": seed, "optimizer.lr": lr,
-                       "optimizer.weight_decay": wd},
-                assignments=sets,
-            )
-            result = run(config, self.store, self.root)
-            value = result.final_metrics.get("val_loss", float("nan"))
-            losses.append(value if result.status == "finished" else float("inf"))
-        loss = sum(losses) / len(losses)
-        self.cache[key] = loss
-        entry = {"width": width, "rule": rule, "lr": lr, "wd": wd, "loss": loss,
-                 "seconds": round(time.perf_counter() - start, 1)}
-        self.log.append(entry)
-        print(f"  width {width:4d} {rule:9s} lr {lr:<8.3g} wd {wd:<6.3g} -> {loss:.4f} "
-              f"({entry['seconds']} s)", flush=True)
-        return loss
+def _mean_losses(summary: SweepSummary) -> dict[tuple[str, float, float], float]:
+    """(rule, lr, wd) -> val loss averaged over seeds; not finished -> inf."""
+    seeds: dict[tuple[str, float, float], list[float]] = {}
+    for t in summary.trials:
+        key = (t.params["optimizer.scaling"], t.params["optimizer.lr"],
+               t.params["optimizer.weight_decay"])
+        ok = t.status == "finished" and t.final is not None and math.isfinite(t.final)
+        seeds.setdefault(key, []).append(t.final if ok else math.inf)
+    return {k: statistics.fmean(v) if all(map(math.isfinite, v)) else math.inf
+            for k, v in seeds.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     rules = [r for r in args.rules.split(",") if r]
     sweep_rules = [r for r in args.sweep_rules.split(",") if r]
-    grid = [(lr, wd) for lr in args.lrs for wd in args.wds]
-    with tempfile.TemporaryDirectory() as tmp:
-        runner = Runner(args, Path(tmp))
-        base = args.widths[0]
-        print(f"tuning at base width {base}: {len(grid)} settings")
-        base_losses = {(lr, wd): runner.loss(base, "sp", lr, wd) for lr, wd in grid}
-        best_lr, best_wd = min(base_losses, key=base_losses.get)
-        print(f"best at base width: lr {best_lr:g} wd {best_wd:g} "
-              f"loss {base_losses[best_lr, best_wd]:.4f}")
-        table: dict[int, dict[str, Any]] = {}
-        for width in args.widths[1:]:
-            print(f"width {width}")
-            carried = {rule: runner.loss(width, rule, best_lr, best_wd) for rule in rules}
-            swept = {
-                f"{rule}:{lr:g}:{wd:g}": runner.loss(width, rule, lr, wd)
-                for rule in sweep_rules for lr, wd in grid
-            }
-            best = min([*carried.values(), *swept.values()])
-            best_at = min(swept, key=swept.get)
-            table[width] = {
-                "best_loss": best,
-                "best_sweep_setting": best_at,
-                "carried_loss": carried,
-                "regret": {r: carried[r] - best for r in rules},
-                "relative_regret": {r: (carried[r] - best) / best for r in rules},
-            }
-        runner.store.close()
+    base = args.widths[0]
+    grid_axes = {"optimizer.lr": args.lrs, "optimizer.weight_decay": args.wds}
+    base_losses = _mean_losses(_sweep(args, base, {"optimizer.scaling": ["sp"], **grid_axes},
+                                      f"transfer base {base}"))
+    _, best_lr, best_wd = min(base_losses, key=base_losses.get)  # type: ignore[arg-type]
+    print(f"best at base width {base}: lr {best_lr:g} wd {best_wd:g} "
+          f"loss {base_losses['sp', best_lr, best_wd]:.4f}", flush=True)
+    table: dict[int, dict[str, Any]] = {}
+    for width in args.widths[1:]:
+        swept = _mean_losses(_sweep(args, width, {"optimizer.scaling": sweep_rules, **grid_axes},
+                                    f"transfer grid {width}"))
+        others = [r for r in rules if r not in sweep_rules]
+        carried_only = _mean_losses(_sweep(
+            args, width, {"optimizer.scaling": others, "optimizer.lr": [best_lr],
+                          "optimizer.weight_decay": [best_wd]}, f"transfer carried {width}",
+        )) if others else {}
+        losses = {**swept, **carried_only}
+        carried = {r: losses[r, best_lr, best_wd] for r in rules}
+        best_key = min(losses, key=losses.get)  # type: ignore[arg-type]
+        best = losses[best_key]
+        table[width] = {
+            "best_loss": best,
+            "best_setting": f"{best_key[0]}:{best_key[1]:g}:{best_key[2]:g}",
+            "best_by_rule": {r: min(v for (rr, _, _), v in swept.items() if rr == r)
+                             for r in sweep_rules},
+            "carried_loss": carried,
+            "regret": {r: carried[r] - best for r in rules},
+            "relative_regret": {r: (carried[r] - best) / best for r in rules},
+            "grid": {f"{r}:{lr:g}:{wd:g}": v for (r, lr, wd), v in swept.items()},
+        }
     print("\nregret = loss(carried) - best loss at that width (relative to best in brackets)")
     print("width  best    " + "  ".join(f"{r:>16s}" for r in rules))
     for width, row in table.items():
         cells = "  ".join(
             f"{row['regret'][r]:+.4f} ({100 * row['relative_regret'][r]:4.1f}%)" for r in rules
         )
-        print(f"{width:5d}  {row['best_loss']:.4f}  {cells}")
+        print(f"{width:5d}  {row['best_loss']:.4f}  {cells}  best: {row['best_setting']}")
     out = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "base": {"lr": best_lr, "wd": best_wd,
-                 "losses": {f"{k[0]:g}:{k[1]:g}": v for k, v in base_losses.items()}},
+                 "losses": {f"{lr:g}:{wd:g}": v for (_, lr, wd), v in base_losses.items()}},
         "widths": {str(k): v for k, v in table.items()},
-        "runs": runner.log,
     }
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+        args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
     return out
 
 

@@ -139,7 +139,8 @@ def test_chunked_mode_equals_whole_tensor_calls() -> None:
 
 
 def test_unknown_mode_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"mode must be one of chunked, whole, compiled"):
+    modes = r"mode must be one of auto, native, chunked, whole, compiled"
+    with pytest.raises(ValueError, match=modes):
         foreach_elementwise(lambda p: None, [[torch.zeros(1)]], mode="fast")
     with pytest.raises(ValueError, match=r"mode must be one of"):
         Lion([torch.nn.Parameter(torch.zeros(2))], mode="fast")

@@ -553,6 +553,7 @@ def _worker_loop(
     threads: int,
     parent_pid: int | None,
     on_trial: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> bool:
     """Claim and train trials until none is pending; False when stopped by Ctrl-C. Runs in
     a spawned process, a Ray task, or (one local worker) the sweep's own process: the same
@@ -568,7 +569,7 @@ def _worker_loop(
         beat = _Heartbeat(store, sweep_id, worker, parent_pid)
         beat.start()
         try:
-            while not beat.orphaned():
+            while not beat.orphaned() and not (stop is not None and stop.is_set()):
                 try:
                     trial = store.claim_trial(sweep_id, worker)
                 except KeyboardInterrupt:
@@ -632,18 +633,44 @@ class _InlineExecutor:
 
 
 class _LocalExecutor:
-    """Worker processes from the 'spawn' context (no forked torch or SQLite state)."""
+    """One worker on a thread of the sweep's own process, the rest in processes from the
+    'spawn' context (no forked torch or SQLite state).
+
+    Why the thread: a spawned worker spends seconds importing torch before its first trial;
+    the thread starts training at once (torch is already imported here), so those seconds
+    are not lost. Trials run the same code on either, so results do not depend on where a
+    trial ran. Ctrl-C reaches the main thread (the dispatcher); the thread's trial is then
+    left 'running' and recovered like a dead worker's when the sweep resumes.
+    """
 
     def __init__(self, args: tuple[Any, ...]) -> None:
         import multiprocessing
+
+        import torch
 
         self.ctx = multiprocessing.get_context("spawn")
         self.args = args
         self.procs: list[Any] = []
         self.crashes = 0
         self.last_exitcode: int | None = None
+        self.thread: threading.Thread | None = None
+        self.thread_error: BaseException | None = None
+        self.stop = threading.Event()
+        self.torch_threads = torch.get_num_threads()
+
+    def _thread_main(self) -> None:
+        try:
+            _worker_loop(*self.args, None, stop=self.stop)
+        except BaseException as err:  # re-raised by alive() in the dispatcher
+            self.thread_error = err
 
     def start(self, n: int) -> None:
+        if n > 0 and (self.thread is None or not self.thread.is_alive()):
+            self.thread = threading.Thread(
+                target=self._thread_main, daemon=True, name="wdlab-sweep-worker"
+            )
+            self.thread.start()
+            n -= 1
         for _ in range(n):
             proc = self.ctx.Process(
                 target=_local_worker_main, args=(*self.args, os.getpid()), daemon=True
@@ -652,6 +679,9 @@ class _LocalExecutor:
             self.procs.append(proc)
 
     def alive(self) -> int:
+        if self.thread_error is not None:
+            error, self.thread_error = self.thread_error, None
+            raise error
         running = []
         for proc in self.procs:
             if proc.is_alive():
@@ -660,6 +690,7 @@ class _LocalExecutor:
                 self.crashes += 1
                 self.last_exitcode = proc.exitcode
         self.procs = running
+        threads = self.thread is not None and self.thread.is_alive()
         if self.crashes > MAX_WORKER_CRASHES:
             raise WdlabError(
                 f"sweep workers crashed {self.crashes} times (last exit code "
@@ -667,9 +698,13 @@ class _LocalExecutor:
                 "must call run_sweep under `if __name__ == '__main__':`)",
                 field="workers",
             )
-        return len(self.procs)
+        return len(self.procs) + threads
 
     def close(self, timeout: float = 30.0) -> None:
+        import torch
+
+        self.stop.set()  # the thread takes no new trial; a trial in flight stays 'running'
+        torch.set_num_threads(self.torch_threads)
         deadline = time.monotonic() + timeout
         for proc in self.procs:
             proc.join(max(deadline - time.monotonic(), 0.1))

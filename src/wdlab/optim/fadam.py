@@ -45,7 +45,7 @@ class FAdam(WdOptimizer):
     ports use min(eps, eps2*RMS(g)) with a second one), and the clip divisor max(1, RMS/clip).
     Defaults are the paper's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, clip 1, p 0.5, wd 0.1.
     State: "step" (float32 0-d), "momentum" and "fim" (like p), pytorch-optimizer's names.
-    mode: "chunked" (default) or "whole", as NovoGrad's.
+    mode: "auto" (default), "native", "chunked" or "whole", as NovoGrad's.
     """
 
     def __init__(
@@ -59,7 +59,7 @@ class FAdam(WdOptimizer):
         clip: float = 1.0,
         p: float = 0.5,
         *,
-        mode: str = "chunked",
+        mode: str = "auto",
     ) -> None:
         defaults = dict(
             lr=lr,

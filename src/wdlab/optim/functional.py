@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from wdlab.optim import native
+
 # ---- shared elementwise machinery (AdamW, SGDW, Lion, AdamP, SGDP) -------------------------
 # Why chunks: a chain of separate torch ops re-reads every tensor from memory once per op;
 # slicing each tensor into blocks that fit in cache lets the whole chain run on one block while
@@ -19,7 +21,24 @@ import torch
 CHUNK_NUMEL = 1 << 18
 """Elements per block in "chunked" mode (1 MB of fp32 per tensor): fastest of 2^16..2^19."""
 
-ELEMENTWISE_MODES = ("chunked", "whole", "compiled")
+ELEMENTWISE_MODES = ("auto", "native", "chunked", "whole", "compiled")
+"""How an elementwise update runs. "auto" (the default): "native" where wdlab.optim.native's
+one-pass C kernels take the tensors (contiguous CPU float32/float64), else "chunked"."""
+
+
+def resolve_mode(mode: str, *tensor_lists: Sequence[torch.Tensor | None]) -> str:
+    """"auto" -> "native" when the C kernels take these tensors, else "chunked"; an explicit
+    "native" that cannot run is an error naming why."""
+    if mode not in ("auto", "native"):
+        return mode
+    if native.supports(*tensor_lists):
+        return "native"
+    if mode == "native":
+        why = native.why_unavailable() or (
+            "the tensors are not all contiguous CPU float32/float64 of one dtype"
+        )
+        raise ValueError(f"mode='native' cannot run: {why}; use mode='auto' to fall back")
+    return "chunked"
 
 _COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
@@ -62,6 +81,8 @@ def foreach_elementwise(
     """
     if mode not in ELEMENTWISE_MODES:
         raise ValueError(f"mode must be one of {', '.join(ELEMENTWISE_MODES)}; got {mode!r}")
+    if mode in ("auto", "native"):
+        mode = "chunked"  # no C kernel behind a generic update: its best torch path
     kwargs = dict(scalars or {})
     if mode == "compiled":
         fn = _compiled(update)
@@ -307,7 +328,7 @@ def sgdw_step(
     decay_rate: float,
     l2: float,
     fresh: bool = False,
-    mode: str = "chunked",
+    mode: str = "auto",
 ) -> None:
     """One SGD step: w <- w*(1 - decay_rate), then torch.optim.SGD's momentum rule on g + l2*w.
 
@@ -316,12 +337,20 @@ def sgdw_step(
     With decay_rate=0 and mode "chunked"/"whole" this is torch.optim.SGD's default path bit
     for bit; `mode` as in foreach_elementwise. With decay, "chunked" runs the decay pass and
     then torch's fused SGD kernel per block (where that kernel exists), two passes in cache.
+    "native" (what "auto" picks on CPU) is one pass of kernels.c, equal to the formula to float
+    rounding (not bit for bit torch's: it rounds a*b + c once where torch may round twice).
     """
+    mode = resolve_mode(mode, params, grads, momentum_bufs)
+    if mode == "native":
+        native.run_multi("sgdw", [params, grads, momentum_bufs], lr, momentum, dampening,
+                         nesterov, 1.0 - decay_rate, l2, fresh)
+        return
     if mode == "compiled" and fresh:
         mode = "chunked"  # the one first step runs eager: one compiled graph fewer
     if mode == "compiled":
         kernel = _sgdw_update_compiled
-    elif mode == "chunked" and decay_rate and _use_fused(params, None):
+    elif (mode == "chunked" and decay_rate and _use_fused(params, None)
+          and all(_sgd_fusable(*ts) for ts in zip(params, grads, momentum_bufs, strict=True))):
         # Only with decoupled decay: torch's fused SGD rounds a few elements differently from
         # its for-loop path, and without decay SGDW must equal torch.optim.SGD's default path.
         kernel = _sgdw_update_fused
@@ -386,12 +415,17 @@ def lion_step(
     beta2: float,
     decay_rate: float,
     l2: float,
-    mode: str = "chunked",
+    mode: str = "auto",
 ) -> None:
     """Lion: c = lerp(m, g, 1-b1); w <- w*(1-decay_rate) - lr*sign(c); m <- lerp(m, g, 1-b2).
 
     lerp(m, g, t) = m + t*(g - m) is b*m + (1-b)*g in one op; g includes l2*w in l2 mode.
     """
+    mode = resolve_mode(mode, params, grads, exp_avgs)
+    if mode == "native":
+        native.run_multi("lion", [params, grads, exp_avgs], lr, beta1, beta2, 1.0 - decay_rate,
+                         l2)
+        return
     kernel = _lion_update_compiled if mode == "compiled" else _lion_update
     scalars = {"lr": lr, "beta1": beta1, "beta2": beta2, "keep": 1.0 - decay_rate, "l2": l2}
     foreach_elementwise(kernel, [params, grads, exp_avgs], scalars, mode=mode)
@@ -529,6 +563,34 @@ def _row_cosines(
     return dots.abs() / (g_norms.clamp(min=eps) * w_norms.clamp(min=eps)), w_norms
 
 
+def _invariant_view_native(
+    w: torch.Tensor, g: torch.Tensor, delta: float, eps: float
+) -> tuple[str | None, torch.Tensor | None]:
+    """scale_invariant_view from one read of w and g: per-row <g, w>, |w|^2, |g|^2 in
+    kernels.c (float64 sums, one output per thread), both views from those sums."""
+    rows, cols = w.shape
+    ranges = native.split(w.numel())
+    parts = torch.zeros(len(ranges), rows, 3, dtype=torch.float64)
+    where = {b: i for i, (b, _) in enumerate(ranges)}
+    fn = native.kernel("row_dots", w.dtype)
+    native.parallel(
+        lambda b, e: fn(w.data_ptr(), g.data_ptr(), cols, b, e, parts[where[b]].data_ptr()),
+        w.numel(),
+    )
+    sums = parts.sum(dim=0)
+    dots, w_sq, g_sq = sums.unbind(dim=1)
+    w_norms = w_sq.sqrt()
+    cos = dots.abs() / (g_sq.sqrt().clamp(min=eps) * w_norms.clamp(min=eps))
+    if float(cos.max()) < delta / cols**0.5:
+        return "channel", w_norms.to(w.dtype)
+    total = sums.sum(dim=0)
+    w_norm = total[1].sqrt()
+    cos_layer = total[0].abs() / (total[2].sqrt().clamp(min=eps) * w_norm.clamp(min=eps))
+    if float(cos_layer) < delta / w.numel() ** 0.5:
+        return "layer", w_norm.reshape(1).to(w.dtype)
+    return None, None
+
+
 def scale_invariant_view(
     param: torch.Tensor, grad: torch.Tensor, delta: float, eps: float
 ) -> tuple[str | None, torch.Tensor | None]:
@@ -546,6 +608,8 @@ def scale_invariant_view(
     w = param.reshape(param.size(0), -1)
     g = grad.reshape(w.shape)
     limit = delta / w.size(1) ** 0.5
+    if native.supports([param, grad]):
+        return _invariant_view_native(w, g, delta, eps)
     if float(_row_cosines(g[:1], w[:1], eps)[0]) < limit:
         cos, w_norms = _row_cosines(g, w, eps)
         if float(cos.max()) < limit:
@@ -600,6 +664,14 @@ def _fusable(*tensors: torch.Tensor) -> bool:
     return first.device.type in ("cpu", "cuda") and all(
         t.is_contiguous() and t.dtype == first.dtype and t.device == first.device for t in tensors
     )
+
+
+def _sgd_fusable(*tensors: torch.Tensor | None) -> bool:
+    """_fusable for torch's fused SGD, minus CPU half types: torch 2.12-2.13's CPU kernel skips
+    whole SIMD blocks of bfloat16/float16 tensors (pytorch/pytorch#191763)."""
+    present = [t for t in tensors if t is not None]
+    half = present[0].device.type == "cpu" and present[0].dtype in (torch.bfloat16, torch.float16)
+    return not half and _fusable(*present)
 
 
 def _by_dtype(rows: list[tuple[torch.Tensor, ...]]) -> list[list[list[torch.Tensor]]]:
@@ -766,7 +838,7 @@ def sgdp_step(
     for param, grad, buf in zip(params, grads, momentum_bufs, strict=True):
         view, norms = _projection_view(param, grad, delta, eps)
         tensors = (param, grad) if buf is None else (param, grad, buf)
-        if view is None and fused and _fusable(*tensors):
+        if view is None and fused and _sgd_fusable(*tensors):
             free.append(tensors)
             continue
         ratio = wd_ratio if view is not None else 1.0
@@ -787,6 +859,13 @@ def sgdp_step(
     for group in _by_dtype(free):
         p, g = group[0], group[1]
         bufs = group[2] if momentum else []
+        if native.supports(p, g, bufs):
+            # One pass: w <- keep*w - lr*d, the buffer as torch's fused SGD keeps it.
+            native.run_multi("sgdw", [p, g, bufs or [None] * len(p)],
+                             lr if momentum else lr * (1 - dampening), momentum,
+                             dampening if momentum else 0.0, nesterov,
+                             1 - decay_rate / (1 - momentum), l2, False)
+            continue
         if decay_rate:
             torch._foreach_mul_(p, 1 - decay_rate / (1 - momentum))
         # Without momentum torch ignores dampening; clovaai scales g by (1 - dampening).
@@ -800,9 +879,10 @@ def sgdp_step(
 # Each needs one statistic over a whole tensor (or per row) before its elementwise pass: a norm
 # read first, then the update through foreach_elementwise per tensor with that statistic as a
 # Python scalar (or a (rows, 1) / (1, cols) factor). The per-tensor statistics cost a host sync
-# per tensor, so these offer the eager modes only ("chunked", "whole"), not "compiled".
+# per tensor, so these offer the eager modes ("auto", "native", "chunked", "whole"), not
+# "compiled".
 
-EAGER_MODES = ("chunked", "whole")
+EAGER_MODES = ("auto", "native", "chunked", "whole")
 
 
 def _novograd_update(
@@ -822,7 +902,7 @@ def _novograd_update(
     # dampening 1 - gain its buffer rule m <- b1*m + (1 - dampening)*(g + wd*w) is NovoGrad's.
     if decays:
         param.mul_(keep)
-    if beta1 > 0 and param.device.type in ("cpu", "cuda"):
+    if beta1 > 0 and _sgd_fusable(param, grad, exp_avg):
         torch._fused_sgd_(
             [param],
             [grad],
@@ -857,7 +937,7 @@ def novograd_step(
     decay_rate: float,
     l2: float,
     decay_in_momentum: bool,
-    mode: str = "chunked",
+    mode: str = "auto",
 ) -> None:
     """One NovoGrad step per tensor ("layer"); increments state_steps.
 
@@ -879,14 +959,23 @@ def novograd_step(
         scale = 1.0 / (float(exp_avg_sq) ** 0.5 + eps)
         avg = 1.0 if first or not grad_averaging else 1 - beta1
         in_m = decay_in_momentum and decay_rate > 0 and lr > 0
+        gain = avg * scale
+        decay_gain = avg * decay_rate / lr if in_m else 0.0
+        decays = not decay_in_momentum and decay_rate > 0
+        if resolve_mode(mode, [param, grad, exp_avg]) == "native":
+            # m <- b1*m + gain*(g + (decay_gain/gain)*w); w <- keep*w - lr*m: the SGD kernel
+            # with dampening 1 - gain, as the chunked path uses torch's fused SGD.
+            native.run_multi("sgdw", [[param], [grad], [exp_avg]], lr, beta1, 1.0 - gain, False,
+                             1.0 - decay_rate if decays else 1.0, decay_gain / gain, False)
+            continue
         scalars = {
             "lr": lr,
             "keep": 1.0 - decay_rate,
             "beta1": beta1,
-            "gain": avg * scale,
-            "decay_gain": avg * decay_rate / lr if in_m else 0.0,
+            "gain": gain,
+            "decay_gain": decay_gain,
             "decay_in_momentum": in_m,
-            "decays": not decay_in_momentum and decay_rate > 0,
+            "decays": decays,
         }
         foreach_elementwise(_novograd_update, [[param], [grad], [exp_avg]], scalars, mode=mode)
 
@@ -954,7 +1043,7 @@ def fadam_step(
     power: float,
     decay_rate: float,
     l2: float,
-    mode: str = "chunked",
+    mode: str = "auto",
 ) -> None:
     """One FAdam step per tensor (Hwang 2024, Algorithm 1); increments state_steps.
 
@@ -976,25 +1065,57 @@ def fadam_step(
         beta2_t = beta2 * (1 - beta2 ** (t - 1)) / (1 - beta2**t)
         rms_g = float(torch.linalg.vector_norm(grad)) / numel**0.5
         eps_t = eps * min(1.0, rms_g) if rms_g > 0 else eps
-        sums = [torch.zeros((), dtype=torch.float64, device=param.device) for _ in range(2)]
         with_decay = decay_rate > 0
         common = {"eps": eps_t, "power": power, "sqrt": sqrt, "with_decay": with_decay}
-        foreach_elementwise(
-            _fadam_fisher, [[grad], [fim], [param], [sums[0]], [sums[1]]],
-            {"beta2": beta2_t, **common}, mode=mode,
-        )
-        div_g = max(1.0, (float(sums[0]) / numel) ** 0.5 / clip)
-        div_w = max(1.0, (float(sums[1]) / numel) ** 0.5 / clip)
-        scalars = {
-            "lr": lr,
-            "beta1": beta1,
-            "gain": (1 - beta1) / div_g,
-            "decay_coef": decay_rate / div_w,
-            **common,
-        }
+        on_c = resolve_mode(mode, [param, grad, exp_avg, fim]) == "native"
+        if on_c:
+            sum_g, sum_w = _fadam_fisher_native(grad, fim, param, beta2_t, eps_t, power, sqrt,
+                                                with_decay)
+        else:
+            sums = [torch.zeros((), dtype=torch.float64, device=param.device) for _ in range(2)]
+            foreach_elementwise(
+                _fadam_fisher, [[grad], [fim], [param], [sums[0]], [sums[1]]],
+                {"beta2": beta2_t, **common}, mode=mode,
+            )
+            sum_g, sum_w = float(sums[0]), float(sums[1])
+        div_g = max(1.0, (sum_g / numel) ** 0.5 / clip)
+        div_w = max(1.0, (sum_w / numel) ** 0.5 / clip)
+        gain, decay_coef = (1 - beta1) / div_g, decay_rate / div_w
+        if on_c:
+            native.run_ranged("fadam_update", param.dtype, (param, grad, fim, exp_avg),
+                              (float(lr), float(beta1), eps_t, float(power), sqrt, gain,
+                               decay_coef), param.numel())
+            native.touched([param])
+            continue
+        scalars = {"lr": lr, "beta1": beta1, "gain": gain, "decay_coef": decay_coef, **common}
         foreach_elementwise(
             _fadam_update, [[param], [grad], [fim], [exp_avg]], scalars, mode=mode
         )
+
+
+def _fadam_fisher_native(
+    grad: torch.Tensor,
+    fim: torch.Tensor,
+    param: torch.Tensor,
+    beta2: float,
+    eps: float,
+    power: float,
+    sqrt: bool,
+    with_decay: bool,
+) -> tuple[float, float]:
+    """FAdam's Fisher pass in kernels.c: (sum((g/den)^2), sum((w/den)^2)), one part per thread."""
+    fn = native.kernel("fadam_fisher", grad.dtype)
+    ranges = native.split(grad.numel())
+    parts = torch.zeros(len(ranges), 2, dtype=torch.float64)  # one output row per thread
+    where = {b: i for i, (b, _) in enumerate(ranges)}
+    pointers = (grad.data_ptr(), fim.data_ptr(), param.data_ptr())
+    native.parallel(
+        lambda b, e: fn(*pointers, b, e, beta2, eps, power, sqrt, with_decay,
+                        parts[where[b]].data_ptr()),
+        grad.numel(),
+    )
+    sum_g, sum_w = parts.sum(dim=0).tolist()
+    return sum_g, sum_w
 
 
 def _scale_update(
@@ -1017,7 +1138,7 @@ def scale_step(
     eps: float,
     decay_rate: float,
     l2: float,
-    mode: str = "chunked",
+    mode: str = "auto",
 ) -> None:
     """One SCALE step on matrix-like params (viewed as (size(0), -1)).
 
@@ -1038,7 +1159,12 @@ def scale_step(
         norms = torch.linalg.vector_norm(direction, dim=dim, keepdim=True)
         step = torch.div(lr * root_n, norms.clamp_(min=eps * root_n))
         scalars = {"keep": 1.0 - decay_rate, "decays": decay_rate > 0}
-        if param.is_contiguous():  # rows is a view: update it block by block
+        if resolve_mode(mode, [param, direction, step]) == "native":
+            native.run_ranged("scaled_step", param.dtype,
+                              (param, direction, step, direction.size(1), dim == 1),
+                              (1.0 - decay_rate,), param.numel())
+            native.touched([param])
+        elif param.is_contiguous():  # rows is a view: update it block by block
             foreach_elementwise(_scale_update, [[rows], [direction], [step]], scalars, mode=mode)
         else:  # reshape copied: update the tensor itself
             param.mul_(1.0 - decay_rate).sub_((direction * step).reshape(param.shape))

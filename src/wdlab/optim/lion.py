@@ -25,7 +25,7 @@ from wdlab.optim.functional import ELEMENTWISE_MODES, lion_step
 class Lion(WdOptimizer):
     """Lion: w <- w*(1 - lr*wd) - lr*sign(b1*m + (1-b1)*g); m <- b2*m + (1-b2)*g.
 
-    mode as SGDW's: "chunked" (default), "compiled" (opt-in torch.compile), "whole".
+    mode as SGDW's: "auto" (default), "native", "chunked", "compiled", "whole".
     """
 
     def __init__(
@@ -36,7 +36,7 @@ class Lion(WdOptimizer):
         weight_decay: float = 0.0,
         decay: str = "decoupled",
         *,
-        mode: str = "chunked",
+        mode: str = "auto",
     ) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decay=decay, mode=mode)
         super().__init__(params, defaults)
@@ -59,5 +59,5 @@ class Lion(WdOptimizer):
             beta2=beta2,
             decay_rate=decoupled_decay_rate(group),
             l2=l2_coefficient(group),
-            mode=group.get("mode", "chunked"),
+            mode=group.get("mode", "auto"),
         )

@@ -42,9 +42,10 @@ class NovoGrad(WdOptimizer):
     schedule only) and no separate shrink happens.
     Defaults follow the paper's experiments: betas (0.95, 0.98), eps 1e-8, grad_averaging off.
     State: "step" (float32 0-d), "exp_avg" (like p), "exp_avg_sq" (0-d, p's dtype): the names
-    of apex's FusedNovoGrad. mode: "chunked" (default; decay pass plus torch's fused SGD
-    kernel per cache-sized block, the momentum rule with dampening 1 - a/(sqrt(v) + eps)) or
-    "whole"; no "compiled" (the per-layer norm syncs with the host anyway).
+    of apex's FusedNovoGrad. mode: "auto" (default: "native" on CPU, the one-pass C SGD kernel
+    with dampening 1 - a/(sqrt(v) + eps), else "chunked"), "native", "chunked" (decay pass plus
+    torch's fused SGD kernel per cache-sized block) or "whole"; no "compiled" (the per-layer
+    norm syncs with the host anyway).
     """
 
     def __init__(
@@ -58,7 +59,7 @@ class NovoGrad(WdOptimizer):
         grad_averaging: bool = False,
         decay_in_momentum: bool = False,
         *,
-        mode: str = "chunked",
+        mode: str = "auto",
     ) -> None:
         defaults = dict(
             lr=lr,

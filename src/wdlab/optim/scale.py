@@ -46,7 +46,8 @@ class SCALE(WdOptimizer):
     Groups without a "role" key are refused (ValueError): without it the output layer, which
     alone gets momentum, is unknown; use wdlab.param_groups or wdlab.create_optimizer.
     State: "momentum_buffer" (torch SGD's name) for the output layer; "step", "exp_avg",
-    "exp_avg_sq" (torch AdamW's) for the AdamW params. mode: "chunked" (default) or "whole".
+    "exp_avg_sq" (torch AdamW's) for the AdamW params. mode: "auto" (default), "native",
+    "chunked" or "whole".
     """
 
     def __init__(
@@ -60,7 +61,7 @@ class SCALE(WdOptimizer):
         adamw_betas: tuple[float, float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
         *,
-        mode: str = "chunked",
+        mode: str = "auto",
     ) -> None:
         defaults = dict(
             lr=lr,

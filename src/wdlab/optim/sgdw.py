@@ -26,8 +26,10 @@ from wdlab.optim.functional import ELEMENTWISE_MODES, sgdw_step
 class SGDW(WdOptimizer):
     """SGD + momentum/Nesterov with decoupled, independent or l2 weight decay.
 
-    mode="chunked" (default) runs the update block by block in cache on CPU; "compiled"
-    uses torch.compile (opt-in: seconds of compile on first step); "whole" is the plain path.
+    mode="auto" (default) runs wdlab.optim.native's one-pass C kernel where it can (contiguous
+    CPU float32/float64), else "chunked": torch ops block by block in cache. "native" insists on
+    the C kernel; "compiled" uses torch.compile (opt-in: seconds of compile on first step);
+    "whole" is the plain path.
     """
 
     def __init__(
@@ -40,7 +42,7 @@ class SGDW(WdOptimizer):
         weight_decay: float = 0.0,
         decay: str = "decoupled",
         *,
-        mode: str = "chunked",
+        mode: str = "auto",
     ) -> None:
         if lr is required:
             raise ValueError("lr is required for SGDW: pass lr=<float >= 0>, e.g. lr=0.1")
@@ -99,5 +101,5 @@ class SGDW(WdOptimizer):
                 decay_rate=decoupled_decay_rate(group),
                 l2=l2_coefficient(group),
                 fresh=fresh,
-                mode=group.get("mode", "chunked"),
+                mode=group.get("mode", "auto"),
             )
