@@ -217,15 +217,16 @@ def test_forced_split_cuts_inside_tensors_and_rows(monkeypatch: pytest.MonkeyPat
     torch.set_num_threads(3)
     try:
         total = sum(math.prod(s) for s in SHAPES)
-        ranges = native.split(total)
-        assert len(ranges) == 3
-        assert ranges[0][0] == 0 and ranges[-1][1] == total
-        assert all(e == b for (_, e), (b, _) in zip(ranges, ranges[1:], strict=False))
-        starts = {0, 21, 34}  # where (7, 3), (13,), (5, 11) begin in the concatenation
-        assert not {b for b, _ in ranges[1:]} & starts
+        threads = native.threads_for(total)
+        assert threads == 3
+        # kernels.c's thread_range: thread t takes [total*t/n, total*(t+1)/n).
+        starts = [total * t // threads for t in range(1, threads)]
+        tensor_starts = {0, 21, 34}  # where (7, 3), (13,), (5, 11) begin in the concatenation
+        assert not set(starts) & tensor_starts
+        assert any(34 < b < total and (b - 34) % 11 for b in starts)  # mid-row of (5, 11)
         # Fewer threads when there is too little work: 10 elements, >= 5 each.
-        assert len(native.split(10)) == 2
-        assert native.split(4) == [(0, 4)]
+        assert native.threads_for(10) == 2
+        assert native.threads_for(4) == 1
     finally:
         torch.set_num_threads(before)
 
@@ -297,7 +298,7 @@ def test_adamp_sgdp_native_matches_torch_path(
     kernel_calls: list[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ours = _run_projected(opt_cls, kw, dtype)
-    assert "row_dots" in kernel_calls
+    assert "invariant_view" in kernel_calls
     if opt_cls is SGDP:
         assert "sgdw" in kernel_calls  # the unprojected tensors' one-pass update
     kernel_calls.clear()
@@ -333,7 +334,7 @@ def test_scale_invariant_view_native_matches_torch_and_formula(
     assert expected_view == want  # the construction does what the case says
 
     view, norms = F.scale_invariant_view(w, g, delta, eps)
-    assert kernel_calls == ["row_dots"]
+    assert kernel_calls == ["invariant_view"]
     with monkeypatch.context() as m:
         m.setattr(native, "supports", lambda *lists: False)
         torch_view, torch_norms = F.scale_invariant_view(w, g, delta, eps)

@@ -566,28 +566,18 @@ def _row_cosines(
 def _invariant_view_native(
     w: torch.Tensor, g: torch.Tensor, delta: float, eps: float
 ) -> tuple[str | None, torch.Tensor | None]:
-    """scale_invariant_view from one read of w and g: per-row <g, w>, |w|^2, |g|^2 in
-    kernels.c (float64 sums, one output per thread), both views from those sums."""
+    """scale_invariant_view in one read of w and g: kernels.c sums per row in float64 and
+    decides both views there, so a step pays no small torch ops per tensor."""
     rows, cols = w.shape
-    ranges = native.split(w.numel())
-    parts = torch.zeros(len(ranges), rows, 3, dtype=torch.float64)
-    where = {b: i for i, (b, _) in enumerate(ranges)}
-    fn = native.kernel("row_dots", w.dtype)
-    native.parallel(
-        lambda b, e: fn(w.data_ptr(), g.data_ptr(), cols, b, e, parts[where[b]].data_ptr()),
-        w.numel(),
-    )
-    sums = parts.sum(dim=0)
-    dots, w_sq, g_sq = sums.unbind(dim=1)
-    w_norms = w_sq.sqrt()
-    cos = dots.abs() / (g_sq.sqrt().clamp(min=eps) * w_norms.clamp(min=eps))
-    if float(cos.max()) < delta / cols**0.5:
-        return "channel", w_norms.to(w.dtype)
-    total = sums.sum(dim=0)
-    w_norm = total[1].sqrt()
-    cos_layer = total[0].abs() / (total[2].sqrt().clamp(min=eps) * w_norm.clamp(min=eps))
-    if float(cos_layer) < delta / w.numel() ** 0.5:
-        return "layer", w_norm.reshape(1).to(w.dtype)
+    threads = native.threads_for(w.numel())
+    scratch = torch.empty(threads * rows * 3, dtype=torch.float64)
+    norms = torch.empty(rows, dtype=torch.float64)
+    view = native.run("invariant_view", w.dtype, w, g, rows, cols, threads, delta, eps,
+                      scratch, norms)
+    if view == 1:
+        return "channel", norms.to(w.dtype)
+    if view == 2:
+        return "layer", norms[:1].to(w.dtype)
     return None, None
 
 
@@ -954,7 +944,8 @@ def novograd_step(
             grad = grad.add(param, alpha=l2)
         step_t += 1
         first = float(step_t) == 1.0
-        norm_sq = float(torch.linalg.vector_norm(grad)) ** 2
+        on_c = resolve_mode(mode, [param, grad, exp_avg]) == "native"
+        norm_sq = native.sum_of_squares(grad) if on_c else float(torch.linalg.vector_norm(grad))**2
         exp_avg_sq.fill_(norm_sq if first else beta2 * float(exp_avg_sq) + (1 - beta2) * norm_sq)
         scale = 1.0 / (float(exp_avg_sq) ** 0.5 + eps)
         avg = 1.0 if first or not grad_averaging else 1 - beta1
@@ -962,7 +953,7 @@ def novograd_step(
         gain = avg * scale
         decay_gain = avg * decay_rate / lr if in_m else 0.0
         decays = not decay_in_momentum and decay_rate > 0
-        if resolve_mode(mode, [param, grad, exp_avg]) == "native":
+        if on_c:
             # m <- b1*m + gain*(g + (decay_gain/gain)*w); w <- keep*w - lr*m: the SGD kernel
             # with dampening 1 - gain, as the chunked path uses torch's fused SGD.
             native.run_multi("sgdw", [[param], [grad], [exp_avg]], lr, beta1, 1.0 - gain, False,
@@ -1063,11 +1054,12 @@ def fadam_step(
         t = float(step_t)
         numel = max(grad.numel(), 1)
         beta2_t = beta2 * (1 - beta2 ** (t - 1)) / (1 - beta2**t)
-        rms_g = float(torch.linalg.vector_norm(grad)) / numel**0.5
+        on_c = resolve_mode(mode, [param, grad, exp_avg, fim]) == "native"
+        norm_sq = native.sum_of_squares(grad) if on_c else float(torch.linalg.vector_norm(grad))**2
+        rms_g = (norm_sq / numel) ** 0.5
         eps_t = eps * min(1.0, rms_g) if rms_g > 0 else eps
         with_decay = decay_rate > 0
         common = {"eps": eps_t, "power": power, "sqrt": sqrt, "with_decay": with_decay}
-        on_c = resolve_mode(mode, [param, grad, exp_avg, fim]) == "native"
         if on_c:
             sum_g, sum_w = _fadam_fisher_native(grad, fim, param, beta2_t, eps_t, power, sqrt,
                                                 with_decay)
@@ -1082,9 +1074,9 @@ def fadam_step(
         div_w = max(1.0, (sum_w / numel) ** 0.5 / clip)
         gain, decay_coef = (1 - beta1) / div_g, decay_rate / div_w
         if on_c:
-            native.run_ranged("fadam_update", param.dtype, (param, grad, fim, exp_avg),
-                              (float(lr), float(beta1), eps_t, float(power), sqrt, gain,
-                               decay_coef), param.numel())
+            native.run("fadam_update", param.dtype, param, grad, fim, exp_avg, param.numel(),
+                       native.threads_for(param.numel()), lr, beta1, eps_t, power, sqrt, gain,
+                       decay_coef)
             native.touched([param])
             continue
         scalars = {"lr": lr, "beta1": beta1, "gain": gain, "decay_coef": decay_coef, **common}
@@ -1104,16 +1096,10 @@ def _fadam_fisher_native(
     with_decay: bool,
 ) -> tuple[float, float]:
     """FAdam's Fisher pass in kernels.c: (sum((g/den)^2), sum((w/den)^2)), one part per thread."""
-    fn = native.kernel("fadam_fisher", grad.dtype)
-    ranges = native.split(grad.numel())
-    parts = torch.zeros(len(ranges), 2, dtype=torch.float64)  # one output row per thread
-    where = {b: i for i, (b, _) in enumerate(ranges)}
-    pointers = (grad.data_ptr(), fim.data_ptr(), param.data_ptr())
-    native.parallel(
-        lambda b, e: fn(*pointers, b, e, beta2, eps, power, sqrt, with_decay,
-                        parts[where[b]].data_ptr()),
-        grad.numel(),
-    )
+    threads = native.threads_for(grad.numel())
+    parts = torch.zeros(threads, 2, dtype=torch.float64)  # one slot per thread
+    native.run("fadam_fisher", grad.dtype, grad, fim, param, grad.numel(), threads, beta2, eps,
+               power, sqrt, with_decay, parts)
     sum_g, sum_w = parts.sum(dim=0).tolist()
     return sum_g, sum_w
 
@@ -1160,9 +1146,9 @@ def scale_step(
         step = torch.div(lr * root_n, norms.clamp_(min=eps * root_n))
         scalars = {"keep": 1.0 - decay_rate, "decays": decay_rate > 0}
         if resolve_mode(mode, [param, direction, step]) == "native":
-            native.run_ranged("scaled_step", param.dtype,
-                              (param, direction, step, direction.size(1), dim == 1),
-                              (1.0 - decay_rate,), param.numel())
+            native.run("scaled_step", param.dtype, param, direction, step, direction.size(0),
+                       direction.size(1), dim == 1, native.threads_for(param.numel()),
+                       1.0 - decay_rate)
             native.touched([param])
         elif param.is_contiguous():  # rows is a view: update it block by block
             foreach_elementwise(_scale_update, [[rows], [direction], [step]], scalars, mode=mode)

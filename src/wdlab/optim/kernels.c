@@ -3,15 +3,19 @@
  * Why C: a chain of torch ops reads and writes every tensor once per op, so an update that
  * is five ops long moves five times the bytes it must. Each kernel here reads and writes
  * each tensor once. The file is compiled twice, with REAL=float/SUFFIX=f32 and
- * REAL=double/SUFFIX=f64. Kernels take a list of tensors (pointer arrays plus sizes) and a
- * half-open range [begin, end) of elements counted over their concatenation, so a caller
- * splits one step across threads with one call per thread. Reductions write to an output
- * array owned by the calling thread; the caller adds the threads' parts.
- * Scalars arrive as double and are rounded to REAL once, as torch does with Python floats.
+ * REAL=double/SUFFIX=f64. Kernels take a list of tensors (pointer arrays plus sizes) or one
+ * tensor, and split its elements evenly over `nthreads` OpenMP threads: native.py links the
+ * OpenMP runtime torch itself loaded, so these threads are torch's own pool (a second pool
+ * would fight torch's spinning threads for the cores). Reductions write one slot per thread;
+ * the caller adds the slots. Scalars arrive as double and are rounded to REAL once, as torch
+ * does with Python floats.
  */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #ifndef REAL
 #error "compile with -DREAL=float -DSUFFIX=f32 (or double/f64)"
@@ -39,6 +43,24 @@ typedef REAL real;
             off_ += n_;                                                      \
         }                                                                    \
     } while (0)
+
+/* This thread's share [*begin, *end) of `total` elements (all of them without OpenMP). */
+static inline int thread_range(int64_t total, int64_t *begin, int64_t *end) {
+#ifdef _OPENMP
+    int t = omp_get_thread_num(), n = omp_get_num_threads();
+#else
+    int t = 0, n = 1;
+#endif
+    *begin = total * t / n;
+    *end = total * (t + 1) / n;
+    return t;
+}
+
+static inline int64_t sum_sizes(const int64_t *sizes, int64_t count) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    return total;
+}
 
 static inline real sign_of(real x) {
     /* torch.sign: -1, 0 or 1, and 0 for NaN, so every mode of Lion gives the same result. */
@@ -77,12 +99,18 @@ static void sgdw_span(real *restrict w, const real *restrict g, real *restrict b
 }
 
 void NAME(wd_sgdw)(real **w, real **g, real **buf, const int64_t *sizes, int64_t count,
-                   int64_t begin, int64_t end, double lr, double momentum, double dampening,
-                   int nesterov, double keep, double l2, int fresh) {
-    FOR_EACH_SPAN(count, sizes, begin, end,
-                  sgdw_span(w[t] + lo, g[t] + lo, buf ? buf[t] + lo : NULL, hi - lo, (real)lr,
-                            (real)momentum, (real)(1 - dampening), nesterov, (real)keep,
-                            (real)l2, fresh));
+                   int nthreads, double lr, double momentum, double dampening, int nesterov,
+                   double keep, double l2, int fresh) {
+    int64_t total = sum_sizes(sizes, count);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t begin, end;
+        thread_range(total, &begin, &end);
+        FOR_EACH_SPAN(count, sizes, begin, end,
+                      sgdw_span(w[t] + lo, g[t] + lo, buf ? buf[t] + lo : NULL, hi - lo,
+                                (real)lr, (real)momentum, (real)(1 - dampening), nesterov,
+                                (real)keep, (real)l2, fresh));
+    }
 }
 
 /* Lion: u = g + l2*w; c = m + (1 - b1)*(u - m); w = keep*w - lr*sign(c); m = m + (1 - b2)*(u - m). */
@@ -98,95 +126,159 @@ static void lion_span(real *restrict w, const real *restrict g, real *restrict m
 }
 
 void NAME(wd_lion)(real **w, real **g, real **m, const int64_t *sizes, int64_t count,
-                   int64_t begin, int64_t end, double lr, double beta1, double beta2,
-                   double keep, double l2) {
-    FOR_EACH_SPAN(count, sizes, begin, end,
-                  lion_span(w[t] + lo, g[t] + lo, m[t] + lo, hi - lo, (real)lr,
-                            (real)(1 - beta1), (real)(1 - beta2), (real)keep, (real)l2));
+                   int nthreads, double lr, double beta1, double beta2, double keep, double l2) {
+    int64_t total = sum_sizes(sizes, count);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t begin, end;
+        thread_range(total, &begin, &end);
+        FOR_EACH_SPAN(count, sizes, begin, end,
+                      lion_span(w[t] + lo, g[t] + lo, m[t] + lo, hi - lo, (real)lr,
+                                (real)(1 - beta1), (real)(1 - beta2), (real)keep, (real)l2));
+    }
 }
 
 /* w = keep*w - f*d with one factor per row (by_row) or per column of a (rows, cols) matrix:
- * SCALE's step, f = lr/RMS of the row or column. One tensor; [begin, end) in elements. */
+ * SCALE's step, f = lr/RMS of the row or column. */
 void NAME(wd_scaled_step)(real *restrict w, const real *restrict d, const real *restrict f,
-                          int64_t cols, int by_row, int64_t begin, int64_t end, double keep) {
+                          int64_t rows, int64_t cols, int by_row, int nthreads, double keep) {
     real k = (real)keep;
-    int64_t i = begin;
-    while (i < end) {
-        int64_t row = i / cols;
-        int64_t first = row * cols;
-        int64_t stop = first + cols < end ? first + cols : end;
-        if (by_row) {
-            real fr = f[row];
-            for (int64_t j = i; j < stop; ++j) w[j] = k * w[j] - fr * d[j];
-        } else {
-            for (int64_t j = i; j < stop; ++j) w[j] = k * w[j] - f[j - first] * d[j];
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t i, end;
+        thread_range(rows * cols, &i, &end);
+        while (i < end) {
+            int64_t row = i / cols;
+            int64_t first = row * cols;
+            int64_t stop = first + cols < end ? first + cols : end;
+            if (by_row) {
+                real fr = f[row];
+                for (int64_t j = i; j < stop; ++j) w[j] = k * w[j] - fr * d[j];
+            } else {
+                for (int64_t j = i; j < stop; ++j) w[j] = k * w[j] - f[j - first] * d[j];
+            }
+            i = stop;
         }
-        i = stop;
     }
 }
 
-/* Per row of a (rows, cols) view, accumulate sum(g*w), sum(w*w), sum(g*g) into
- * out[3*row .. 3*row + 2] (double, zeroed by the caller): the cosine test of AdamP/SGDP in
- * one read of w and g. */
-void NAME(wd_row_dots)(const real *restrict w, const real *restrict g, int64_t cols,
-                       int64_t begin, int64_t end, double *restrict out) {
-    int64_t i = begin;
-    while (i < end) {
-        int64_t row = i / cols;
-        int64_t stop = (row + 1) * cols < end ? (row + 1) * cols : end;
-        double gw = 0, ww = 0, gg = 0;
-        for (int64_t j = i; j < stop; ++j) {
-            double wj = w[j], gj = g[j];
-            gw += gj * wj;
-            ww += wj * wj;
-            gg += gj * gj;
+/* AdamP/SGDP's scale-invariance test (REFERENCE §3) in one read of w and g, viewed as
+ * (rows, cols). Per row, float64 sums <g, w>, |w|^2, |g|^2; the "channel" view passes when
+ * every row has |cos(g, w)| < delta/sqrt(cols), else the "layer" view (the whole tensor as one
+ * row) when |cos| < delta/sqrt(rows*cols). Returns 1 (channel), 2 (layer) or 0 (neither) and
+ * writes the winning view's norms of w to norms[0..rows) or norms[0]. Each factor of the
+ * cosine is max(norm, eps), as F.cosine_similarity. scratch: nthreads*rows*3 doubles. */
+int NAME(wd_invariant_view)(const real *restrict w, const real *restrict g, int64_t rows,
+                            int64_t cols, int nthreads, double delta, double eps,
+                            double *restrict scratch, double *restrict norms) {
+    int used = 1;
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t i, end;
+        int t = thread_range(rows * cols, &i, &end);
+        double *mine = scratch + (int64_t)t * rows * 3;
+        for (int64_t k = 0; k < rows * 3; ++k) mine[k] = 0;
+#ifdef _OPENMP
+        if (t == 0) used = omp_get_num_threads();
+#endif
+        while (i < end) {
+            int64_t row = i / cols;
+            int64_t stop = (row + 1) * cols < end ? (row + 1) * cols : end;
+            double gw = 0, ww = 0, gg = 0;
+            /* simd reduction: lanes of partial sums, else one add chain bounds the speed */
+#pragma omp simd reduction(+ : gw, ww, gg)
+            for (int64_t j = i; j < stop; ++j) {
+                double wj = w[j], gj = g[j];
+                gw += gj * wj;
+                ww += wj * wj;
+                gg += gj * gj;
+            }
+            mine[3 * row] += gw;
+            mine[3 * row + 1] += ww;
+            mine[3 * row + 2] += gg;
+            i = stop;
         }
-        out[3 * row] += gw;
-        out[3 * row + 1] += ww;
-        out[3 * row + 2] += gg;
-        i = stop;
     }
+    double limit = delta / sqrt((double)cols), total[3] = {0, 0, 0};
+    int channel = 1;
+    for (int64_t row = 0; row < rows; ++row) {
+        double s[3] = {0, 0, 0};
+        for (int t = 0; t < used; ++t)
+            for (int k = 0; k < 3; ++k) s[k] += scratch[(int64_t)t * rows * 3 + 3 * row + k];
+        for (int k = 0; k < 3; ++k) total[k] += s[k];
+        double wn = sqrt(s[1]), gn = sqrt(s[2]);
+        norms[row] = wn;
+        if (!(fabs(s[0]) / (fmax(gn, eps) * fmax(wn, eps)) < limit)) channel = 0;
+    }
+    if (channel) return 1;
+    double wn = sqrt(total[1]), gn = sqrt(total[2]);
+    norms[0] = wn;
+    return fabs(total[0]) / (fmax(gn, eps) * fmax(wn, eps)) < delta / sqrt((double)(rows * cols))
+               ? 2 : 0;
 }
 
 static inline real fisher_denom(real f, real eps, real power, int use_sqrt) {
     return (use_sqrt ? SQRT(f) : POW(f, power)) + eps;
 }
 
-/* FAdam's first pass over one tensor: f = b2*f + (1 - b2)*g^2, and accumulate
- * sum((g/den)^2) into out[0] and, with decay, sum((w/den)^2) into out[1]. */
+/* FAdam's first pass over one tensor: f = b2*f + (1 - b2)*g^2; thread t writes
+ * sum((g/den)^2) to out[2t] and, with decay, sum((w/den)^2) to out[2t + 1]. */
 void NAME(wd_fadam_fisher)(const real *restrict g, real *restrict f, const real *restrict w,
-                           int64_t begin, int64_t end, double beta2, double eps, double power,
+                           int64_t n, int nthreads, double beta2, double eps, double power,
                            int use_sqrt, int with_decay, double *restrict out) {
     real b2 = (real)beta2, t2 = (real)(1 - beta2), e = (real)eps, pw = (real)power;
-    double sg = 0, sw = 0;
-    for (int64_t i = begin; i < end; ++i) {
-        real gi = g[i];
-        real fi = b2 * f[i] + t2 * gi * gi;
-        f[i] = fi;
-        real den = fisher_denom(fi, e, pw, use_sqrt);
-        double rg = gi / den;
-        sg += rg * rg;
-        if (with_decay) {
-            double rw = w[i] / den;
-            sw += rw * rw;
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t begin, end;
+        int t = thread_range(n, &begin, &end);
+        double sg = 0, sw = 0;
+#pragma omp simd reduction(+ : sg, sw)
+        for (int64_t i = begin; i < end; ++i) {
+            real gi = g[i];
+            real fi = b2 * f[i] + t2 * gi * gi;
+            f[i] = fi;
+            real inv = 1 / fisher_denom(fi, e, pw, use_sqrt);  /* one divide, two products */
+            double rg = gi * inv;
+            sg += rg * rg;
+            if (with_decay) {
+                double rw = w[i] * inv;
+                sw += rw * rw;
+            }
         }
+        out[2 * t] = sg;
+        out[2 * t + 1] = sw;
     }
-    out[0] += sg;
-    out[1] += sw;
 }
 
 /* FAdam's second pass: m = b1*m + gain*g/den; w = w - decay*w/den - lr*m. */
 void NAME(wd_fadam_update)(real *restrict w, const real *restrict g, const real *restrict f,
-                           real *restrict m, int64_t begin, int64_t end, double lr,
-                           double beta1, double eps, double power, int use_sqrt, double gain,
-                           double decay) {
+                           real *restrict m, int64_t n, int nthreads, double lr, double beta1,
+                           double eps, double power, int use_sqrt, double gain, double decay) {
     real b1 = (real)beta1, e = (real)eps, pw = (real)power, gn = (real)gain, dc = (real)decay;
     real step = (real)lr;
-    for (int64_t i = begin; i < end; ++i) {
-        real den = fisher_denom(f[i], e, pw, use_sqrt);
-        real mi = b1 * m[i] + gn * (g[i] / den);
-        m[i] = mi;
-        real wi = w[i];
-        w[i] = wi - dc * (wi / den) - step * mi;
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t begin, end;
+        thread_range(n, &begin, &end);
+        for (int64_t i = begin; i < end; ++i) {
+            real inv = 1 / fisher_denom(f[i], e, pw, use_sqrt);
+            real mi = b1 * m[i] + gn * (g[i] * inv);
+            m[i] = mi;
+            real wi = w[i];
+            w[i] = wi - dc * (wi * inv) - step * mi;
+        }
+    }
+}
+
+/* sum(x^2) in float64; thread t writes its part to out[t] (the caller adds them). */
+void NAME(wd_sumsq)(const real *restrict x, int64_t n, int nthreads, double *restrict out) {
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t begin, end;
+        int t = thread_range(n, &begin, &end);
+        double acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = begin; i < end; ++i) acc += (double)x[i] * x[i];
+        out[t] = acc;
     }
 }

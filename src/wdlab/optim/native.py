@@ -6,10 +6,13 @@ Lion, SCALE, FAdam and the AdamP/SGDP cosine test stay far below the memory-band
 
 How: the C file is compiled with the system C compiler (`cc`, or $CC) into a shared library
 under the user cache ($WDLAB_CACHE, else $XDG_CACHE_HOME/wdlab, else ~/.cache/wdlab), keyed
-by a hash of the source, the compiler, the flags and this CPU, and loaded with ctypes. A
-step splits its elements evenly over torch.get_num_threads() threads; ctypes releases the
-GIL, so the threads run in parallel. Without a compiler (or with WDLAB_NATIVE=0) nothing
-fails: `available()` is False and the optimizers take their torch path ("chunked").
+by a hash of the source, the compiler, the flags and this CPU, and loaded with ctypes. The
+kernels split a step over OpenMP threads, linked against the OpenMP runtime torch loaded, so
+they run on torch's own thread pool: a second pool (Python threads, or a second OpenMP
+runtime) competes with torch's threads, which spin for a while after every parallel op, and
+measured 26% slower right after one. Where no runtime is found the kernels run on one
+thread. Without a compiler (or with WDLAB_NATIVE=0) nothing fails: `available()` is False
+and the optimizers take their torch path ("chunked").
 """
 
 from __future__ import annotations
@@ -18,41 +21,43 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.c")
-CFLAGS = ["-O3", "-fno-math-errno", "-fPIC", "-std=c11"]
+CFLAGS = ["-O3", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-std=c11"]
+"""-fopenmp-simd: the `omp simd` reductions vectorize even in a build without OpenMP threads."""
 MIN_PER_THREAD = 1 << 16
-"""Below this many elements per thread, fewer threads: a hand-off costs about 20 µs."""
+"""Below this many elements per thread, fewer threads: waking one costs microseconds."""
+_OPENMP_RUNTIME = re.compile(r"/lib(gomp|iomp5|omp)[-\w.]*\.so[\d.]*$")
 
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _P, _I64, _INT, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-_ARRAYS = [_P, _P, _P, _P, _I64, _I64, _I64]  # w, g, state arrays, sizes, count, begin, end
+_ARRAYS = [_P, _P, _P, _P, _I64, _INT]  # w, g, state pointer arrays, sizes, count, nthreads
 SIGNATURES: dict[str, list[Any]] = {
     "sgdw": [*_ARRAYS, _D, _D, _D, _INT, _D, _D, _INT],
     "lion": [*_ARRAYS, _D, _D, _D, _D, _D],
-    "scaled_step": [_P, _P, _P, _I64, _INT, _I64, _I64, _D],
-    "row_dots": [_P, _P, _I64, _I64, _I64, _P],
-    "fadam_fisher": [_P, _P, _P, _I64, _I64, _D, _D, _D, _INT, _INT, _P],
-    "fadam_update": [_P, _P, _P, _P, _I64, _I64, _D, _D, _D, _D, _INT, _D, _D],
+    "scaled_step": [_P, _P, _P, _I64, _I64, _INT, _INT, _D],
+    "invariant_view": [_P, _P, _I64, _I64, _INT, _D, _D, _P, _P],
+    "sumsq": [_P, _I64, _INT, _P],
+    "fadam_fisher": [_P, _P, _P, _I64, _INT, _D, _D, _D, _INT, _INT, _P],
+    "fadam_update": [_P, _P, _P, _P, _I64, _INT, _D, _D, _D, _D, _INT, _D, _D],
 }
+_RETURNS = {"invariant_view": ctypes.c_int}
 """ctypes argument types of each kernel in kernels.c, so Python ints, floats and bools convert
 to the C types the kernel declares (an int lr must arrive as a double)."""
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
 
 
 def _cache_dir() -> Path:
@@ -75,25 +80,38 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def _flags() -> list[str]:
+def openmp_runtime() -> str | None:
+    """Path of the OpenMP runtime torch loaded into this process (Linux), else None."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = {line.split()[-1] for line in f if ".so" in line}
+    except OSError:
+        return None
+    found = sorted(p for p in paths if _OPENMP_RUNTIME.search(p))
+    return found[0] if found else None
+
+
+def _flags(runtime: str | None) -> list[str]:
     # -march=native only where the cache key can name the CPU it was built for.
     native = ["-march=native"] if _cpu_flags() and platform.machine() in ("x86_64", "AMD64") else []
-    return [*CFLAGS, *native]
+    return [*CFLAGS, *native, *(["-fopenmp"] if runtime else [])]
 
 
-def _build(cc: str, target: Path) -> None:
-    """Compile kernels.c for float and double into one library at `target` (atomically)."""
+def _build(cc: str, runtime: str | None, target: Path) -> None:
+    """Compile kernels.c for float and double into one library at `target` (atomically),
+    linked against torch's OpenMP runtime by path (not -fopenmp, which adds the system one)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         objects = []
         for real, suffix in (("float", "f32"), ("double", "f64")):
             obj = Path(tmp) / f"{suffix}.o"
-            cmd = [cc, *_flags(), f"-DREAL={real}", f"-DSUFFIX={suffix}", "-c", str(SOURCE),
-                   "-o", str(obj)]
+            cmd = [cc, *_flags(runtime), f"-DREAL={real}", f"-DSUFFIX={suffix}", "-c",
+                   str(SOURCE), "-o", str(obj)]
             subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
             objects.append(str(obj))
         partial = Path(tmp) / target.name
-        subprocess.run([cc, "-shared", *objects, "-o", str(partial), "-lm"], check=True,
+        link = [runtime, f"-Wl,-rpath,{Path(runtime).parent}"] if runtime else []
+        subprocess.run([cc, "-shared", *objects, "-o", str(partial), *link, "-lm"], check=True,
                        capture_output=True, text=True, timeout=120)
         os.replace(partial, target)
 
@@ -110,13 +128,14 @@ def _load() -> ctypes.CDLL | None:
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout
+        runtime = openmp_runtime()
         key = hashlib.sha256(
-            "\0".join([SOURCE.read_text(), cc, version, " ".join(_flags()), platform.machine(),
-                       _cpu_flags(), sys.platform]).encode()
+            "\0".join([SOURCE.read_text(), cc, version, " ".join(_flags(runtime)),
+                       str(runtime), platform.machine(), _cpu_flags(), sys.platform]).encode()
         ).hexdigest()[:16]
         target = _cache_dir() / f"kernels-{key}.so"
         if not target.exists():
-            _build(cc, target)
+            _build(cc, runtime, target)
         return ctypes.CDLL(str(target))
     except subprocess.CalledProcessError as err:
         _failure = f"compiling {SOURCE.name} failed: {(err.stderr or '').strip()[:300]}"
@@ -168,37 +187,13 @@ def kernel(name: str, dtype: torch.dtype) -> Callable[..., Any]:
     fn = getattr(lib, f"wd_{name}_{_SUFFIX[dtype]}")
     if fn.argtypes is None:
         fn.argtypes = SIGNATURES[name]
-        fn.restype = None
+        fn.restype = _RETURNS.get(name)
     return fn
 
 
-def _executor(threads: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    if _pool is None or _pool_size < threads - 1:
-        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="wdlab-kernel")
-        _pool_size = threads - 1
-    return _pool
-
-
-def split(total: int) -> list[tuple[int, int]]:
-    """[begin, end) ranges of `total` elements, one per thread that is worth starting."""
-    threads = max(1, min(torch.get_num_threads(), total // MIN_PER_THREAD))
-    bounds = [total * i // threads for i in range(threads + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
-def parallel(call: Callable[[int, int], Any], total: int) -> None:
-    """call(begin, end) over an even split of range(total): extra ranges on pool threads."""
-    ranges = split(total)
-    if len(ranges) == 1:
-        call(0, total)
-        return
-    futures = [_executor(len(ranges)).submit(call, b, e) for b, e in ranges[1:]]
-    try:
-        call(*ranges[0])
-    finally:
-        for future in futures:
-            future.result()
+def threads_for(total: int) -> int:
+    """OpenMP threads for `total` elements: torch's count, fewer when the work is small."""
+    return max(1, min(torch.get_num_threads(), total // MIN_PER_THREAD))
 
 
 def pointers(tensors: Sequence[torch.Tensor | None]) -> Any:
@@ -227,18 +222,24 @@ def run_multi(name: str, tensor_lists: Sequence[Sequence[torch.Tensor | None]],
     if not first:
         return
     fn = kernel(name, first[0].dtype)  # type: ignore[union-attr]
-    arrays = [pointers(ts) for ts in tensor_lists]
-    counts = sizes(first)  # type: ignore[arg-type]
     total = sum(t.numel() for t in first)  # type: ignore[union-attr]
-    parallel(lambda b, e: fn(*arrays, counts, len(first), b, e, *scalars), total)
+    fn(*[pointers(ts) for ts in tensor_lists], sizes(first), len(first),  # type: ignore[arg-type]
+       threads_for(total), *scalars)
     touched(first)
 
 
-def run_ranged(name: str, dtype: torch.dtype, head: Sequence[Any], tail: Sequence[Any],
-               total: int) -> None:
-    """Run the one-tensor kernel `name` as fn(*head, begin, end, *tail) over range(total),
-    threaded; tensors in head/tail are passed as data pointers, numbers per SIGNATURES."""
-    fn = kernel(name, dtype)
-    before = [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in head]
-    after = [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in tail]
-    parallel(lambda b, e: fn(*before, b, e, *after), total)
+def run(name: str, dtype: torch.dtype, *args: Any) -> Any:
+    """Call the kernel `name` with tensors passed as data pointers (numbers per SIGNATURES);
+    its return value (None for most kernels)."""
+    return kernel(name, dtype)(
+        *[a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+    )
+
+
+def sum_of_squares(x: torch.Tensor) -> float:
+    """sum(x^2) of a contiguous CPU float32/float64 tensor, accumulated in float64: one read,
+    on all threads (torch.linalg.vector_norm reads at about a quarter of the bandwidth)."""
+    threads = threads_for(x.numel())
+    parts = torch.zeros(threads, dtype=torch.float64)
+    run("sumsq", x.dtype, x, x.numel(), threads, parts)
+    return float(parts.sum())
