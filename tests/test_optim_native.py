@@ -532,3 +532,17 @@ def test_integer_hyperparameters_match_whole(build: Builder) -> None:
     ours = _run(build, "native", weights, grads)
     whole = _run(build, "whole", weights, grads)
     _assert_same_run(ours, whole, TOL[torch.float64])
+
+
+@needs_native
+def test_state_of_another_shape_is_refused_before_any_write() -> None:
+    """A state_dict saved for another model must not send a kernel out of bounds."""
+    w = nn.Parameter(torch.randn(6, 4))
+    opt = SGDW([w], lr=0.1, momentum=0.9, mode="native")
+    w.grad = torch.ones_like(w)
+    opt.step()
+    opt.state[w]["momentum_buffer"] = torch.zeros(3)  # as a mismatched checkpoint would leave
+    before = w.detach().clone()
+    with pytest.raises(ValueError, match=r"state of shape \(3,\) does not match its parameter"):
+        opt.step()
+    assert torch.equal(w.detach(), before)

@@ -1055,6 +1055,8 @@ def fadam_step(
         numel = max(grad.numel(), 1)
         beta2_t = beta2 * (1 - beta2 ** (t - 1)) / (1 - beta2**t)
         on_c = resolve_mode(mode, [param, grad, exp_avg, fim]) == "native"
+        if on_c:
+            native.same_size(param, grad, exp_avg, fim)
         norm_sq = native.sum_of_squares(grad) if on_c else float(torch.linalg.vector_norm(grad))**2
         rms_g = (norm_sq / numel) ** 0.5
         eps_t = eps * min(1.0, rms_g) if rms_g > 0 else eps

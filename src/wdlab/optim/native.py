@@ -215,12 +215,26 @@ def touched(tensors: Sequence[torch.Tensor | None]) -> None:
         torch.autograd.graph.increment_version(written)
 
 
+def same_size(param: torch.Tensor, *others: torch.Tensor | None) -> None:
+    """Raise unless every tensor has param's element count: kernels index them all alike, so a
+    mismatch (state loaded for another model) would write out of bounds."""
+    for t in others:
+        if t is not None and t.numel() != param.numel():
+            raise ValueError(
+                f"optimizer state of shape {tuple(t.shape)} does not match its parameter of "
+                f"shape {tuple(param.shape)}; was the state_dict saved for another model?"
+            )
+
+
 def run_multi(name: str, tensor_lists: Sequence[Sequence[torch.Tensor | None]],
               *scalars: Any) -> None:
     """Run the multi-tensor kernel `name` (sgdw, lion) over whole tensor lists, threaded."""
     first = tensor_lists[0]
     if not first:
         return
+    for tensors in tensor_lists[1:]:  # the kernel indexes every list with the first's sizes
+        for t, ref in zip(tensors, first, strict=True):
+            same_size(ref, t)  # type: ignore[arg-type]
     fn = kernel(name, first[0].dtype)  # type: ignore[union-attr]
     total = sum(t.numel() for t in first)  # type: ignore[union-attr]
     fn(*[pointers(ts) for ts in tensor_lists], sizes(first), len(first),  # type: ignore[arg-type]
