@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         others = [r for r in rules if r not in sweep_rules]
         carried_only = _mean_losses(_sweep(
             args, width, {"optimizer.scaling": others, "optimizer.lr": [best_lr],
-                          "optimizer.weight_decay": [best_wd]}, f"transfer carried {width}",
+                          "optimizer.weight_decay": [best_wd]},
+            f"transfer carried {width} {','.join(others)}",
         )) if others else {}
         losses = {**swept, **carried_only}
         carried = {r: losses[r, best_lr, best_wd] for r in rules}

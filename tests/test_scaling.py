@@ -49,6 +49,26 @@ def test_mup_family_on_64_to_512(rule: str, matrix_wd: float) -> None:
         assert t[role]["weight_decay"] == pytest.approx(0.0 if rule == "fan" else WD)
 
 
+def test_sp_lr_scales_only_the_rates_of_matrices_and_readout() -> None:
+    # 64 -> 256: m = 4. SP init and forward; hidden and readout lr/4; the rest as tuned.
+    t = rows("sp-lr", 64, 256)
+    for role, r in t.items():
+        assert r["init_std_mult"] == 1 and r["forward_mult"] == 1
+        if role != "attention":
+            assert r["weight_decay"] == WD
+            assert r["lr"] == pytest.approx(LR / 4 if role in ("matrix", "output") else LR)
+
+
+def test_sp_lr_leaves_the_model_as_built() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, context=8, n_layer=1, n_head=2, d_model=16,
+                          tie_embeddings=False))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    apply_init(model, "sp-lr", base_width=8, width=16)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert type(model.lm_head) is torch.nn.Linear  # no MuReadout swap
+
+
 def test_timescale_keeps_tau_epoch_with_batch_and_data() -> None:
     # tau_epoch = B / (eta * lambda * N) must be equal before and after.
     b0, b1, n0, n1 = 32, 128, 10_000, 40_000

@@ -14,6 +14,11 @@ A rule turns hyperparameters tuned at `base_width` into per-role settings at `wi
   vector-like parameter (embedding, readout, vector, bias, input weights) gets λ = 0.
 - ``timescale``: mup, and λ chosen so that τ_epoch = B/(η·λ·N) stays fixed (Wang & Aitchison)
   when width, batch size B or dataset size N change.
+- ``sp-lr``: the standard parametrization (init, readout and attention as the model has
+  them) with per-role Adam learning rates: hidden matrices and the readout lr/m, embeddings,
+  vectors and biases keep lr; λ untouched. Everett et al. 2024 ("Scaling Exponents Across
+  Parameterizations and Optimizers") found such per-layer rates transfer in SP about as well
+  as full μP; measured in docs/scaling.md.
 
 The rules keep the per-step shrink factor (η·λ for decoupled decay) as their invariant, so
 they also apply to decay="independent" (shrink λ·schedule): there λ scales by the shrink
@@ -44,7 +49,9 @@ __all__ = [
     "check_scaling",
 ]
 
-RULES = ("sp", "mup", "mup-wd", "fan", "timescale")
+RULES = ("sp", "mup", "mup-wd", "fan", "timescale", "sp-lr")
+INIT_RULES = ("mup", "mup-wd", "fan", "timescale")
+"""Rules that change init, the readout multiplier and the attention scale (apply_init)."""
 # Roles a rule scales: classify's roles plus "input" (a matrix applied to the raw input:
 # its fan_in does not grow with width, so μP treats it like an embedding) and "attention"
 # (the logit multiplier; no parameter).
@@ -118,6 +125,10 @@ def role_scales(
         )
     if rule == "sp":
         return {role: RoleScale() for role in SCALE_ROLES}
+    if rule == "sp-lr":  # SP's init and forward pass; Adam's per-role rates only
+        per_width = RoleScale(lr_mult=1.0 / m, wd_mult=1.0)
+        return {role: per_width if role in ("matrix", "output") else RoleScale()
+                for role in SCALE_ROLES}
 
     # μP part, shared by every rule but sp.
     lr = {role: 1.0 for role in SCALE_ROLES}
@@ -293,7 +304,7 @@ def apply_init(
         )
     sp_init = sp_init or default_sp_init(model)
     scales = role_scales(rule, m, sp_init=sp_init)
-    if rule != "sp":
+    if rule in INIT_RULES:
         if infos is None:
             infos = classify(model, example_input)
         inputs = input_weights(model, example_input)
