@@ -25,8 +25,7 @@ from wdlab.store import Store
 
 def bare_loop(config, steps: int) -> float:
     """The hand-written loop: same model, groups, optimizer and schedule; seconds per step."""
-    cls = workloads.get(config.workload)
-    workload = cls(cls.ModelConfig(**config.model), cls.DataConfig(**config.data), config.seed)
+    workload = workloads.from_config(config)
     torch.manual_seed(config.seed)
     model = workload.build_model()
     opt = create_optimizer(

@@ -89,8 +89,7 @@ def common_settings(args: argparse.Namespace) -> list[str]:
 def init_loss(settings: list[str], seed: int) -> float:
     """Validation loss of the untrained model: ℓ0 of the sensitivity score."""
     config = build_config("charlm", flags={"seed": seed}, assignments=settings)
-    cls = workloads.get("charlm")
-    workload = cls(cls.ModelConfig(**config.model), cls.DataConfig(**config.data), seed=seed)
+    workload = workloads.from_config(config)
     torch.manual_seed(seed)
     model = workload.build_model()
     return float(workload.evaluate(model)["val_loss"])

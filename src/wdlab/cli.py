@@ -246,8 +246,7 @@ def load_model(spec: str, assignments: Sequence[str] = ()) -> tuple[Any, Any]:
     if ":" not in spec:
         from wdlab.config import build_config
         config = build_config(spec, assignments=list(assignments))
-        cls = workloads.get(spec)
-        workload = cls(cls.ModelConfig(**config.model), cls.DataConfig(**config.data), seed=0)
+        workload = workloads.from_config(config, seed=0)
         return workload.build_model(), workload.example_input()
     module_name, _, attr = spec.partition(":")
     try:

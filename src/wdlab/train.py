@@ -155,9 +155,7 @@ def run(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     cls = workloads.get(config.workload)
-    workload = cls(
-        cls.ModelConfig(**config.model), cls.DataConfig(**config.data), seed=config.seed
-    )
+    workload = workloads.from_config(config)
     target = config.target
     torch.manual_seed(config.seed)
     model = workload.build_model()
