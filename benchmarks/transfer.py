@@ -32,11 +32,16 @@ from typing import Any
 
 from wdlab.coordcheck import WIDTH_FIELDS
 from wdlab.scaling import RULES
-from wdlab.sweep import SweepSpec, SweepSummary, run_sweep
+from wdlab.store import Store
+from wdlab.sweep import SweepSpec, SweepSummary, run_sweep, summarize
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
+
+
+def _text(values: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def _ints(text: str) -> list[int]:
@@ -51,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=750)
     p.add_argument("--lrs", type=_floats, default=[1e-3, 3e-3, 1e-2])
     p.add_argument("--wds", type=_floats, default=[0.03, 0.1, 0.3])
+    p.add_argument("--lrs-at", dest="lrs_at", action="append", default=[], metavar="W=LRS",
+                   help="the swept lrs at width W instead of --lrs, e.g. 512=5e-4,1e-3,2e-3 "
+                        "(repeatable; the grid follows the optimum as it moves with width)")
     p.add_argument("--seeds", type=_ints, default=[0])
     p.add_argument("--rules", default=",".join(RULES))
     p.add_argument("--sweep-rules", default="sp,mup-wd",
@@ -60,7 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--store", type=Path, default=Path("transfer.db"))
     p.add_argument("--json", type=Path, default=None, help="write all results here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.lrs_at = {int(w): _floats(lrs) for w, lrs in (a.split("=", 1) for a in args.lrs_at)}
+    except ValueError:
+        p.error("--lrs-at takes WIDTH=LR,LR,... e.g. --lrs-at 512=5e-4,1e-3,2e-3")
+    return args
 
 
 def _sweep(args: argparse.Namespace, width: int, axes: dict[str, list[Any]],
@@ -93,6 +106,21 @@ def _mean_losses(summary: SweepSummary) -> dict[tuple[str, float, float], float]
             for k, v in seeds.items()}
 
 
+def _carried_before(store_path: Path, width: int) -> dict[tuple[str, float, float], float]:
+    """Carried runs of earlier invocations on this store (a rule added later runs alone).
+    Sweep names are unique per store, so one store holds one experiment's sweeps."""
+    if not store_path.exists():
+        return {}
+    found: dict[tuple[str, float, float], float] = {}
+    with Store(store_path) as store:
+        for record in store.list_sweeps():
+            if record.name.startswith(f"transfer carried {width} ") and (
+                record.status == "finished"
+            ):
+                found.update(_mean_losses(summarize(store, record.id)))
+    return found
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
@@ -106,15 +134,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"loss {base_losses['sp', best_lr, best_wd]:.4f}", flush=True)
     table: dict[int, dict[str, Any]] = {}
     for width in args.widths[1:]:
-        swept = _mean_losses(_sweep(args, width, {"optimizer.scaling": sweep_rules, **grid_axes},
-                                    f"transfer grid {width}"))
-        others = [r for r in rules if r not in sweep_rules]
-        carried_only = _mean_losses(_sweep(
-            args, width, {"optimizer.scaling": others, "optimizer.lr": [best_lr],
-                          "optimizer.weight_decay": [best_wd]},
-            f"transfer carried {width} {','.join(others)}",
-        )) if others else {}
-        losses = {**swept, **carried_only}
+        lrs = args.lrs_at.get(width, args.lrs)
+        name = f"transfer grid {width}" + ("" if lrs == args.lrs else f" lrs {_text(lrs)}")
+        axes = {**grid_axes, "optimizer.lr": lrs}
+        swept = _mean_losses(_sweep(args, width, {"optimizer.scaling": sweep_rules, **axes},
+                                    name))
+        others = [r for r in rules if (r, best_lr, best_wd) not in swept]
+        losses = {**swept, **_carried_before(args.store, width)}
+        missing = [r for r in others if (r, best_lr, best_wd) not in losses]
+        if missing:
+            losses.update(_mean_losses(_sweep(
+                args, width, {"optimizer.scaling": missing, "optimizer.lr": [best_lr],
+                              "optimizer.weight_decay": [best_wd]},
+                f"transfer carried {width} {','.join(missing)}",
+            )))
         carried = {r: losses[r, best_lr, best_wd] for r in rules}
         best_key = min(losses, key=losses.get)  # type: ignore[arg-type]
         best = losses[best_key]

@@ -59,12 +59,23 @@ def test_sp_lr_scales_only_the_rates_of_matrices_and_readout() -> None:
             assert r["lr"] == pytest.approx(LR / 4 if role in ("matrix", "output") else LR)
 
 
-def test_sp_lr_leaves_the_model_as_built() -> None:
+def test_sp_lr_all_divides_every_rate_by_the_width_multiplier() -> None:
+    # 64 -> 512: m = 8. SP init and forward; every parameter's lr/8, weight decay as tuned.
+    t = rows("sp-lr-all", 64, 512)
+    for role, r in t.items():
+        assert r["init_std_mult"] == 1 and r["forward_mult"] == 1
+        if role != "attention":
+            assert r["lr"] == pytest.approx(LR / 8)
+            assert r["weight_decay"] == WD
+
+
+@pytest.mark.parametrize("rule", ["sp-lr", "sp-lr-all"])
+def test_sp_lr_leaves_the_model_as_built(rule: str) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=11, context=8, n_layer=1, n_head=2, d_model=16,
                           tie_embeddings=False))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    apply_init(model, "sp-lr", base_width=8, width=16)
+    apply_init(model, rule, base_width=8, width=16)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert type(model.lm_head) is torch.nn.Linear  # no MuReadout swap
 

@@ -40,7 +40,7 @@ class OptimizerConfig(BaseModel):
     decay_output: bool = True
     # Width scaling (wdlab.scaling, docs/scaling.md): lr and weight_decay are tuned at
     # base_width and carried to the workload's width by this rule.
-    scaling: Literal["sp", "mup", "mup-wd", "fan", "timescale", "sp-lr"] | None = None
+    scaling: Literal["sp", "mup", "mup-wd", "fan", "timescale", "sp-lr", "sp-lr-all"] | None = None
     base_width: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")

@@ -19,6 +19,9 @@ A rule turns hyperparameters tuned at `base_width` into per-role settings at `wi
   vectors and biases keep lr; λ untouched. Everett et al. 2024 ("Scaling Exponents Across
   Parameterizations and Optimizers") found such per-layer rates transfer in SP about as well
   as full μP; measured in docs/scaling.md.
+- ``sp-lr-all``: the standard parametrization with every parameter's lr/m (one global rate
+  ∝ 1/width, the common practice for Adam in SP); λ untouched. On charlm the SP optimum
+  moved as 1/m and the embeddings' constant rate was what cost `sp-lr` (docs/scaling.md).
 
 The rules keep the per-step shrink factor (η·λ for decoupled decay) as their invariant, so
 they also apply to decay="independent" (shrink λ·schedule): there λ scales by the shrink
@@ -49,7 +52,7 @@ __all__ = [
     "check_scaling",
 ]
 
-RULES = ("sp", "mup", "mup-wd", "fan", "timescale", "sp-lr")
+RULES = ("sp", "mup", "mup-wd", "fan", "timescale", "sp-lr", "sp-lr-all")
 INIT_RULES = ("mup", "mup-wd", "fan", "timescale")
 """Rules that change init, the readout multiplier and the attention scale (apply_init)."""
 # Roles a rule scales: classify's roles plus "input" (a matrix applied to the raw input:
@@ -128,6 +131,9 @@ def role_scales(
     if rule == "sp-lr":  # SP's init and forward pass; Adam's per-role rates only
         per_width = RoleScale(lr_mult=1.0 / m, wd_mult=1.0)
         return {role: per_width if role in ("matrix", "output") else RoleScale()
+                for role in SCALE_ROLES}
+    if rule == "sp-lr-all":  # SP's init and forward pass; one global rate lr/m
+        return {role: RoleScale(lr_mult=1.0 / m) if role != "attention" else RoleScale()
                 for role in SCALE_ROLES}
 
     # μP part, shared by every rule but sp.
