@@ -16,8 +16,10 @@ over rounds.
 Wall time is the whole run_sweep call (worker start-up included, as a user sees it). Ray's
 cluster start is measured apart, since one cluster serves many sweeps; it stays up through
 all rounds, so its idle processes are there for the local sweeps too. "busy" is the sum of
-the trials' own training seconds over (workers x wall): what is left to 100% is start-up,
-the last trial running alone, and dispatching. Every sweep writes to a fresh store.
+the trials' own training seconds over (workers x wall): what is left to 100% is each trial's
+evaluation, set-up and saving (the same work at any worker count), and the sweep's own
+costs: worker start-up, the last trial running alone, dispatching. Every sweep writes to a
+fresh store.
 """
 
 from __future__ import annotations

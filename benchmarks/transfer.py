@@ -14,11 +14,16 @@ Losses are means over seeds; a diverged or failed run counts as +inf.
     python benchmarks/transfer.py --widths 64,128,256,512 --steps 750 --seeds 0,1,2 \
         --store transfer.db --json transfer.json
 
-Reduced runs of docs/scaling.md:
+The run of docs/scaling.md (2 layers, 300 steps; the lr axis at 512 follows the optimum):
 
-    python benchmarks/transfer.py --widths 32,64,128 --steps 300 \
-        --lrs 3e-3,1e-2,3e-2,1e-1 --wds 0.1,1.0 --set model.n_layer=2 \
-        --set model.tie_embeddings=false --store transfer.db --json transfer.json
+    python benchmarks/transfer.py --widths 64,128,256,512 --steps 300 \
+        --lrs 1e-3,2e-3,4e-3,8e-3,1.6e-2 --lrs-at 512=5e-4,1e-3,2e-3,4e-3 --wds 0.1,1.0 \
+        --set model.n_layer=2 --set model.tie_embeddings=false \
+        --rules sp,mup,mup-wd,fan,sp-lr,sp-lr-all --sweep-rules sp \
+        --store transfer512.db --json transfer512.json
+
+Carried runs of earlier invocations on the same store are reused, so adding a rule to
+--rules runs only that rule's carried settings.
 """
 
 from __future__ import annotations
