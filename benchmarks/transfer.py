@@ -20,7 +20,7 @@ The run of docs/scaling.md (2 layers, 300 steps; the lr axis at 512 follows the 
         --lrs 1e-3,2e-3,4e-3,8e-3,1.6e-2 --lrs-at 512=5e-4,1e-3,2e-3,4e-3 --wds 0.1,1.0 \
         --set model.n_layer=2 --set model.tie_embeddings=false \
         --rules sp,mup,mup-wd,fan,sp-lr,sp-lr-all --sweep-rules sp \
-        --store transfer512.db --json transfer512.json
+        --store transfer512.db --json transfer512.json --plot transfer.png
 
 Carried runs of earlier invocations on the same store are reused, so adding a rule to
 --rules runs only that rule's carried settings.
@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--store", type=Path, default=Path("transfer.db"))
     p.add_argument("--json", type=Path, default=None, help="write all results here")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="PNG: the swept loss against lr at each width, carried runs marked")
     args = p.parse_args(argv)
     try:
         args.lrs_at = {int(w): _floats(lrs) for w, lrs in (a.split("=", 1) for a in args.lrs_at)}
@@ -181,7 +183,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    if args.plot:
+        plot(out, args.plot)
     return out
+
+
+def plot(out: dict[str, Any], path: Path) -> None:
+    """Loss against the lr of hidden matrices, one line per width (the swept grid at the
+    base's best wd), with each rule's carried run marked where its matrices' lr lands."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from wdlab.scaling import role_scales
+
+    base = out["args"]["widths"][0]
+    best_lr, best_wd = out["base"]["lr"], out["base"]["wd"]
+    fig = Figure(figsize=(9, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    markers = dict(zip(out["args"]["rules"].split(","), "os^vDPX*", strict=False))
+    widths = {base: {"grid": {f"sp:{k}": v for k, v in out["base"]["losses"].items()},
+                     "carried_loss": {}}, **{int(w): r for w, r in out["widths"].items()}}
+    for i, (width, row) in enumerate(widths.items()):
+        color = f"C{i}"
+        points = sorted((float(lr), v) for key, v in row["grid"].items()
+                        for rule, lr, wd in [key.split(":")]
+                        if rule == "sp" and float(wd) == best_wd and math.isfinite(v))
+        ax.plot(*zip(*points, strict=True), color=color,
+                label=f"width {width} (SP grid, wd {best_wd:g})")
+        for rule, loss in row["carried_loss"].items():
+            if rule in markers and math.isfinite(loss):
+                lr = best_lr * role_scales(rule, width / base)["matrix"].lr_mult
+                ax.plot([lr], [loss], markers[rule], color=color, markerfacecolor="none",
+                        markersize=8)
+    for rule, marker in markers.items():
+        ax.plot([], [], marker, color="0.3", markerfacecolor="none", label=f"carried: {rule}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate of hidden matrices")
+    ax.set_ylabel("val loss")
+    ax.set_title(f"transfer from width {base} (lr {best_lr:g}, wd {best_wd:g})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def test_regret_is_carried_minus_best_and_carried_runs_are_reused(
         assert row["relative_regret"][rule] == pytest.approx((loss - best) / best)
 
     # adding a rule runs that rule alone; the earlier carried results come back unchanged
-    second = transfer.main(_argv(store, "sp,sp-lr,sp-lr-all"))
+    second = transfer.main([*_argv(store, "sp,sp-lr,sp-lr-all"), "--plot", str(tmp_path / "t.png")])
+    assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG")
     added = sorted(set(_sweep_names(store)) - set(names))
     assert added == ["transfer carried 16 sp-lr-all"]
     again = second["widths"]["16"]["carried_loss"]
