@@ -343,6 +343,26 @@ def test_cli_arguments_build_the_spec() -> None:
         spec_from_args(parser.parse_args(["teacher", "--seeds", "0:3"]))
 
 
+def test_seeds_flag_is_a_count_a_list_or_one_listed_seed() -> None:
+    import argparse
+
+    from wdlab.sweep import add_arguments, spec_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def seeds(text: str) -> list[int]:
+        spec = spec_from_args(parser.parse_args(["teacher", "--seeds", text]))
+        return sorted({t["seed"] for t in spec.trials()})
+
+    assert seeds("3") == [0, 1, 2]
+    assert seeds("0,5,7") == [0, 5, 7]
+    assert seeds("5,") == [5]  # one seed other than 0
+    assert seeds("1") == [0]
+    with pytest.raises(ConfigError, match="^--seeds"):
+        seeds("5,,")
+
+
 def test_recovery_requeues_only_dead_owners(tmp_path: Path) -> None:
     import socket
 

@@ -977,7 +977,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--seeds",
         default="1",
         metavar="N|LIST",
-        help="N seeds 0..N-1, or a list such as 0,5,7 (default 1)",
+        help="N seeds 0..N-1, or a list such as 0,5,7; one seed s alone: 's,' (default 1)",
     )
     p.add_argument("--sample", choices=["grid", "halton"], default="grid")
     p.add_argument("--trials", type=int, metavar="N", help="number of Halton points")
@@ -1006,12 +1006,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_seeds(text: str) -> int | list[int]:
-    value = parse_axis(str(text), flag="--seeds")
+    """'3' is a count (seeds 0, 1, 2); '0,5,7' a list; '5,' the list of one seed, 5."""
+    one_listed = str(text).strip().endswith(",") and str(text).count(",") == 1
+    value = parse_axis(str(text).strip().rstrip(",") if one_listed else str(text), flag="--seeds")
     if isinstance(value, RangeSpec) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
         raise ConfigError(f"--seeds {text!r}: give a count (3) or a list (0,5,7)", field="--seeds")
-    return value[0] if len(value) == 1 else value
+    return value[0] if len(value) == 1 and not one_listed else value
 
 
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
