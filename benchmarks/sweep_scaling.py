@@ -3,6 +3,7 @@
     python benchmarks/sweep_scaling.py            # teacher, 32 trials x 3000 steps, 3 rounds
     python benchmarks/sweep_scaling.py --rounds 5 --no-ray
     python benchmarks/sweep_scaling.py --steps 300 --trials 8 --rounds 1   # a quick look
+    python benchmarks/sweep_scaling.py --rounds 0 --ray-idle-seconds 20    # Ray's idle CPU only
 
 Targets on a 2-core machine: 2 workers >= 1.7x the trials per hour of 1 worker; Ray's wall
 time <= 1.10x the local pool's at the same worker count.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -55,6 +57,32 @@ def _spec(steps: int, trials: int, threads: int | None) -> SweepSpec:
 def _train_seconds(store_path: Path, run_ids: list[str]) -> float:
     with Store(store_path) as store:
         return sum((store.get_run(r).result or {}).get("train_seconds", 0.0) for r in run_ids)
+
+
+def _cpu_seconds_of(marker: str) -> dict[int, float]:
+    """CPU seconds so far of every other process whose command line contains `marker`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() not in f.read():
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        found[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def _idle_ray_cpu(seconds: float) -> float:
+    """Share of one core the idle Ray cluster's own processes use (Linux /proc)."""
+    before = _cpu_seconds_of("ray")
+    time.sleep(seconds)
+    after = _cpu_seconds_of("ray")
+    return sum(t - before[pid] for pid, t in after.items() if pid in before) / seconds
 
 
 def _timed(spec: SweepSpec, store_path: Path, label: str) -> dict[str, float]:
@@ -92,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="pin every trial's torch threads (default: cores // workers, as wdlab does)",
     )
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--ray-idle-seconds", type=float, default=10.0,
+                        help="first measure the idle Ray cluster's CPU use this long (0: skip)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     args = parser.parse_args(argv)
     spec = _spec(args.steps, args.trials, args.threads)
@@ -106,6 +136,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             start = time.perf_counter()
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
             print(f"ray.init(num_cpus=2): {time.perf_counter() - start:.1f} s (apart)")
+            if args.ray_idle_seconds > 0 and os.path.isdir("/proc"):
+                time.sleep(5)  # let start-up settle
+                share = _idle_ray_cpu(args.ray_idle_seconds)
+                print(f"idle Ray processes: {100 * share:.1f}% of one core "
+                      f"(over {args.ray_idle_seconds:g} s)")
             kinds.append("ray x2")
     rounds: list[dict[str, dict[str, float]]] = []
     try:
@@ -120,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         if ray is not None:
             ray.shutdown()
+    if not rounds:
+        return {}
     scaling = [row["local x1"]["wall"] / row["local x2"]["wall"] for row in rounds]
     print(f"\n2 workers vs 1, trials per hour, per round: "
           f"{', '.join(f'{x:.2f}x' for x in scaling)}; "

@@ -146,9 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         axes = {**grid_axes, "optimizer.lr": lrs}
         swept = _mean_losses(_sweep(args, width, {"optimizer.scaling": sweep_rules, **axes},
                                     name))
-        others = [r for r in rules if (r, best_lr, best_wd) not in swept]
         losses = {**swept, **_carried_before(args.store, width)}
-        missing = [r for r in others if (r, best_lr, best_wd) not in losses]
+        missing = [r for r in rules if (r, best_lr, best_wd) not in losses]
         if missing:
             losses.update(_mean_losses(_sweep(
                 args, width, {"optimizer.scaling": missing, "optimizer.lr": [best_lr],

@@ -200,3 +200,14 @@ def test_create_optimizer_scales_init_and_groups() -> None:
     assert lrs["matrix"] == pytest.approx((LR / 4, WD * 2))  # λ·sqrt(4)
     assert lrs["embedding"] == (LR, 0.0)  # fan: vector-like λ = 0
     assert wdlab.create_optimizer is create_optimizer
+
+
+def test_the_config_accepts_exactly_the_rules() -> None:
+    # `--set optimizer.scaling=...` accepts every rule of wdlab.scaling and nothing else.
+    import typing
+
+    from wdlab.config import OptimizerConfig
+
+    annotation = OptimizerConfig.model_fields["scaling"].annotation
+    literal = next(a for a in typing.get_args(annotation) if a is not type(None))
+    assert typing.get_args(literal) == RULES

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from wdlab import workloads
 from wdlab.errors import ConfigError
+from wdlab.scaling import RULES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,7 +41,7 @@ class OptimizerConfig(BaseModel):
     decay_output: bool = True
     # Width scaling (wdlab.scaling, docs/scaling.md): lr and weight_decay are tuned at
     # base_width and carried to the workload's width by this rule.
-    scaling: Literal["sp", "mup", "mup-wd", "fan", "timescale", "sp-lr", "sp-lr-all"] | None = None
+    scaling: Literal[RULES] | None = None  # type: ignore[valid-type]
     base_width: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")

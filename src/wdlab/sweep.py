@@ -1007,8 +1007,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _parse_seeds(text: str) -> int | list[int]:
     """'3' is a count (seeds 0, 1, 2); '0,5,7' a list; '5,' the list of one seed, 5."""
-    one_listed = str(text).strip().endswith(",") and str(text).count(",") == 1
-    value = parse_axis(str(text).strip().rstrip(",") if one_listed else str(text), flag="--seeds")
+    text = str(text).strip()
+    one_listed = text.endswith(",") and text.count(",") == 1
+    value = parse_axis(text.rstrip(",") if one_listed else text, flag="--seeds")
     if isinstance(value, RangeSpec) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):

@@ -154,7 +154,6 @@ def run(
     progress = progress or NoProgress()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    cls = workloads.get(config.workload)
     workload = workloads.from_config(config)
     target = config.target
     torch.manual_seed(config.seed)
@@ -178,7 +177,7 @@ def run(
         group.setdefault("initial_lr", group["lr"])
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    result = RunResult(run_id="", status="running", step=0, target=target, metric=cls.metric)
+    result = RunResult(run_id="", status="running", step=0, target=target, metric=workload.metric)
     start_step, skipped = 0, 0
     if resume_id is None:
         result.run_id = store.create_run(
@@ -239,7 +238,7 @@ def run(
         model.train()
         result.final_metrics = {k: float(v) for k, v in metrics.items()}
         log(step, {**result.final_metrics, "train_seconds": result.train_seconds})
-        value = result.final_metrics[cls.metric]
+        value = result.final_metrics[workload.metric]
         if target is not None and not result.reached and workload.reached(value, target):
             result.reached = True
             result.steps_to_target = step
