@@ -870,22 +870,29 @@ class Store:
 
         return self._transact(insert)
 
-    def claim_trial(self, sweep_id: str, worker: str) -> TrialRecord | None:
-        """Atomically take the lowest pending trial for `worker`; None when none is left.
+    def claim_trial(
+        self, sweep_id: str, worker: str, order: Sequence[int] | None = None
+    ) -> TrialRecord | None:
+        """Atomically take a pending trial for `worker`: the first pending one in `order`
+        (trial indices, e.g. longest first), else the lowest; None when none is left.
 
         The select and the update share one BEGIN IMMEDIATE transaction, so two processes
         can never claim the same trial.
         """
+        rank = {index: i for i, index in enumerate(order or ())}
 
         def claim(c: sqlite3.Connection) -> TrialRecord | None:
             self._require_sweep(c, sweep_id)
-            row = c.execute(
-                "SELECT trial_index FROM trials WHERE sweep_id = ? AND status = 'pending' "
-                "ORDER BY trial_index LIMIT 1",
-                (sweep_id,),
-            ).fetchone()
-            if row is None:
+            pending = [
+                r[0]
+                for r in c.execute(
+                    "SELECT trial_index FROM trials WHERE sweep_id = ? AND status = 'pending'",
+                    (sweep_id,),
+                )
+            ]
+            if not pending:
                 return None
+            row = (min(pending, key=lambda i: (rank.get(i, len(rank)), i)),)
             c.execute(
                 "UPDATE trials SET status = 'running', worker = ?, heartbeat = ?, error = NULL "
                 "WHERE sweep_id = ? AND trial_index = ?",

@@ -1,0 +1,296 @@
+"""Where workers run: the sweep's own process (one worker), persistent local processes, or
+Ray tasks. The dispatcher in wdlab.sweep drives every executor through the same five calls:
+start(n, job), busy(), interrupt(), wait(timeout), kill(); close() ends a sweep."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from wdlab.errors import WdlabError
+from wdlab.sweep.worker import Job, ray_worker, serve, worker_loop
+
+MAX_WORKER_CRASHES = 5  # worker processes dying (not trials failing): a broken environment
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class InlineExecutor:
+    """One local worker: train in this process (no second torch import). start() returns
+    when the sweep has no pending trial left or a Ctrl-C stopped it (then `stop` is set)."""
+
+    def __init__(self, stop: threading.Event, on_trial: Callable[[], None]) -> None:
+        self.stop, self.on_trial = stop, on_trial
+
+    def start(self, n: int, job: Job) -> None:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            completed = worker_loop(job, stop=self.stop, on_trial=self.on_trial)
+        finally:
+            torch.set_num_threads(threads)
+        if not completed:
+            self.stop.set()  # train.run took the Ctrl-C itself; the dispatcher must know
+
+    def busy(self) -> int:
+        return 0
+
+    def interrupt(self) -> None:
+        pass
+
+    def wait(self, timeout: float) -> bool:
+        return True
+
+    def kill(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Process:
+    """One persistent worker process and its end of the pipe."""
+
+    def __init__(self, ctx: Any, omp_threads: int) -> None:
+        parent_end, child_end = ctx.Pipe()
+        self.conn = parent_end
+        self.job: Job | None = None
+        self.process = ctx.Process(
+            target=serve,
+            args=(child_end, os.getpid(), omp_threads),
+            daemon=True,
+            name="wdlab-sweep-worker",
+        )
+        # The child starts with SIGINT ignored (the disposition survives exec) until its own
+        # handler is in place: a Ctrl-C during its start-up must not print a traceback there.
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+        try:
+            self.process.start()
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+        child_end.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+
+class LocalPool:
+    """Persistent worker processes of the 'spawn' context (no forked torch or SQLite state).
+
+    Why persistent: a spawned worker spends seconds importing torch before its first trial.
+    Workers here import it once and then serve sweep after sweep (a `wdlab bench`, a
+    benchmark, a notebook), like Ray's pooled workers; an idle worker exits after
+    IDLE_SECONDS, and all of them with this process (pipe closed, or PR_SET_PDEATHSIG when it
+    is killed). Why no worker on a thread of this process: torch threads training while the
+    interpreter exits end in `terminate called without an active exception` (Ctrl-C), and a
+    process-wide torch thread count cannot be one trial's."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self.ctx = multiprocessing.get_context("spawn")
+        self.owner = os.getpid()
+        self.processes: list[_Process] = []
+
+    def take(self, n: int, omp_threads: int) -> list[_Process]:
+        """n idle live workers, spawning what is missing (they import torch meanwhile)."""
+        self.processes = [p for p in self.processes if p.alive()]
+        idle = [p for p in self.processes if p.job is None]
+        while len(idle) < n:
+            proc = _Process(self.ctx, omp_threads)
+            self.processes.append(proc)
+            idle.append(proc)
+        return idle[:n]
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        if os.getpid() != self.owner:  # a forked copy: the processes are not ours
+            return
+        for proc in self.processes:
+            with contextlib.suppress(OSError):
+                proc.conn.send(None)
+        deadline = time.monotonic() + timeout
+        for proc in self.processes:
+            proc.process.join(max(deadline - time.monotonic(), 0.1))
+            if proc.process.is_alive():
+                proc.process.kill()
+                proc.process.join(1)
+        self.processes = []
+
+
+_POOL: LocalPool | None = None
+
+
+def local_pool() -> LocalPool:
+    global _POOL
+    if _POOL is None or _POOL.owner != os.getpid():
+        _POOL = LocalPool()
+    return _POOL
+
+
+@atexit.register
+def shutdown_workers() -> None:
+    """End the persistent local workers now (they also end with this process)."""
+    global _POOL
+    if _POOL is not None:
+        _POOL.shutdown()
+        _POOL = None
+
+
+class LocalExecutor:
+    """Workers from the persistent pool; each gets the sweep as one job."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = local_pool()
+        self.omp_threads = max(1, cores() // workers)
+        self.mine: list[_Process] = []
+        self.crashes = 0
+        self.last_error = ""
+
+    def prewarm(self, n: int) -> None:
+        """Start n workers now, so their torch import overlaps the sweep's set-up."""
+        self.pool.take(n, self.omp_threads)
+
+    def start(self, n: int, job: Job) -> None:
+        for proc in self.pool.take(n, self.omp_threads):
+            proc.job = job
+            with contextlib.suppress(OSError):  # died since take(): busy() counts it
+                proc.conn.send(job)
+            self.mine.append(proc)
+
+    def busy(self) -> int:
+        running = []
+        for proc in self.mine:
+            reply = None
+            try:
+                if proc.conn.poll():
+                    reply = proc.conn.recv()
+            except (EOFError, OSError):
+                reply = None
+            if reply is not None:
+                proc.job = None
+                if reply[0] == "error":
+                    self._crashed(reply[1])
+                continue
+            if not proc.alive():
+                proc.job = None
+                if proc.process.exitcode not in (0, None):
+                    self._crashed(f"exit code {proc.process.exitcode}")
+                continue
+            running.append(proc)
+        self.mine = running
+        return len(running)
+
+    def _crashed(self, what: str) -> None:
+        self.crashes += 1
+        self.last_error = what
+        if self.crashes > MAX_WORKER_CRASHES:
+            raise WdlabError(
+                f"sweep workers crashed {self.crashes} times (last: {what}); run one trial "
+                "with `wdlab run` to see why (a script must call run_sweep under "
+                "`if __name__ == '__main__':`)",
+                field="workers",
+            )
+
+    def interrupt(self) -> None:
+        for proc in self.mine:
+            with contextlib.suppress(ProcessLookupError):  # one each: train.run stops
+                os.kill(proc.pid, signal.SIGINT)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not self.mine
+
+    def kill(self) -> None:
+        for proc in self.mine:
+            proc.process.kill()
+            proc.process.join(5)
+            proc.job = None
+        self.mine = []
+
+    def close(self) -> None:
+        pass  # the workers stay for the next sweep
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise WdlabError(
+            "the ray backend needs Ray: pip install wdlab[ray] (or use --backend local)",
+            field="backend",
+        ) from None
+    return ray
+
+
+class RayExecutor:
+    """The same worker loop as Ray tasks. The store path must be reachable from every node
+    (one machine, or a shared filesystem that supports SQLite locking)."""
+
+    def __init__(self, workers: int, address: str | None) -> None:
+        ray = import_ray()
+        self.ray, self.refs = ray, []
+        self.owned = False
+        if not ray.is_initialized():
+            try:
+                if address is None:
+                    ray.init(num_cpus=workers or 2, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                where = f"the Ray cluster at {address}" if address else "a local Ray"
+                raise WdlabError(
+                    f"cannot start or reach {where}: {str(err).splitlines()[0]}; check "
+                    "--address (or start one with `ray start --head`)",
+                    field="address",
+                ) from None
+            self.owned = True
+        self.task = ray.remote(num_cpus=1, max_retries=0)(ray_worker)
+        self.driver = f"{socket.gethostname()}:{os.getpid()}"
+
+    def start(self, n: int, job: Job) -> None:
+        self.refs += [self.task.remote(job, self.driver) for _ in range(n)]
+
+    def busy(self) -> int:
+        if self.refs:
+            ready, self.refs = self.ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
+            self.ray.get(ready)  # re-raise a worker's crash here
+        return len(self.refs)
+
+    def interrupt(self) -> None:
+        for ref in self.refs:
+            self.ray.cancel(ref)  # KeyboardInterrupt in the task: its trial goes back
+
+    def wait(self, timeout: float) -> bool:
+        if self.refs:
+            _, self.refs = self.ray.wait(self.refs, num_returns=len(self.refs), timeout=timeout)
+        return not self.refs
+
+    def kill(self) -> None:
+        for ref in self.refs:
+            self.ray.cancel(ref, force=True)
+        self.refs = []
+
+    def close(self) -> None:
+        if self.owned:
+            self.ray.shutdown()

@@ -1,0 +1,344 @@
+"""A sweep worker: claim a trial from the store, train it, record it, repeat.
+
+The same loop runs in a persistent local process (`serve`), in a Ray task, or (one local
+worker) in the sweep's own process, so every executor gives the same results. Workers pull
+from the store instead of being pushed work because the store is the single source of
+truth: a sweep killed at any instant (SIGKILL, OOM, a lost Ray node) loses nothing, and the
+next command puts back the trials whose owner is dead (same host, pid gone) or silent
+(stale heartbeat) and resumes their runs from their last checkpoint.
+
+Importing this module stays cheap (no torch): spawned workers import it first, and only
+then torch, once for all the sweeps they serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wdlab.errors import WdlabError
+from wdlab.store import Store, TrialRecord
+from wdlab.sweep.spec import TRIAL_THREADS, run_name, trial_config
+
+HEARTBEAT_SECONDS = 2.0
+STALE_SECONDS = 60.0  # a trial silent this long is taken from its (presumed dead) worker
+IDLE_SECONDS = 600.0  # a persistent local worker with no job this long exits by itself
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to serve one sweep: where the store and checkpoints are, and in
+    which order to claim trials (longest first; [] means by index)."""
+
+    store_path: str
+    sweep_id: str
+    runs_root: str
+    order: list[int] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def owner_dead(worker: str | None) -> bool:
+    """True when `worker` (host:pid:...) ran on this host and its process is gone."""
+    if not worker:
+        return True
+    host, _, rest = worker.partition(":")
+    if host != socket.gethostname():
+        return False  # another machine: only a stale heartbeat can tell
+    try:
+        pid = int(rest.split(":")[0])
+    except ValueError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def recover_trials(store: Store, sweep_id: str, stale_seconds: float = STALE_SECONDS) -> list[int]:
+    """Requeue running trials whose owner died on this host or fell silent; their indices."""
+    indices = []
+    for trial in store.trials(sweep_id, status="running"):
+        owner = trial.worker
+        if owner_dead(owner) and store.requeue_trial(sweep_id, trial.trial_index, owner):
+            indices.append(trial.trial_index)
+    indices += store.requeue_stale_trials(sweep_id, older_than=stale_seconds)
+    return sorted(indices)
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+class _TrialStore:
+    """The worker's store as train.run sees it: new runs belong to the sweep and are linked
+    to the trial the moment they exist, so a crash right after still knows the run.
+
+    It also hands a stop request on to the training loop: a Ctrl-C that reached the worker
+    while a trial was being set up (before train.run's own handler was installed) would
+    otherwise let that trial train to its end. At the first metric row the request is
+    re-raised as SIGINT, which train.run turns into checkpoint-and-stop."""
+
+    def __init__(
+        self, store: Store, sweep_id: str, index: int, worker: str, stop: threading.Event | None
+    ) -> None:
+        self._store, self._sweep_id, self._index, self._worker = store, sweep_id, index, worker
+        self._stop, self._passed_on = stop, False
+        self.run_id: str | None = None
+
+    def create_run(self, **kwargs: Any) -> str:
+        run_id = self._store.create_run(**kwargs, sweep_id=self._sweep_id)
+        self.run_id = run_id
+        self._store.heartbeat_trial(self._sweep_id, self._index, self._worker, run_id=run_id)
+        return run_id
+
+    def log_metrics(self, run_id: str, step: int, metrics: Any) -> None:
+        self._store.log_metrics(run_id, step, metrics)
+        stopping = self._stop is not None and self._stop.is_set() and not self._passed_on
+        if stopping and threading.current_thread() is threading.main_thread():
+            self._passed_on = True
+            signal.raise_signal(signal.SIGINT)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class _Heartbeat(threading.Thread):
+    """Beats for the current trial; ends the process when `orphaned()` says the sweep that
+    started this worker is gone (a SIGKILLed `wdlab sweep` must not leave trainers running)."""
+
+    def __init__(
+        self, store: Store, sweep_id: str, worker: str, orphaned: Callable[[], bool]
+    ) -> None:
+        super().__init__(daemon=True, name="wdlab-heartbeat")
+        self.store, self.sweep_id, self.worker, self.orphaned = store, sweep_id, worker, orphaned
+        self.current: int | None = None
+        self.lost = False
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        last_beat = time.monotonic()
+        while not self.stopped.wait(0.25):
+            if self.orphaned():
+                os._exit(3)  # the trial stays 'running'; the next sweep sees a dead owner
+            if time.monotonic() - last_beat < HEARTBEAT_SECONDS:
+                continue
+            last_beat = time.monotonic()
+            index = self.current
+            if index is not None:
+                try:
+                    if not self.store.heartbeat_trial(self.sweep_id, index, self.worker):
+                        self.lost = True
+                except Exception:  # a busy store: try again next beat
+                    pass
+
+
+def _result_status(run_status: str) -> str:
+    return {"finished": "finished", "diverged": "diverged"}.get(run_status, "failed")
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    body = text[0] if text else ""
+    return body if isinstance(err, WdlabError) else f"{type(err).__name__}: {body}"
+
+
+def _run_trial(
+    store: Store,
+    trial: TrialRecord,
+    worker: str,
+    base: dict[str, Any],
+    sweep_name: str,
+    runs_root: Path,
+    beat: _Heartbeat,
+    stop: threading.Event | None,
+) -> bool:
+    """Train one claimed trial and record its outcome. False when interrupted (Ctrl-C): the
+    trial went back to pending and the worker should stop."""
+    from wdlab import train
+
+    sweep_id, index = trial.sweep_id, trial.trial_index
+    name = run_name(sweep_name, index)
+    proxy = _TrialStore(store, sweep_id, index, worker, stop)
+    try:
+        resume_id = None
+        if trial.run_id is not None:
+            try:
+                previous = store.get_run(trial.run_id)
+            except WdlabError:
+                previous = None
+            if previous is not None and previous.status in ("finished", "diverged"):
+                # Trained to the end before the crash, only the trial row was not updated.
+                store.finish_trial(sweep_id, index, status=previous.status, run_id=previous.id)
+                return True
+            if previous is not None and (runs_root / previous.id / "last.pt").is_file():
+                resume_id = previous.id
+            elif previous is not None:
+                store.delete_run(previous.id)  # killed before its first checkpoint
+        if resume_id is None:
+            for run in store.list_runs(sweep_id=sweep_id):  # created, then killed before linking
+                if run.name == name and run.status in ("created", "running"):
+                    store.delete_run(run.id)
+        config = trial_config(base, trial.params, name)
+        if resume_id is not None:
+            proxy.run_id = resume_id
+        result = train.run(config, proxy, runs_root, resume_id=resume_id)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        store.requeue_trial(sweep_id, index, worker)
+        return False
+    except Exception as err:  # a failing trial is a result; it never stops the others
+        if not beat.lost:
+            store.finish_trial(
+                sweep_id, index, status="failed", run_id=proxy.run_id, error=one_line(err)
+            )
+        return True
+    if result.status == "interrupted":
+        store.requeue_trial(sweep_id, index, worker)
+        return False
+    if not beat.lost:  # someone else took the trial over; its outcome is theirs to record
+        status = _result_status(result.status)
+        error = (result.message or None) if status != "finished" else None
+        store.finish_trial(sweep_id, index, status=status, run_id=result.run_id, error=error)
+    return True
+
+
+def worker_loop(
+    job: Job,
+    *,
+    orphaned: Callable[[], bool] = lambda: False,
+    stop: threading.Event | None = None,
+    on_trial: Callable[[], None] | None = None,
+) -> bool:
+    """Claim and train trials until none is pending; False when stopped (Ctrl-C, or `stop`
+    set). A trial's torch threads are its config's `train.threads` (the sweep fixes it at
+    creation); sweeps stored before that get TRIAL_THREADS too, never a count derived from
+    the number of workers."""
+    import torch
+
+    torch.set_num_threads(TRIAL_THREADS)
+    worker = worker_id()
+    interrupted = False
+    with Store(job.store_path) as store:
+        record = store.get_sweep(job.sweep_id)
+        base, sweep_name = record.spec["base_config"], record.name
+        beat = _Heartbeat(store, job.sweep_id, worker, orphaned)
+        beat.start()
+        try:
+            while not orphaned():
+                if stop is not None and stop.is_set():
+                    interrupted = True
+                    break
+                try:
+                    trial = store.claim_trial(job.sweep_id, worker, order=job.order)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    break
+                if trial is None:
+                    break
+                beat.current, beat.lost = trial.trial_index, False
+                try:
+                    carry_on = _run_trial(
+                        store, trial, worker, base, sweep_name, Path(job.runs_root), beat, stop
+                    )
+                except KeyboardInterrupt:
+                    store.requeue_trial(job.sweep_id, trial.trial_index, worker)
+                    carry_on = False
+                beat.current = None
+                if on_trial is not None:
+                    on_trial()
+                if not carry_on:
+                    interrupted = True
+                    break
+        finally:
+            beat.stopped.set()
+    return not interrupted
+
+
+# --------------------------------------------------------------------------- local processes
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG),
+    and leave at once if it already has. Set first thing, before the seconds-long torch
+    import, so that a SIGKILLed sweep leaves no worker behind even mid-start-up."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the heartbeat watches
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(3)
+
+
+def serve(conn: Any, parent_pid: int, omp_threads: int) -> None:
+    """The main of a persistent local worker process: import torch once, then run the jobs
+    (one per sweep) that the parent sends over `conn`, answering each with
+    ("done", completed). Exits on None, on the parent's death, or after IDLE_SECONDS idle.
+
+    Signals: the process leaves the terminal's process group, so a Ctrl-C reaches only the
+    parent, which then sends exactly one SIGINT to each busy worker (a trial checkpoints
+    and goes back to the queue; two SIGINTs would abort it mid-step). SIGINT was ignored
+    from the start (inherited from the parent around the spawn) until the handler below."""
+    os.environ["OMP_NUM_THREADS"] = str(omp_threads)  # before torch: sizes OpenMP's pool
+    die_with_parent(parent_pid)
+    with contextlib.suppress(OSError):  # already a group leader
+        os.setpgid(0, 0)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    import torch  # noqa: F401 - the one import this process pays, before the first job
+
+    def orphaned() -> bool:
+        return os.getppid() != parent_pid
+
+    while True:
+        try:
+            if not conn.poll(IDLE_SECONDS):
+                return
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        stop.clear()
+        try:
+            completed = worker_loop(job, orphaned=orphaned, stop=stop)
+        except Exception as err:  # the store vanished or similar: report, stay available
+            conn.send(("error", one_line(err)))
+        else:
+            conn.send(("done", completed))
+
+
+def ray_worker(job: Job, driver: str) -> bool:
+    """The worker loop as a Ray task. `driver` is host:pid of the sweep's process: a task on
+    the same host ends within a heartbeat tick of the driver's death (Ray itself notices a
+    dead driver only after its own timeouts); on other hosts the stale heartbeat is the
+    guard."""
+    return worker_loop(job, orphaned=lambda: owner_dead(driver))
