@@ -204,10 +204,10 @@ def test_local_pool_runs_every_trial_into_the_store(local_sweep: tuple[Path, str
             assert run.config["optimizer"]["lr"] == trial.params["optimizer.lr"]
             assert run.seed == trial.params["seed"]
             assert run.result["step"] == 200
-        # One worker is a thread of this process, started before the spawned ones (which
-        # import torch first), so it claims the first trial.
+        # Every trial trained in a worker process, none in this one (no torch threads
+        # here while the interpreter may exit: that was Ctrl-C's `terminate called`).
         pids = {int(t.worker.split(":")[1]) for t in trials}
-        assert os.getpid() in pids
+        assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
     again = run_sweep(_spec(), path, workers=2, progress=False)  # same command: resume
     assert again.sweep_id == sweep_id and not again.created
@@ -393,3 +393,297 @@ def test_optimizer_axis_drops_the_recipes_adamw_settings() -> None:
     mine = build_config("teacher", assignments=["optimizer.betas=[0.5, 0.6]"]).to_dict()
     config = trial_config(mine, {"optimizer.name": "lion"}, "t")
     assert config.optimizer.hyperparameters()["betas"] == (0.5, 0.6)  # the user's stay
+
+
+# ---------------------------------------------------------------- size cap, order, threads
+
+
+def test_size_counts_without_generating() -> None:
+    specs = [
+        SweepSpec.create(workload="teacher", axes={"model.width": parse_axis("1:4:20")}),
+        SweepSpec.create(
+            workload="teacher",
+            axes={"optimizer.lr": parse_axis("1e-4:1e-1:7"), "optimizer.name": ["adamw", "sgdw"]},
+            seeds=[0, 5, 7],
+        ),
+        SweepSpec.create(
+            workload="teacher",
+            axes={"optimizer.lr": parse_axis("1e-4:1e-1")},
+            sample="halton",
+            n_trials=5,
+            seeds=2,
+        ),
+    ]
+    for spec in specs:
+        assert spec.size() == len(spec.trials())
+    assert specs[0].size() == 4  # 20 integer points round to 1, 2, 3, 4
+
+
+def test_a_million_trials_is_refused_naming_the_cap_and_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wdlab.sweep import MAX_TRIALS
+
+    spec = SweepSpec.create(
+        workload="teacher", axes={"optimizer.lr": parse_axis("1e-4:1e-1:1000")}, seeds=1000
+    )
+    assert spec.size() == 10**6
+    path = tmp_path / "sub" / "wdlab.db"
+    with pytest.raises(ConfigError) as info:
+        run_sweep(spec, path, progress=False)
+    message = str(info.value)
+    assert "1,000,000" in message and f"{MAX_TRIALS:,}" in message
+    assert "--max-trials 1000000" in message and "\n" not in message
+    assert not path.parent.exists()  # refused before anything was created
+    spec.check_size(10**6)  # the override lets it through
+
+    from wdlab.cli import main
+
+    argv = ["sweep", "teacher", "--lr", "1e-4:1e-1:1000", "--seeds", "1000", "--store", str(path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--max-trials" in lines[0] and "10,000" in lines[0]
+    assert not path.parent.exists()
+
+
+def test_claims_go_longest_first(tmp_path: Path) -> None:
+    from wdlab.sweep import longest_first
+
+    base = {"steps": 100, "model": {"width": 32, "depth": 2}, "data": {"batch_size": 8}}
+    trials = {
+        0: {"optimizer.lr": 1e-3},
+        1: {"steps": 400},
+        2: {"model.width": 64},
+        3: {"data.batch_size": 4},
+        4: {"optimizer.lr": 1e-2},
+    }
+    # costs: 0 and 4 equal (index order kept), 1 is 4x, 2 is 2x, 3 is 0.5x
+    assert longest_first(base, trials) == [1, 2, 0, 4, 3]
+
+    spec = SweepSpec.create(
+        workload="teacher",
+        axes={"steps": [20, 60, 40]},
+        tiny=True,
+        assignments=['train.monitor="off"', "train.stop_at_target=false"],
+    )
+    summary = run_sweep(spec, tmp_path / "wdlab.db", workers=1, progress=False)
+    with Store(tmp_path / "wdlab.db") as store:
+        runs = store.list_runs(sweep_id=summary.sweep_id)  # newest first
+    assert [r.config["steps"] for r in reversed(runs)] == [60, 40, 20]
+
+
+def test_claim_trial_follows_the_given_order(tmp_path: Path) -> None:
+    with Store(tmp_path / "wdlab.db") as store:
+        sweep = store.create_sweep(spec={}, trials=[{"i": i} for i in range(4)])
+        order = [2, 0, 3]
+        claimed = [store.claim_trial(sweep, "w", order=order).trial_index for _ in range(4)]
+        assert claimed == [2, 0, 3, 1]  # unlisted ones last, by index
+        assert store.claim_trial(sweep, "w", order=order) is None
+
+
+def _params_of(store_path: Path, run_id: str) -> dict:
+    import torch
+
+    payload = torch.load(
+        runs_root_for(store_path) / run_id / "last.pt", map_location="cpu", weights_only=True
+    )
+    return payload["model"]
+
+
+def test_a_trial_gives_the_same_result_with_one_or_two_workers(tmp_path: Path) -> None:
+    # digits is a workload whose CPU result changes with torch's thread count (1 vs 2
+    # threads give different val_loss), so this would fail if a worker's thread count
+    # came from --workers (cores // workers) as it once did.
+    spec = SweepSpec.create(
+        workload="digits",
+        axes={"optimizer.lr": [3e-3, 1e-2]},
+        tiny=True,
+        assignments=['train.monitor="off"', "train.stop_at_target=false"],
+    )
+    paths = {n: tmp_path / f"w{n}" / "wdlab.db" for n in (1, 2)}
+    for n, path in paths.items():
+        run_sweep(spec, path, workers=n, progress=False)
+    finals = {n: _finals(path, _sweep_id(path)) for n, path in paths.items()}
+    assert finals[1] == finals[2] and len(finals[1]) == 2
+    with Store(paths[1]) as one, Store(paths[2]) as two:
+        pairs = zip(one.trials(_sweep_id(paths[1])), two.trials(_sweep_id(paths[2])), strict=True)
+        for a, b in pairs:
+            assert one.get_run(a.run_id).config["train"]["threads"] == 1  # recorded in the run
+            pa, pb = _params_of(paths[1], a.run_id), _params_of(paths[2], b.run_id)
+            assert pa.keys() == pb.keys()
+            assert all(np.array_equal(pa[k].numpy(), pb[k].numpy()) for k in pa)
+
+
+def _sweep_id(path: Path) -> str:
+    with Store(path) as store:
+        return store.list_sweeps()[0].id
+
+
+# ---------------------------------------------------------------- the resume command
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"axes": {"optimizer.lr": parse_axis("1e-4:1e-1:7"), "model.width": [32, 64]}},
+        {"axes": {"optimizer.name": ["adamw", "lion"]}, "seeds": [5]},
+        {"axes": {"model.width": parse_axis("16:256:5")}, "seeds": 3, "tiny": True},
+        {
+            "axes": {"optimizer.lr": parse_axis("1e-4:1e-1"), "optimizer.weight_decay": [0, 0.1]},
+            "sample": "halton",
+            "n_trials": 6,
+            "sample_seed": 2,
+            "assignments": ["steps=50", 'train.monitor="off"'],
+            "name": "my sweep",
+        },
+    ],
+)
+def test_the_resume_command_builds_the_same_sweep(values: dict) -> None:
+    import argparse
+    import shlex
+
+    from wdlab.sweep import add_arguments, command_for, spec_from_args
+
+    spec = SweepSpec.create(workload="teacher", **values)
+    command = command_for(spec, store="dir with space/s.db", workers=2)
+    assert command is not None
+    argv = shlex.split(command)
+    assert argv[:2] == ["wdlab", "sweep"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parser.add_argument("--store")
+    args = parser.parse_args(argv[2:])
+    assert spec_from_args(args).identity() == spec.identity()
+    assert (args.store, args.workers) == ("dir with space/s.db", 2)
+
+
+def test_no_resume_command_when_flags_cannot_say_it() -> None:
+    from wdlab.sweep import command_for
+
+    spec = SweepSpec.create(workload="teacher", axes={"model.act": ["a:b"]})
+    assert command_for(spec, store="s.db") is None
+
+
+# ---------------------------------------------------------------- processes and signals
+
+
+def _wait_for_trials_in_flight(path: Path, child: subprocess.Popen, n: int) -> list:
+    """Running trials with a run and a checkpoint, once `n` of them are (or [] on timeout)."""
+    deadline = time.monotonic() + 180
+    while child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if not path.exists():
+            continue
+        with Store(path) as store:
+            sweeps = store.list_sweeps()
+            if not sweeps:
+                continue
+            running = [
+                t
+                for t in store.trials(sweeps[0].id)
+                if t.status == "running"
+                and t.run_id
+                and (runs_root_for(path) / t.run_id / "last.pt").is_file()
+            ]
+        if len(running) >= n:
+            return running
+    return []
+
+
+def _gone(pid: int) -> bool:
+    import socket
+
+    from wdlab.sweep.worker import owner_dead
+
+    return owner_dead(f"{socket.gethostname()}:{pid}")
+
+
+def test_ctrl_c_on_two_workers_exits_130_with_the_command_that_resumes(
+    tmp_path: Path, local_sweep: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "wdlab.db"
+    argv = ["sweep", "teacher", "--lr", "1e-3,1e-2", "--seeds", "2", "--tiny", "--name", "s"]
+    for item in BASE:
+        argv += ["--set", item]
+    argv += ["--workers", "2", "--quiet", "--store", str(path)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "wdlab.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        in_flight = _wait_for_trials_in_flight(path, child, 1)
+        os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C does: SIGINT to the whole group
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert in_flight, "the sweep ended before a trial was caught in flight"
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and "terminate called" not in err
+    command = [line for line in err.splitlines() if line.startswith("continue with: ")]
+    assert len(command) == 1, err
+    with Store(path) as store:
+        sweep = store.list_sweeps()[0]
+        trials = store.trials(sweep.id)
+        assert sweep.status == "interrupted"
+        assert not [t for t in trials if t.status == "running"]  # every one put back or ended
+        assert [t for t in trials if t.status == "pending"], "nothing was left to resume"
+        caught = store.get_run(in_flight[0].run_id)
+        assert caught.status in ("interrupted", "finished")  # checkpointed, not killed
+
+    import shlex
+
+    resume = shlex.split(command[0].removeprefix("continue with: "))
+    assert resume[:2] == ["wdlab", "sweep"]
+    from wdlab.cli import main
+
+    assert main(resume[1:]) == 0  # in this process: its warm worker pool resumes the sweep
+    assert "resumed" in capsys.readouterr().out
+    assert _finals(path, sweep.id) == _finals(*local_sweep)  # as if never interrupted
+    with Store(path) as store:
+        assert len(store.list_runs(sweep_id=sweep.id)) == 4  # one run per trial
+
+
+_KILLED_PARENT = """
+import sys
+from pathlib import Path
+from wdlab.sweep import SweepSpec, run_sweep
+if __name__ == "__main__":
+    spec = SweepSpec.model_validate_json(sys.argv[1])
+    run_sweep(spec, Path(sys.argv[2]), workers=2, progress=False)
+"""
+
+
+def test_workers_die_with_a_sigkilled_sweep(tmp_path: Path) -> None:
+    path = tmp_path / "wdlab.db"
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(_KILLED_PARENT))
+    spec = SweepSpec.create(
+        workload="teacher",
+        axes={"optimizer.lr": [1e-3, 1e-2]},
+        tiny=True,
+        assignments=["steps=100000", *BASE[1:]],  # far longer than the test
+        name="orphans",
+    )
+    child = subprocess.Popen([sys.executable, str(script), spec.model_dump_json(), str(path)])
+    try:
+        running = _wait_for_trials_in_flight(path, child, 2)
+        assert len(running) == 2, "the two workers did not start training"
+        pids = {int(t.worker.split(":")[1]) for t in running}
+        assert child.pid not in pids and all(not _gone(p) for p in pids)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        deadline = time.monotonic() + 30  # bound only; PR_SET_PDEATHSIG is immediate
+        while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(p) for p in pids), "a worker outlived its SIGKILLed sweep"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -68,9 +68,10 @@ class _Process:
         parent_end, child_end = ctx.Pipe()
         self.conn = parent_end
         self.job: Job | None = None
+        self.stop = ctx.Event()
         self.process = ctx.Process(
             target=serve,
-            args=(child_end, os.getpid(), omp_threads),
+            args=(child_end, self.stop, os.getpid(), omp_threads),
             daemon=True,
             name="wdlab-sweep-worker",
         )
@@ -172,6 +173,7 @@ class LocalExecutor:
     def start(self, n: int, job: Job) -> None:
         for proc in self.pool.take(n, self.omp_threads):
             proc.job = job
+            proc.stop.clear()
             with contextlib.suppress(OSError):  # died since take(): busy() counts it
                 proc.conn.send(job)
             self.mine.append(proc)
@@ -212,8 +214,7 @@ class LocalExecutor:
 
     def interrupt(self) -> None:
         for proc in self.mine:
-            with contextlib.suppress(ProcessLookupError):  # one each: train.run stops
-                os.kill(proc.pid, signal.SIGINT)
+            proc.stop.set()  # the trial in flight checkpoints and goes back to the queue
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -99,14 +99,11 @@ class _TrialStore:
     """The worker's store as train.run sees it: new runs belong to the sweep and are linked
     to the trial the moment they exist, so a crash right after still knows the run.
 
-    It also hands a stop request on to the training loop: a Ctrl-C that reached the worker
-    while a trial was being set up (before train.run's own handler was installed) would
-    otherwise let that trial train to its end. At the first metric row the request is
-    re-raised as SIGINT, which train.run turns into checkpoint-and-stop."""
+    It also hands a stop request (`stop` set: Ctrl-C on the sweep) on to the training loop:
+    at the first metric row after it, it raises SIGINT in this process, which train.run
+    turns into checkpoint-and-stop at the next step boundary."""
 
-    def __init__(
-        self, store: Store, sweep_id: str, index: int, worker: str, stop: threading.Event | None
-    ) -> None:
+    def __init__(self, store: Store, sweep_id: str, index: int, worker: str, stop: Any) -> None:
         self._store, self._sweep_id, self._index, self._worker = store, sweep_id, index, worker
         self._stop, self._passed_on = stop, False
         self.run_id: str | None = None
@@ -176,7 +173,7 @@ def _run_trial(
     sweep_name: str,
     runs_root: Path,
     beat: _Heartbeat,
-    stop: threading.Event | None,
+    stop: Any,
 ) -> bool:
     """Train one claimed trial and record its outcome. False when interrupted (Ctrl-C): the
     trial went back to pending and the worker should stop."""
@@ -231,7 +228,7 @@ def worker_loop(
     job: Job,
     *,
     orphaned: Callable[[], bool] = lambda: False,
-    stop: threading.Event | None = None,
+    stop: Any = None,
     on_trial: Callable[[], None] | None = None,
 ) -> bool:
     """Claim and train trials until none is pending; False when stopped (Ctrl-C, or `stop`
@@ -298,21 +295,22 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
-def serve(conn: Any, parent_pid: int, omp_threads: int) -> None:
+def serve(conn: Any, stop: Any, parent_pid: int, omp_threads: int) -> None:
     """The main of a persistent local worker process: import torch once, then run the jobs
     (one per sweep) that the parent sends over `conn`, answering each with
     ("done", completed). Exits on None, on the parent's death, or after IDLE_SECONDS idle.
 
-    Signals: the process leaves the terminal's process group, so a Ctrl-C reaches only the
-    parent, which then sends exactly one SIGINT to each busy worker (a trial checkpoints
-    and goes back to the queue; two SIGINTs would abort it mid-step). SIGINT was ignored
-    from the start (inherited from the parent around the spawn) until the handler below."""
+    Stopping: the parent sets `stop` (a multiprocessing Event) on Ctrl-C; the worker takes
+    no new trial, and the trial in flight checkpoints and goes back to the queue (the
+    _TrialStore passes the request on to train.run). The process leaves the terminal's
+    process group, so the terminal's SIGINT reaches only the parent (with a second SIGINT
+    here, train.run would abort mid-step), and ignores SIGINT outside training (from the
+    spawn on: the parent ignores it around the start), so no traceback comes from here."""
     os.environ["OMP_NUM_THREADS"] = str(omp_threads)  # before torch: sizes OpenMP's pool
     die_with_parent(parent_pid)
     with contextlib.suppress(OSError):  # already a group leader
         os.setpgid(0, 0)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # train.run handles it while it trains
     import torch  # noqa: F401 - the one import this process pays, before the first job
 
     def orphaned() -> bool:
@@ -327,7 +325,6 @@ def serve(conn: Any, parent_pid: int, omp_threads: int) -> None:
             return
         if job is None:
             return
-        stop.clear()
         try:
             completed = worker_loop(job, orphaned=orphaned, stop=stop)
         except Exception as err:  # the store vanished or similar: report, stay available
