@@ -9,12 +9,15 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from wdlab.errors import WdlabError
+from wdlab.sweep.reaper import process_tree
 from wdlab.sweep.worker import Job, ray_worker, serve, worker_loop
 
 MAX_WORKER_CRASHES = 5  # worker processes dying (not trials failing): a broken environment
@@ -268,9 +271,31 @@ class RayExecutor:
             self.owned = True
         self.task = ray.remote(num_cpus=1, max_retries=0)(ray_worker)
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
+        self.reaper: subprocess.Popen[str] | None = None
+        if self.owned and os.path.isdir("/proc"):
+            self.reaper = subprocess.Popen(
+                [sys.executable, "-m", "wdlab.sweep.reaper"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,  # it must outlive this process, and Ctrl-C is ours
+            )
+            self._list_processes()
+
+    def _list_processes(self) -> None:
+        """Tell the reaper which processes end with this one (Ray's, started by us)."""
+        if self.reaper is None:
+            return
+        tree = process_tree(os.getpid())
+        tree.pop(self.reaper.pid, None)
+        with contextlib.suppress(OSError):
+            self.reaper.stdin.write("".join(f"{pid} {start}\n" for pid, start in tree.items()))
+            self.reaper.stdin.flush()
 
     def start(self, n: int, job: Job) -> None:
         self.refs += [self.task.remote(job, self.driver) for _ in range(n)]
+        self._list_processes()
 
     def busy(self) -> int:
         if self.refs:
@@ -295,3 +320,9 @@ class RayExecutor:
     def close(self) -> None:
         if self.owned:
             self.ray.shutdown()
+        if self.reaper is not None:
+            with contextlib.suppress(OSError):
+                self.reaper.stdin.write("done\n")
+                self.reaper.stdin.close()
+            self.reaper.wait(10)
+            self.reaper = None
