@@ -696,3 +696,22 @@ def test_no_process_outlives_a_sigkilled_sweep(tmp_path: Path, backend: str) -> 
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_the_terminal_table_prints_stored_strings_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setenv("COLUMNS", "300")  # no cell cut short
+
+    from wdlab.sweep import SweepSummary, TrialResult, print_summary
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    trial = TrialResult(0, {"model.act": "[/]"}, "failed", error="bad [link=http://x]y[/link]")
+    summary = SweepSummary("abc", "[bold]s[/bold]", {"failed": 1}, 1.0, [trial])
+    out = Tty()
+    print_summary(summary, out)  # markup would raise on "[/]" or turn into a hyperlink
+    text = out.getvalue()
+    assert "[bold]s[/bold]" in text and "[/]" in text and "[link=http://x]" in text

@@ -140,13 +140,15 @@ def print_summary(summary: SweepSummary, stream: Any = None) -> None:
     )
     if stream.isatty():
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=title)
+        # Names, params and errors are stored strings: escaped, never read as markup.
+        table = Table(title=escape(title))
         for c in columns:
-            table.add_column(c)
+            table.add_column(escape(c))
         for r in rows:
-            table.add_row(*(_format(r.get(c)) for c in columns))
+            table.add_row(*(escape(_format(r.get(c))) for c in columns))
         Console(file=stream).print(table)
         return
     cells = [[_format(r.get(c)) for c in columns] for r in rows]
