@@ -167,28 +167,18 @@ def run_sweep(
     start = time.perf_counter()
     store_path = Path(store_path).resolve()  # workers (Ray's too) may run in another cwd
     with _ctrl_c() as stop:
-        executor: Any
-        if backend == "ray":
-            executor = None  # started once the sweep is known (Ray's start-up is slow too)
-        elif workers == 1:
-            executor = None
-        else:
-            executor = LocalExecutor(workers)
-            executor.prewarm(workers)  # they import torch while the sweep is set up
+        pool = LocalExecutor(workers) if backend == "local" and workers > 1 else None
+        if pool is not None:
+            pool.prewarm(workers)  # the workers import torch while the sweep is set up
         with Store(store_path) as store:
             sweep_id, created = find_or_create_sweep(store, spec)
             if on_start is not None:
                 on_start(sweep_id, created)
             record = store.get_sweep(sweep_id)
             trials = store.trials(sweep_id)
-            job = Job(
-                str(store_path),
-                sweep_id,
-                str(runs_root_for(store_path)),
-                longest_first(
-                    record.spec["base_config"], {t.trial_index: t.params for t in trials}
-                ),
-            )
+            base = record.spec["base_config"]
+            order = longest_first(base, {t.trial_index: t.params for t in trials})
+            job = Job(str(store_path), sweep_id, str(runs_root_for(store_path)), order)
             bar = make_progress(f"sweep {record.name}", enabled=progress, unit="trial")
             shown = [-1]
 
@@ -201,6 +191,7 @@ def run_sweep(
                     shown[0] = done
                 return now
 
+            executor: Any = pool
             if backend == "ray":
                 executor = RayExecutor(workers, address)
             elif workers == 1:
@@ -212,12 +203,14 @@ def run_sweep(
                     bar.start(len(trials), len(trials) - now["pending"] - now["running"])
                 _dispatch(store, job, executor, workers, report, stop)
                 if stop.is_set():
-                    _stop_workers(executor)
-                    recover_trials(store, sweep_id)
-                    store.update_sweep(sweep_id, status="interrupted")
-                    raise SweepInterrupted(sweep_id, record.name, counts(store, sweep_id))
-            except SweepInterrupted:
-                raise
+                    raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                if bar is not None:
+                    bar.stop()  # before the messages; stopping twice is harmless
+                _stop_workers(executor)
+                recover_trials(store, sweep_id)
+                store.update_sweep(sweep_id, status="interrupted")
+                raise SweepInterrupted(sweep_id, record.name, counts(store, sweep_id)) from None
             except BaseException:
                 executor.interrupt()
                 if not _wait_quietly(executor, 5.0):
