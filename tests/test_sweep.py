@@ -437,15 +437,23 @@ def test_a_million_trials_is_refused_naming_the_cap_and_the_flag(
     assert not path.parent.exists()  # refused before anything was created
     spec.check_size(10**6)  # the override lets it through
 
-    from wdlab.cli import main
-
     argv = ["sweep", "teacher", "--lr", "1e-4:1e-1:1000", "--seeds", "1000", "--store", str(path)]
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
+    assert _cli(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--max-trials" in lines[0] and "10,000" in lines[0]
+    assert _cli([*argv, "--max-trials", "0"]) == 2
+    assert "--max-trials must be an integer >= 1" in capsys.readouterr().err
     assert not path.parent.exists()
+
+
+def _cli(argv: list[str]) -> int:
+    """`wdlab ARGV` in this process: its exit code."""
+    from wdlab.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
 
 
 def test_claims_go_longest_first(tmp_path: Path) -> None:
@@ -641,9 +649,7 @@ def test_ctrl_c_on_two_workers_exits_130_with_the_command_that_resumes(
 
     resume = shlex.split(command[0].removeprefix("continue with: "))
     assert resume[:2] == ["wdlab", "sweep"]
-    from wdlab.cli import main
-
-    assert main(resume[1:]) == 0  # in this process: its warm worker pool resumes the sweep
+    assert _cli(resume[1:]) == 0  # in this process: its warm worker pool resumes the sweep
     assert "resumed" in capsys.readouterr().out
     assert _finals(path, sweep.id) == _finals(*local_sweep)  # as if never interrupted
     with Store(path) as store:
