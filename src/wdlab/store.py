@@ -883,16 +883,15 @@ class Store:
 
         def claim(c: sqlite3.Connection) -> TrialRecord | None:
             self._require_sweep(c, sweep_id)
-            pending = [
-                r[0]
-                for r in c.execute(
-                    "SELECT trial_index FROM trials WHERE sweep_id = ? AND status = 'pending'",
-                    (sweep_id,),
-                )
-            ]
-            if not pending:
+            sql = "SELECT trial_index FROM trials WHERE sweep_id = ? AND status = 'pending'"
+            if not rank:
+                row = c.execute(sql + " ORDER BY trial_index LIMIT 1", (sweep_id,)).fetchone()
+            else:
+                pending = [r[0] for r in c.execute(sql, (sweep_id,))]
+                first = min(pending, key=lambda i: (rank.get(i, len(rank)), i), default=None)
+                row = None if first is None else (first,)
+            if row is None:
                 return None
-            row = (min(pending, key=lambda i: (rank.get(i, len(rank)), i)),)
             c.execute(
                 "UPDATE trials SET status = 'running', worker = ?, heartbeat = ?, error = NULL "
                 "WHERE sweep_id = ? AND trial_index = ?",
