@@ -721,3 +721,10 @@ def test_the_terminal_table_prints_stored_strings_as_text(monkeypatch: pytest.Mo
     print_summary(summary, out)  # markup would raise on "[/]" or turn into a hyperlink
     text = out.getvalue()
     assert "[bold]s[/bold]" in text and "[/]" in text and "[link=http://x]" in text
+
+
+def test_importing_the_sweep_package_leaves_torch_out() -> None:
+    # The CLI builds its parser from wdlab.sweep, and spawned workers import it before
+    # anything else: it must stay torch-free.
+    code = "import sys, wdlab.sweep, wdlab.sweep.worker; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
