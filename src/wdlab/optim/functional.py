@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from wdlab.optim import native
+from wdlab.optim.distributed import gathered_update, is_dtensor, scalar
 
 # ---- shared elementwise machinery (AdamW, SGDW, Lion, AdamP, SGDP) -------------------------
 # Why chunks: a chain of separate torch ops re-reads every tensor from memory once per op;
@@ -104,7 +105,8 @@ def foreach_elementwise(
         rows = first.size(0) if first.ndim else 1
         row_numel = first[0].numel() if first.ndim > 1 else 1
         block = max(1, chunk_numel // max(row_numel, 1))
-        if mode == "whole" or first.device.type != "cpu" or rows <= block:
+        # A DTensor runs whole: its ops act on the local shard; a slice would gather it.
+        if mode == "whole" or first.device.type != "cpu" or rows <= block or is_dtensor(first):
             update(*tensors, **kwargs)
             continue
         sliced = [t is not None and t.ndim > 0 and t.size(0) == rows for t in tensors]
@@ -484,6 +486,30 @@ def muon_scale(rows: int, cols: int, update_scale: str) -> float:
     raise ValueError(f"update_scale must be one of {allowed}; got {update_scale!r}")
 
 
+def muon_direction(
+    grad: torch.Tensor, buf: torch.Tensor, *, momentum: float, nesterov: bool
+) -> torch.Tensor:
+    """Advance the momentum EMA `buf` in place; the direction to orthogonalize (elementwise,
+    so it runs on local shards)."""
+    buf.lerp_(grad, 1 - momentum)
+    return grad.lerp(buf, momentum) if nesterov else buf
+
+
+def orthogonalize(
+    direction: torch.Tensor,
+    *,
+    ns_steps: int,
+    ns_coefficients: tuple[float, float, float],
+    eps: float,
+    ns_dtype: torch.dtype,
+) -> torch.Tensor:
+    """newton_schulz of a (whole) tensor as its (size(0), -1) matrix, in the tensor's shape."""
+    ortho = newton_schulz(
+        direction.reshape(direction.size(0), -1), ns_steps, ns_coefficients, eps, ns_dtype
+    )
+    return ortho.reshape(direction.shape)
+
+
 def muon_update(
     grad: torch.Tensor,
     buf: torch.Tensor,
@@ -500,12 +526,9 @@ def muon_update(
     O has the parameter's shape; tensors with ndim > 2 (conv weights) are orthogonalized as
     their (out, in*k*k) matrix, the flattening timm and optax use.
     """
-    buf.lerp_(grad, 1 - momentum)
-    direction = grad.lerp(buf, momentum) if nesterov else buf
-    ortho = newton_schulz(
-        direction.reshape(direction.size(0), -1), ns_steps, ns_coefficients, eps, ns_dtype
-    )
-    return ortho.reshape(grad.shape)
+    direction = muon_direction(grad, buf, momentum=momentum, nesterov=nesterov)
+    return orthogonalize(direction, ns_steps=ns_steps, ns_coefficients=ns_coefficients, eps=eps,
+                         ns_dtype=ns_dtype)
 
 
 def muon_step(
@@ -527,25 +550,36 @@ def muon_step(
     """One Muon step on matrix-like params: W <- W*(1 - decay_rate) - lr*s*O.
 
     Like torch.optim.Muon the decay uses the plain lr (not lr*s) and comes before the update;
-    the buffer sees the raw gradient (plus l2*W in l2 mode).
+    the buffer sees the raw gradient (plus l2*W in l2 mode). Sharded (DTensor) params: the
+    momentum and the update stay on the shards, and Newton-Schulz runs on the full matrix,
+    each on one owner rank (wdlab.optim.distributed.gathered_update).
     """
+    ns = {"ns_steps": ns_steps, "ns_coefficients": ns_coefficients, "eps": eps,
+          "ns_dtype": ns_dtype}
+    sharded = any(is_dtensor(p) for p in params)
+    directions: list[torch.Tensor] = []
     for param, grad, buf in zip(params, grads, momentum_bufs, strict=True):
         if l2:
             grad = grad.add(param, alpha=l2)
-        ortho = muon_update(
-            grad,
-            buf,
-            momentum=momentum,
-            nesterov=nesterov,
-            ns_steps=ns_steps,
-            ns_coefficients=ns_coefficients,
-            eps=eps,
-            ns_dtype=ns_dtype,
-        )
-        scale = muon_scale(param.size(0), param[0].numel(), update_scale)
-        if decay_rate:
-            param.mul_(1 - decay_rate)
-        param.add_(ortho, alpha=-lr * scale)
+        direction = muon_direction(grad, buf, momentum=momentum, nesterov=nesterov)
+        if sharded:
+            directions.append(direction)  # orthogonalized together below
+        else:  # one at a time: a single direction in memory
+            _muon_apply(param, orthogonalize(direction, **ns), lr, update_scale, decay_rate)
+    if sharded:
+        orthos = gathered_update(directions, lambda d, _: orthogonalize(d, **ns))
+        for param, ortho in zip(params, orthos, strict=True):
+            _muon_apply(param, ortho, lr, update_scale, decay_rate)
+
+
+def _muon_apply(
+    param: torch.Tensor, ortho: torch.Tensor, lr: float, update_scale: str, decay_rate: float
+) -> None:
+    """W <- W*(1 - decay_rate) - lr*s*O (s from the global shape, so shards agree)."""
+    scale = muon_scale(param.size(0), param.numel() // max(param.size(0), 1), update_scale)
+    if decay_rate:
+        param.mul_(1 - decay_rate)
+    param.add_(ortho, alpha=-lr * scale)
 
 
 # -- AdamP / SGDP: project the radial part out of updates of scale-invariant weights --
@@ -600,15 +634,17 @@ def scale_invariant_view(
     limit = delta / w.size(1) ** 0.5
     if native.supports([param, grad]):
         return _invariant_view_native(w, g, delta, eps)
-    if float(_row_cosines(g[:1], w[:1], eps)[0]) < limit:
+    sharded = is_dtensor(w)  # a DTensor: the first-row shortcut would gather its first shard
+    if sharded or float(_row_cosines(g[:1], w[:1], eps)[0]) < limit:
         cos, w_norms = _row_cosines(g, w, eps)
-        if float(cos.max()) < limit:
+        if scalar(cos.max()) < limit:  # a DTensor's max is all-reduced: one decision
             return "channel", w_norms
-    g_flat, w_flat = g.reshape(-1), w.reshape(-1)
-    w_norm = torch.linalg.vector_norm(w_flat)
-    g_norm = torch.linalg.vector_norm(g_flat)
-    cos_layer = torch.dot(g_flat, w_flat).abs() / (g_norm.clamp(min=eps) * w_norm.clamp(min=eps))
-    if float(cos_layer) < delta / w.numel() ** 0.5:
+    w_norm = torch.linalg.vector_norm(w)
+    g_norm = torch.linalg.vector_norm(g)
+    # A DTensor sharded unevenly cannot be flattened: sum the product instead of a BLAS dot.
+    dot = (g * w).sum() if sharded else torch.dot(g.reshape(-1), w.reshape(-1))
+    cos_layer = dot.abs() / (g_norm.clamp(min=eps) * w_norm.clamp(min=eps))
+    if scalar(cos_layer) < delta / w.numel() ** 0.5:
         return "layer", w_norm.reshape(1)
     return None, None
 
@@ -627,6 +663,12 @@ def adamp_project(
     """
     if view not in VIEWS:
         raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
+    if is_dtensor(param):
+        # Never flattened (an unevenly sharded DTensor cannot be): per-row or whole sums.
+        if norms is None:
+            norms = _view_sums(param, param, view).sqrt()
+        coef = _per_row(_view_sums(param, update, view) / (norms + eps).square(), param, view)
+        return update.addcmul_(param, coef, value=-1)
     rows = param.size(0) if view == "channel" else 1
     w = param.reshape(rows, -1)
     u = update.reshape(rows, -1)
@@ -638,6 +680,20 @@ def adamp_project(
     else:
         update.sub_((w * coef).reshape(update.shape))
     return update
+
+
+def _view_sums(a: torch.Tensor, b: torch.Tensor, view: str) -> torch.Tensor:
+    """<a, b> per row of dim 0 ("channel", shape (rows,)) or over the tensor ("layer", (1,))."""
+    if view == "channel":
+        return (a * b).reshape(a.size(0), -1).sum(dim=1)
+    return (a * b).sum().reshape(1)
+
+
+def _per_row(values: torch.Tensor, like: torch.Tensor, view: str) -> torch.Tensor:
+    """(rows,) or (1,) values shaped to broadcast over `like` row by row."""
+    if view == "channel":
+        return values.reshape(-1, *[1] * (like.ndim - 1))
+    return values.reshape(())
 
 
 def _projection_view(
@@ -660,6 +716,8 @@ def _sgd_fusable(*tensors: torch.Tensor | None) -> bool:
     """_fusable for torch's fused SGD, minus CPU half types: torch 2.12-2.13's CPU kernel skips
     whole SIMD blocks of bfloat16/float16 tensors (pytorch/pytorch#191763)."""
     present = [t for t in tensors if t is not None]
+    if any(is_dtensor(t) for t in present):
+        return False  # DTensor has no sharding rule for _fused_sgd_ (torch 2.13)
     half = present[0].device.type == "cpu" and present[0].dtype in (torch.bfloat16, torch.float16)
     return not half and _fusable(*present)
 
@@ -686,6 +744,10 @@ def _step_projected(
     Same value as adamp_project then mul_ and add_, but never writes the projected direction.
     """
     rows = param.size(0) if view == "channel" else 1
+    if is_dtensor(param):
+        coef = _view_sums(param, direction, view) / (norms + eps).square()
+        param.mul_(keep - alpha * _per_row(coef, param, view)).add_(direction, alpha=alpha)
+        return
     if not (param.is_contiguous() and direction.is_contiguous()):
         adamp_project(param, direction, view, eps, norms)
         param.mul_(keep).add_(direction, alpha=alpha)
@@ -945,7 +1007,7 @@ def novograd_step(
         step_t += 1
         first = float(step_t) == 1.0
         on_c = resolve_mode(mode, [param, grad, exp_avg]) == "native"
-        norm_sq = native.sum_of_squares(grad) if on_c else float(torch.linalg.vector_norm(grad))**2
+        norm_sq = native.sum_of_squares(grad) if on_c else scalar(torch.linalg.vector_norm(grad))**2
         exp_avg_sq.fill_(norm_sq if first else beta2 * float(exp_avg_sq) + (1 - beta2) * norm_sq)
         scale = 1.0 / (float(exp_avg_sq) ** 0.5 + eps)
         avg = 1.0 if first or not grad_averaging else 1 - beta1
@@ -1057,7 +1119,7 @@ def fadam_step(
         on_c = resolve_mode(mode, [param, grad, exp_avg, fim]) == "native"
         if on_c:
             native.same_size(param, grad, exp_avg, fim)
-        norm_sq = native.sum_of_squares(grad) if on_c else float(torch.linalg.vector_norm(grad))**2
+        norm_sq = native.sum_of_squares(grad) if on_c else scalar(torch.linalg.vector_norm(grad))**2
         rms_g = (norm_sq / numel) ** 0.5
         eps_t = eps * min(1.0, rms_g) if rms_g > 0 else eps
         with_decay = decay_rate > 0
@@ -1066,12 +1128,14 @@ def fadam_step(
             sum_g, sum_w = _fadam_fisher_native(grad, fim, param, beta2_t, eps_t, power, sqrt,
                                                 with_decay)
         else:
-            sums = [torch.zeros((), dtype=torch.float64, device=param.device) for _ in range(2)]
+            # new_zeros: a replicated DTensor for a DTensor param, so a shard's sum adds in
+            # all-reduced (plain tensors cannot take a DTensor's sum).
+            sums = [param.new_zeros((), dtype=torch.float64) for _ in range(2)]
             foreach_elementwise(
                 _fadam_fisher, [[grad], [fim], [param], [sums[0]], [sums[1]]],
                 {"beta2": beta2_t, **common}, mode=mode,
             )
-            sum_g, sum_w = float(sums[0]), float(sums[1])
+            sum_g, sum_w = scalar(sums[0]), scalar(sums[1])
         div_g = max(1.0, (sum_g / numel) ** 0.5 / clip)
         div_w = max(1.0, (sum_w / numel) ** 0.5 / clip)
         gain, decay_coef = (1 - beta1) / div_g, decay_rate / div_w
@@ -1145,7 +1209,8 @@ def scale_step(
         # lr/RMS = lr*sqrt(n)/||.||, with RMS clamped at eps as the authors' code does.
         root_n = direction.size(dim) ** 0.5
         norms = torch.linalg.vector_norm(direction, dim=dim, keepdim=True)
-        step = torch.div(lr * root_n, norms.clamp_(min=eps * root_n))
+        # Out of place: a DTensor's column norms are Partial until read, so not clampable in place.
+        step = torch.div(lr * root_n, norms.clamp(min=eps * root_n))
         scalars = {"keep": 1.0 - decay_rate, "decays": decay_rate > 0}
         if resolve_mode(mode, [param, direction, step]) == "native":
             native.run("scaled_step", param.dtype, param, direction, step, direction.size(0),

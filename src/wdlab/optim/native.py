@@ -40,6 +40,7 @@ MIN_PER_THREAD = 1 << 16
 """Below this many elements per thread, fewer threads: waking one costs microseconds."""
 _OPENMP_RUNTIME = re.compile(r"/lib(gomp|iomp5|omp)[-\w.]*\.so[\d.]*$")
 
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _P, _I64, _INT, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _ARRAYS = [_P, _P, _P, _P, _I64, _INT]  # w, g, state pointer arrays, sizes, count, nthreads
@@ -164,9 +165,28 @@ def why_unavailable() -> str | None:
     return _failure
 
 
+def plain(t: torch.Tensor) -> bool:
+    """Whether the kernels may read `t` through its data pointer: exactly a torch.Tensor or
+    nn.Parameter (no DTensor, FakeTensor or other subclass: its data_ptr need not be the data
+    the math means), strided, dense,
+    contiguous, on the CPU, with real storage, no lazy conjugate/negative bit, float32/float64."""
+    return (
+        type(t) in _PLAIN_TYPES
+        and t.layout == torch.strided
+        and t.device.type == "cpu"
+        and t.dtype in _SUFFIX
+        and t.is_contiguous()
+        and not t.is_conj()
+        and not t.is_neg()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+        and (t.numel() == 0 or t.data_ptr() != 0)
+    )
+
+
 def supports(*tensor_lists: Sequence[torch.Tensor | None]) -> bool:
-    """Whether every given tensor is a dense contiguous CPU float32/float64 tensor of one dtype
-    (None entries, such as absent momentum buffers, are ignored) and the kernels load."""
+    """Whether every given tensor is `plain` and all share one dtype (None entries, such as
+    absent momentum buffers, are ignored) and the kernels load. Anything else (a DTensor of
+    FSDP2, a non-contiguous view, mixed dtypes) takes the optimizers' torch path."""
     dtype = None
     for tensors in tensor_lists:
         for t in tensors:
@@ -174,10 +194,20 @@ def supports(*tensor_lists: Sequence[torch.Tensor | None]) -> bool:
                 continue
             if dtype is None:
                 dtype = t.dtype
-            if (t.dtype != dtype or dtype not in _SUFFIX or t.device.type != "cpu"
-                    or not t.is_contiguous() or t.is_sparse):
+            if t.dtype != dtype or not plain(t):
                 return False
     return dtype is not None and available()
+
+
+def require_plain(tensors: Sequence[torch.Tensor | None], name: str) -> None:
+    """Raise one clear error instead of letting a kernel read a pointer that is not the data."""
+    for t in tensors:
+        if t is not None and not plain(t):
+            raise TypeError(
+                f"wdlab native kernel {name!r} needs plain contiguous CPU float32/float64 "
+                f"tensors, got a {type(t).__name__} ({t.dtype}, {t.device}, "
+                f"contiguous={t.is_contiguous()}); use mode='auto' or 'chunked'"
+            )
 
 
 def kernel(name: str, dtype: torch.dtype) -> Callable[..., Any]:
@@ -232,6 +262,10 @@ def run_multi(name: str, tensor_lists: Sequence[Sequence[torch.Tensor | None]],
     first = tensor_lists[0]
     if not first:
         return
+    for tensors in tensor_lists:
+        require_plain(tensors, name)
+        if any(t is not None and t.dtype != first[0].dtype for t in tensors):
+            raise TypeError(f"wdlab native kernel {name!r} needs tensors of one dtype")
     for tensors in tensor_lists[1:]:  # the kernel indexes every list with the first's sizes
         for t, ref in zip(tensors, first, strict=True):
             same_size(ref, t)  # type: ignore[arg-type]
@@ -245,6 +279,10 @@ def run_multi(name: str, tensor_lists: Sequence[Sequence[torch.Tensor | None]],
 def run(name: str, dtype: torch.dtype, *args: Any) -> Any:
     """Call the kernel `name` with tensors passed as data pointers (numbers per SIGNATURES);
     its return value (None for most kernels)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    require_plain(tensors, name)
+    if any(t.dtype != dtype for t in tensors if t.dtype != torch.float64):
+        raise TypeError(f"wdlab native kernel {name!r} needs {dtype} tensors")
     return kernel(name, dtype)(
         *[a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
     )

@@ -1,0 +1,296 @@
+"""The 2-rank job of tests/test_distributed_optim.py: every wdlab optimizer and wrapper under DDP
+and FSDP2 against one process on the same global batch, a DCP save/load/continue, the Monitor.
+
+Run as `python tests/distributed_worker.py OUT.json [CASE ...]`: spawns WORLD gloo ranks on the
+CPU (rendezvous through a file, so no port is chosen), each rank also computes the one-process
+reference itself (the plain model on the whole global batch), and rank 0 writes the measured
+relative errors to OUT.json. The test asserts on them; this file only measures.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from wdlab.monitor import Monitor
+from wdlab.optim import SCALE, SGDP, SGDW, AdamP, AdamW, FAdam, Lion, Muon, NovoGrad
+from wdlab.optim.distributed import full, is_dtensor
+from wdlab.optim.wrappers import (
+    LAWN,
+    CautiousWeightDecay,
+    NaP,
+    NormGrowthLimiter,
+    RotationalWrapper,
+)
+
+WORLD = 2
+BATCH = 8  # global batch; each rank takes BATCH // WORLD samples
+STEPS = 4
+SAVE_AT = 2  # the DCP checkpoint is written after this step
+MODES = ("ddp", "fsdp")
+
+
+class Net(nn.Module):
+    """Shapes that do not split evenly in two, every role, and weights on which a per-shard
+    decision would differ from the whole tensor's: `hidden` feeds a LayerNorm (AdamP's layer
+    view), the first 3 rows of `wn` (rank 0's shard) are weight-normalized and the other 3 are
+    not, so rank 0 alone would find it channel-wise scale-invariant and the whole is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 6)
+        self.hidden = nn.Linear(6, 7, bias=False)
+        self.norm = nn.LayerNorm(7)
+        self.wn = nn.Parameter(torch.randn(6, 7))
+        self.mid = nn.Linear(6, 9)
+        self.head = nn.Linear(9, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.hidden(self.emb(x)))
+        top = self.wn[:3] / self.wn[:3].norm(dim=1, keepdim=True)
+        h = torch.tanh(F.linear(h, torch.cat([top, self.wn[3:]])))
+        return self.head(torch.tanh(self.mid(h)))
+
+
+def groups(net: Net, wd: float = 0.1) -> list[dict[str, Any]]:
+    """Explicit groups with wdlab's keys (role, scale_invariant), as wdlab.param_groups marks."""
+    return [
+        {"params": [net.emb.weight], "role": "embedding"},
+        {"params": [net.hidden.weight, net.wn], "role": "matrix", "scale_invariant": True},
+        {"params": [net.mid.weight], "role": "matrix"},
+        {"params": [net.head.weight], "role": "output"},
+        {"params": [net.norm.weight, net.norm.bias, net.mid.bias, net.head.bias],
+         "role": "vector", "weight_decay": 0.0},
+    ]
+
+
+Build = Callable[[Net], torch.optim.Optimizer]
+CASES: dict[str, Build] = {
+    "adamw": lambda n: AdamW(groups(n), lr=1e-2, weight_decay=0.1),
+    "sgdw": lambda n: SGDW(groups(n), lr=0.1, momentum=0.9, weight_decay=0.01),
+    "lion": lambda n: Lion(groups(n), lr=1e-3, weight_decay=0.5),
+    "muon": lambda n: Muon(groups(n), lr=0.02, weight_decay=0.1, ns_dtype=torch.float32),
+    "adamp": lambda n: AdamP(groups(n), lr=1e-2, weight_decay=0.1),
+    "sgdp": lambda n: SGDP(groups(n), lr=0.1, momentum=0.9, weight_decay=0.01),
+    "novograd": lambda n: NovoGrad(groups(n), lr=1e-2, weight_decay=0.01),
+    "fadam": lambda n: FAdam(groups(n), lr=1e-2, weight_decay=0.1),
+    "scale": lambda n: SCALE(groups(n), lr=1e-2, weight_decay=0.1),
+    "nap": lambda n: NaP(AdamW(groups(n), lr=1e-2)),
+    "nap-neuron": lambda n: NaP(SGDW(groups(n), lr=0.1), per="neuron"),
+    "lawn": lambda n: LAWN(AdamW(groups(n), lr=1e-2), warmup=1),
+    "req": lambda n: RotationalWrapper(SGDW(groups(n), lr=0.1, weight_decay=0.01)),
+    "limiter": lambda n: NormGrowthLimiter(AdamW(groups(n), lr=1e-2), gamma=1.01),
+    "cautious": lambda n: CautiousWeightDecay(AdamW(groups(n), lr=1e-2, weight_decay=0.1)),
+    "cautious-nap-lion": lambda n: CautiousWeightDecay(NaP(Lion(groups(n), lr=1e-3,
+                                                                weight_decay=0.5))),
+}
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    return torch.randint(0, 11, (BATCH,), generator=gen), torch.randint(0, 3, (BATCH,),
+                                                                        generator=gen)
+
+
+def fresh_net() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+def wrap(net: Net, mode: str) -> nn.Module:
+    """The model as the training loop sees it: DDP, FSDP2 (two FSDP units), or plain."""
+    if mode == "ddp":
+        return DistributedDataParallel(net)
+    if mode == "fsdp":
+        fully_shard(net.mid)
+        fully_shard(net)
+    return net
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, sharded_batch: bool,
+          monitor: Monitor | None = None) -> None:
+    rank = dist.get_rank()
+    per = BATCH // WORLD
+    for step in steps:
+        x, y = batch(step)
+        if sharded_batch:
+            x, y = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        if monitor is not None:
+            monitor.before_forward(step)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if monitor is not None:
+            monitor.step(step)
+        opt.zero_grad()
+
+
+def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    return {n: full(p.detach()).clone() for n, p in inner.named_parameters()}
+
+
+def max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest per-tensor ||a - b|| / ||b|| over the parameters."""
+    assert a.keys() == b.keys(), (a.keys(), b.keys())
+    return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-30)) for k in a)
+
+
+def tree_clone(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: tree_clone(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [tree_clone(v, fn) for v in obj]
+    return obj
+
+
+def tree_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a nested state dict by its path, whole (gathered where sharded)."""
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = full(obj).detach().clone()
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(tree_tensors(v, f"{prefix}/{k}"))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.update(tree_tensors(v, f"{prefix}/{i}"))
+    return out
+
+
+def run_case(name: str, build: Build, ckpt: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    ref_net = fresh_net()
+    ref_opt = build(ref_net)
+    train(ref_net, ref_opt, range(1, STEPS + 1), sharded_batch=False)
+    reference = params_of(ref_net)
+    start = {n: p.detach().clone() for n, p in fresh_net().named_parameters()}
+    result["moved"] = max_rel(reference, start)  # the comparison is not of two no-ops
+    for mode in MODES:
+        net = fresh_net()
+        model = wrap(net, mode)
+        opt = build(net)
+        train(model, opt, range(1, SAVE_AT + 1), sharded_batch=True)
+        saved = {"model": model.state_dict(), "optim": opt.state_dict()}
+        sharded_state = any(is_dtensor(t) for t in tree_tensors_raw(saved["optim"]))
+        where = ckpt / f"{name}-{mode}"
+        dcp.save(saved, checkpoint_id=str(where))
+        snapshot = tree_tensors(saved)
+        template = tree_clone(saved, lambda t: torch.zeros_like(t))
+        train(model, opt, range(SAVE_AT + 1, STEPS + 1), sharded_batch=True)
+        result[mode] = max_rel(params_of(model), reference)
+
+        net2 = fresh_net()
+        model2 = wrap(net2, mode)
+        opt2 = build(net2)
+        dcp.load(template, checkpoint_id=str(where))
+        loaded = tree_tensors(template)
+        result[f"{mode}_state_keys_equal"] = loaded.keys() == snapshot.keys()
+        result[f"{mode}_state_max_abs"] = max(
+            (float((loaded[k] - snapshot[k]).abs().max()) for k in snapshot
+             if k in loaded and snapshot[k].numel()), default=0.0)
+        result[f"{mode}_state_sharded"] = sharded_state
+        model2.load_state_dict(template["model"])
+        opt2.load_state_dict(template["optim"])
+        train(model2, opt2, range(SAVE_AT + 1, STEPS + 1), sharded_batch=True)
+        result[f"{mode}_resumed"] = max_rel(params_of(model2), reference)
+    return result
+
+
+def tree_tensors_raw(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in tree_tensors_raw(v)]
+    if isinstance(obj, list):
+        return [t for v in obj for t in tree_tensors_raw(v)]
+    return []
+
+
+def monitor_case() -> dict[str, Any]:
+    """Monitor metrics (level "full") of an AdamW run: DDP and FSDP2 against one process, and
+    how many times each rank's sink was called."""
+    out: dict[str, Any] = {}
+
+    def run(mode: str | None) -> tuple[dict[int, dict[str, float]], int]:
+        net = fresh_net()
+        model = wrap(net, mode) if mode else net
+        opt = AdamW(groups(net), lr=1e-2, weight_decay=0.1)
+        seen: dict[int, dict[str, float]] = {}
+        monitor = Monitor(model, opt, every=2, level="full",
+                          sink=lambda step, m: seen.__setitem__(step, dict(m)))
+        returned: dict[int, dict[str, float]] = {}
+        for step in range(1, STEPS + 1):
+            train(model, opt, range(step, step + 1), sharded_batch=mode is not None)
+            if monitor.latest and monitor.measured(step):
+                returned[step] = dict(monitor.latest)
+        monitor.close()
+        return returned, len(seen)
+
+    reference, _ = run(None)
+    for mode in MODES:
+        got, sink_calls = run(mode)
+        out[f"{mode}_sink_calls"] = sink_calls
+        out[f"{mode}_keys_equal"] = all(got[s].keys() == reference[s].keys() for s in reference)
+        out[f"{mode}_missing"] = sorted(set(reference[STEPS]) ^ set(got.get(STEPS, {})))[:10]
+        errs = {k: abs(got[s][k] - v) / max(abs(v), 1e-12) for s in reference
+                for k, v in reference[s].items() if k in got.get(s, {})}
+        worst = max(errs, key=errs.get) if errs else ""
+        out[f"{mode}_max_rel"] = errs.get(worst, float("inf"))
+        out[f"{mode}_worst"] = worst
+        out[f"{mode}_count"] = len(errs)
+    return out
+
+
+def worker(rank: int, store: str, out: str, names: list[str]) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=300))
+    results: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            shared = [tmp]
+            dist.broadcast_object_list(shared, src=0)  # one checkpoint folder for all ranks
+            for name in names:
+                try:
+                    if name == "monitor":
+                        results[name] = monitor_case()
+                    else:
+                        results[name] = run_case(name, CASES[name], Path(shared[0]))
+                except Exception:  # noqa: BLE001 - reported per case, the others still run
+                    results[name] = {"error": traceback.format_exc()[-3000:]}
+                    raise
+            dist.barrier()
+    finally:
+        if rank == 0:
+            Path(out).write_text(json.dumps(results, indent=1))
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    out = sys.argv[1]
+    names = sys.argv[2:] or [*CASES, "monitor"]
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(worker, args=(os.path.join(tmp, "store"), out, names), nprocs=WORLD)
+
+
+if __name__ == "__main__":
+    main()
