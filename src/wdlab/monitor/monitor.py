@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from wdlab.monitor import equilibrium, probes
+from wdlab.optim import distributed
 
 LEVELS = ("light", "full")
 Sink = Callable[[int, dict[str, float]], Any]
@@ -129,7 +130,10 @@ class Monitor:
     # ---- which parameter is what ---------------------------------------------------------
 
     def _track(self, infos: Sequence[Any] | None) -> list[_Tracked]:
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        inner = self.model
+        if isinstance(inner, nn.parallel.DistributedDataParallel):
+            inner = inner.module  # names as in the plain model, without DDP's "module."
+        names = {id(p): n for n, p in inner.named_parameters()}
         by_name = {i.name: i for i in infos} if infos else {}
         tracked: list[_Tracked] = []
         for gi, group in enumerate(self.optimizer.param_groups):
@@ -181,7 +185,7 @@ class Monitor:
         if self.measured(s):
             metrics = self._measure(s)
             self.latest = metrics
-            if self.sink is not None:
+            if self.sink is not None and distributed.is_main_process():  # one writer under DDP/FSDP2
                 self.sink(s, metrics)
         self._snapshot, self._snapshot_step = None, None
         if self.measured(s + 1):
@@ -262,14 +266,22 @@ class Monitor:
         full = self.level == "full"
         keys: list[str] = []
         vals: list[torch.Tensor] = []
+        batch_reduce: list[str | None] = []  # "mean"/"max" across data-parallel ranks
         floats: dict[str, float] = {}
         per_tensor: list[tuple[_Tracked, str]] = []  # for the summaries
 
         def put(
-            probe: str, t: _Tracked | None, value: torch.Tensor, key: str | None = None
+            probe: str,
+            t: _Tracked | None,
+            value: torch.Tensor,
+            key: str | None = None,
+            reduce: str | None = None,
         ) -> None:
             keys.append(key or f"mon/{probe}/{t.name}")
-            vals.append(value.detach().reshape(()).float())
+            # A statistic of a sharded DTensor parameter is all-reduced here (full), so every
+            # rank holds the one-process value.
+            vals.append(distributed.full(value.detach()).reshape(()).float())
+            batch_reduce.append(reduce)
             if t is not None:
                 per_tensor.append((t, probe))
 
@@ -329,10 +341,14 @@ class Monitor:
             self._attention(full, put)
             if self._logits is not None:
                 names = ("logz_mean", "logz_max", "logit_max")
-                for key, v in zip(names, self._logits, strict=True):
-                    put("", None, v, key=f"mon/{key}")
+                for key, v, reduce in zip(names, self._logits, ("mean", "max", "max"),
+                                          strict=True):
+                    put("", None, v, key=f"mon/{key}", reduce=reduce)
                 self._logits = None
-        values = torch.stack([v.to(vals[0].device) for v in vals]).tolist() if vals else []
+        stacked = torch.stack([v.to(vals[0].device) for v in vals]) if vals else None
+        if stacked is not None:
+            stacked = _across_ranks(stacked, batch_reduce)
+        values = stacked.tolist() if stacked is not None else []
         metrics = dict(zip(keys, values, strict=True))
         metrics.update(floats)
         metrics.update(self._summaries(metrics, per_tensor))
@@ -369,17 +385,18 @@ class Monitor:
                 if isinstance(stats, dict):
                     entropy, max_logit = stats.get("entropy"), stats.get("max_logit")
                     m.stats = None  # never report the same forward twice
-            for probe, v, reduce in (
-                ("attn_entropy", entropy, torch.mean),
-                ("attn_max_logit", max_logit, torch.max),
+            for probe, v, reduce, across in (
+                ("attn_entropy", entropy, torch.mean, "mean"),
+                ("attn_max_logit", max_logit, torch.max, "max"),
             ):
                 if v is None:
                     continue
                 v = v.detach().float().reshape(-1)
-                put(probe, None, reduce(v), key=f"mon/{probe}/layer:{k}")
+                put(probe, None, reduce(v), key=f"mon/{probe}/layer:{k}", reduce=across)
                 if full:
                     for head in range(v.numel()):
-                        put(probe, None, v[head], key=f"mon/{probe}/layer:{k}/head:{head}")
+                        put(probe, None, v[head], key=f"mon/{probe}/layer:{k}/head:{head}",
+                            reduce=across)
 
     @staticmethod
     def _summaries(metrics: dict[str, float], per_tensor: list[tuple[_Tracked, str]]) -> dict:
@@ -396,3 +413,23 @@ class Monitor:
             if t.layer is not None and probe in _LAYER_SUMMARY:
                 groups[f"mon/{probe}/layer:{t.layer}"].append(v)
         return {k: sum(v) / len(v) for k, v in groups.items()}
+
+
+def _across_ranks(values: torch.Tensor, reduce: Sequence[str | None]) -> torch.Tensor:
+    """Batch statistics (logits, attention) averaged ("mean") or maxed ("max") over the ranks of
+    the default process group, so under DDP/FSDP2 each rank reports the whole global batch's
+    value (the mean assumes equal per-rank batches, as DistributedSampler gives). Parameter
+    statistics (None) are already global. Two collectives at most; nothing without a group."""
+    _, world = distributed.rank_and_world()
+    if world == 1 or not any(reduce):
+        return values
+    import torch.distributed as dist
+
+    out = values.clone()
+    for kind, op in (("mean", dist.ReduceOp.SUM), ("max", dist.ReduceOp.MAX)):
+        index = torch.tensor([i for i, r in enumerate(reduce) if r == kind], dtype=torch.long,
+                             device=values.device)
+        part = values[index].contiguous()
+        dist.all_reduce(part, op=op)  # every rank calls it, even with nothing of that kind
+        out[index] = part / world if kind == "mean" else part
+    return out

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from wdlab.optim.distributed import full, replicate_as
+
 # ---- per parameter tensor (every measured step) ----------------------------------------------
 
 
@@ -22,10 +24,12 @@ def update_split(w_prev: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tenso
     radial = ⟨delta, ŵ⟩ is signed (negative: the step shrank the norm, as decay does);
     tangential = ‖delta − ŵ·radial‖ is what rotates the tensor.
     """
-    w = w_prev.reshape(-1).float()
-    d = delta.reshape(-1).float()
+    w = w_prev.float()
+    d = delta.float()
     norm = torch.linalg.vector_norm(w).clamp_min(1e-30)
-    radial = torch.dot(d, w) / norm
+    # Sums over every dim, not a flattened dot: a sharded DTensor (FSDP2) reduces them across
+    # its shards, and one sharded unevenly cannot be flattened.
+    radial = (d * w).sum() / norm
     tangential = torch.linalg.vector_norm(d - w * (radial / norm))
     return radial, tangential
 
@@ -38,7 +42,7 @@ def angular_update(w_prev: torch.Tensor, w_new: torch.Tensor) -> torch.Tensor:
     extent keeps them.
     """
     radial, tangential = update_split(w_prev, w_new - w_prev)
-    along = torch.linalg.vector_norm(w_prev.reshape(-1).float()) + radial
+    along = torch.linalg.vector_norm(w_prev.float()) + radial
     return torch.atan2(tangential, along)
 
 
@@ -68,10 +72,11 @@ def power_iteration(
     m = w.reshape(w.shape[0], -1).float()
     if v is None:
         v = torch.randn(m.shape[1], generator=generator, device="cpu").to(m.device)
-    u = m @ v
-    v = m.T @ u
+    # A sharded m (FSDP2): v is replicated on its mesh, m^T u is all-reduced into a plain v.
+    u = m @ replicate_as(v, m)
+    v = full(m.T @ u)
     v = v / torch.linalg.vector_norm(v).clamp_min(1e-30)
-    return torch.linalg.vector_norm(m @ v), v
+    return torch.linalg.vector_norm(m @ replicate_as(v, m)), v
 
 
 # ---- per model (measured training steps) ------------------------------------------------------

@@ -55,6 +55,24 @@ def scalar(t: torch.Tensor) -> float:
     return float(full(t))
 
 
+def settled(t: torch.Tensor) -> torch.Tensor:
+    """`t` with any Partial placement all-reduced to Replicate (a sharded or plain tensor is
+    returned as it is): what may be stored in optimizer state and checkpointed."""
+    if is_dtensor(t) and any(p.is_partial() for p in t.placements):
+        placements = [Replicate() if p.is_partial() else p for p in t.placements]
+        return t.redistribute(t.device_mesh, placements)
+    return t
+
+
+def replicate_as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Plain `t` (the same on every rank) as a replicated DTensor on `like`'s mesh, so it can
+    meet `like` in one op; `t` itself when `like` is plain."""
+    if not is_dtensor(like):
+        return t
+    mesh = like.device_mesh
+    return DTensor.from_local(t, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """This rank's piece of a DTensor (the tensor itself when plain)."""
     return t.to_local() if is_dtensor(t) else t

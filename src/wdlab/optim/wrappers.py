@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from wdlab.optim.base import check_range, decoupled_decay_rate
+from wdlab.optim.distributed import scalar, settled
 
 GRANULARITIES = ("tensor", "neuron")
 _HOOK_DICTS = (
@@ -40,8 +41,22 @@ def rows_of(tensor: torch.Tensor, per: str) -> torch.Tensor:
 
 
 def row_norms(tensor: torch.Tensor, per: str) -> torch.Tensor:
-    """Norm of each row of rows_of(tensor, per), shape (rows, 1)."""
-    return torch.linalg.vector_norm(rows_of(tensor, per), dim=1, keepdim=True)
+    """Norm of each row of rows_of(tensor, per), shape (rows, 1).
+
+    A DTensor's whole-tensor norm is computed without flattening (an unevenly sharded
+    DTensor cannot be) and all-reduced (`settled`), so state and decisions hold the global
+    value; per-neuron norms of a Shard(0) tensor stay sharded with their rows.
+    """
+    if not (per == "neuron" and tensor.ndim >= 2):
+        return settled(torch.linalg.vector_norm(tensor).reshape(1, 1))
+    return settled(torch.linalg.vector_norm(rows_of(tensor, per), dim=1, keepdim=True))
+
+
+def _per_row(factor: torch.Tensor, tensor: torch.Tensor, per: str) -> torch.Tensor:
+    """(rows, 1) factors shaped to broadcast over `tensor` itself (no reshape of it)."""
+    if per == "neuron" and tensor.ndim >= 2:
+        return factor.reshape(-1, *[1] * (tensor.ndim - 1))
+    return factor.reshape(())
 
 
 def _check_per(per: Any) -> None:
@@ -205,12 +220,11 @@ class _NormProjection(OptimizerWrapper):
         elif self.steps > self.start:
             for p in self.targets:
                 target = self.wrapper_state[p]["norm"]
-                rows = rows_of(p.detach(), self.per)
-                now = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+                now = row_norms(p.detach(), self.per)
                 # Rows that start at zero (or collapse to zero) have no direction to keep.
                 ok = (target > 0) & (now > 0)
                 factor = torch.where(ok, target / torch.where(ok, now, 1.0), 1.0)
-                p.detach().copy_((rows * factor).reshape(p.shape))
+                p.detach().mul_(_per_row(factor, p, self.per))
 
     def _extra_state(self) -> dict[str, Any]:
         return {"steps": self.steps}
@@ -376,7 +390,7 @@ class NormGrowthLimiter(OptimizerWrapper):
             if lr <= 0:
                 continue
             update = p.detach() - w
-            norm = float(torch.linalg.vector_norm(update)) / lr
+            norm = scalar(torch.linalg.vector_norm(update)) / lr
             prev = self.wrapper_state[p].get("prev_norm")
             if prev is not None and float(prev) > 0 and norm > self.gamma * float(prev):
                 cap = self.gamma * float(prev)

@@ -1,0 +1,99 @@
+"""Every wdlab optimizer and wrapper under DDP and FSDP2 (2 gloo ranks on the CPU) against one
+process on the same global batch; a torch.distributed.checkpoint save/load and continue; the
+Monitor's values and its single writer. One spawned 2-rank job (tests/distributed_worker.py)
+measures everything; the tests here assert on what it measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).parent))
+import distributed_worker as worker  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
+)
+
+REL = 1e-5  # fp32, relative: the issue's bar for "the same parameters as one process"
+MONITOR_REL = 1e-4
+"""Monitor values derive from update deltas (w_after - w_before), which carry the fp32
+rounding of the weights amplified by |w|/|delta|; measured ~1.4e-5."""
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("dist") / "results.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(Path(worker.__file__)), str(out)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    results = json.loads(out.read_text()) if out.exists() else {}
+    errors = {k: v["error"] for k, v in results.items() if "error" in v}
+    assert proc.returncode == 0 and not errors, (
+        f"the 2-rank job failed (rc {proc.returncode}): {errors or proc.stderr[-4000:]}"
+    )
+    return results
+
+
+@pytest.mark.parametrize("case", list(worker.CASES))
+@pytest.mark.parametrize("mode", worker.MODES)
+def test_same_parameters_as_one_process(measured: dict[str, Any], case: str, mode: str) -> None:
+    r = measured[case]
+    assert r["moved"] > 1e-3, "the weights barely moved: the comparison would be vacuous"
+    assert r[mode] < REL, f"{case} under {mode}: {r[mode]:.2e} relative from one process"
+
+
+@pytest.mark.parametrize("case", list(worker.CASES))
+@pytest.mark.parametrize("mode", worker.MODES)
+def test_checkpoint_load_and_continue(measured: dict[str, Any], case: str, mode: str) -> None:
+    r = measured[case]
+    assert r[f"{mode}_state_keys_equal"], "DCP lost or added state entries"
+    assert r[f"{mode}_state_max_abs"] == 0.0, "state after DCP load differs from the saved one"
+    assert r[f"{mode}_resumed"] < REL
+    # Under FSDP2 the optimizer state is sharded (DTensor), under DDP it is plain replicas.
+    assert r[f"{mode}_state_sharded"] == (mode == "fsdp")
+
+
+def test_adamp_decisions_need_the_whole_tensor(measured: dict[str, Any]) -> None:
+    """The net has a weight whose rank-0 shard alone would pass AdamP's channel test while the
+    whole tensor fails it, and one that passes the layer test: so the AdamP/SGDP runs above
+    would differ from one process if the decision were taken per shard."""
+    assert measured["views"] == {
+        "hidden": "layer", "wn": None, "wn_rank0_rows": "channel", "mid": None,
+    }
+
+
+@pytest.mark.parametrize("mode", worker.MODES)
+def test_monitor_reports_one_process_values(measured: dict[str, Any], mode: str) -> None:
+    r = measured["monitor"]
+    assert r[f"{mode}_keys_equal"] and not r[f"{mode}_missing"]
+    assert r[f"{mode}_count"] > 100  # every per-tensor probe, summaries and logit stats
+    assert r[f"{mode}_max_rel"] < MONITOR_REL, r[f"{mode}_worst"]
+    measured_steps = worker.STEPS // 2  # every=2
+    assert r[f"{mode}_sink_calls"] == [measured_steps, 0], "only rank 0 may write to the sink"
+
+
+def test_native_kernels_refuse_what_they_cannot_read() -> None:
+    """The C kernels take only plain contiguous CPU float tensors; asked directly with anything
+    else they raise one clear error instead of reading a wrong pointer."""
+    from wdlab.optim import native
+
+    if not native.available():
+        pytest.skip(native.why_unavailable() or "no native kernels")
+    x = torch.ones(4, 4)
+    assert native.supports([x]) and not native.supports([x.t()])
+    assert not native.supports([x], [torch.ones(4, 4, dtype=torch.float64)])
+    with pytest.raises(TypeError, match="plain contiguous CPU"):
+        native.run_multi("lion", [[x.t()], [x], [x]], 0.1, 0.9, 0.99, 1.0, 0.0)
+    with pytest.raises(TypeError, match="one dtype"):
+        native.run_multi("lion", [[x], [x.double()], [x]], 0.1, 0.9, 0.99, 1.0, 0.0)
