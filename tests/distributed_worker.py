@@ -289,7 +289,7 @@ def views_case() -> dict[str, Any]:
 def worker(rank: int, store: str, out: str, names: list[str]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=300))
+                            timeout=datetime.timedelta(seconds=120))
     results: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:

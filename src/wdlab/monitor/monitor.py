@@ -185,7 +185,8 @@ class Monitor:
         if self.measured(s):
             metrics = self._measure(s)
             self.latest = metrics
-            if self.sink is not None and distributed.is_main_process():  # one writer under DDP/FSDP2
+            # Every rank measures (the reductions are collective); only rank 0 writes.
+            if self.sink is not None and distributed.is_main_process():
                 self.sink(s, metrics)
         self._snapshot, self._snapshot_step = None, None
         if self.measured(s + 1):

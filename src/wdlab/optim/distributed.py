@@ -3,22 +3,30 @@ tensor-parallel) and DDP parameters and reach the one-process result.
 
 Why DTensor ops, not `.to_local()` math: an op on a DTensor propagates its sharding, so an
 elementwise update runs on the local shard with no communication, and a reduction (a norm,
-a dot, a row sum across a sharded dim) comes back as a Partial DTensor that is all-reduced
-when a nonlinear op or `full_tensor()` needs it (but not on `float()`: see `scalar`). That is the only
-communication the math needs, and it is correct for every placement (Shard(0) of FSDP2,
-Shard(1) of a column-parallel layer, Replicate), where hand-written `.to_local()` math would
-need one explicit all_reduce per statistic and per placement. What DTensor cannot do is read
-a pointer: wdlab.optim.native refuses DTensors, and the chunked path does not slice them
-(a slice across a sharded dim would gather it), so they take the "whole" torch path.
+a dot, a row sum across a sharded dim) comes back as a Partial DTensor that DTensor
+all-reduces when a nonlinear op, an in-place op on a replicated tensor or `full_tensor()`
+needs the value. That is the only communication the math needs, and it is right for every
+placement (Shard(0) of FSDP2, Shard(1) of a column-parallel layer, Replicate), where
+`.to_local()` math would need one hand-placed all_reduce per statistic and placement.
+Three gaps, handled here and at the call sites:
+  - float()/.item() of a Partial DTensor returns the local partial value (torch 2.13):
+    every Python-side decision reads through `scalar`;
+  - an unevenly sharded DTensor cannot be flattened (reshape(-1), view(1, -1)): whole-tensor
+    sums are taken over all dims instead;
+  - DTensor has no sharding rule for torch._fused_sgd_ and no data pointer for the C kernels:
+    wdlab.optim.native refuses DTensors, and the chunked path does not slice them (a slice
+    across the sharded dim would gather it), so they take the per-op "whole" torch path.
+Under DDP every rank holds full plain replicas with all-reduced gradients: nothing changes.
 
 Muon is the one update that is not a reduction of local pieces: Newton-Schulz needs the
-full matrix. `gathered_update` gathers each matrix on one owner rank (round robin), runs the
-function there, and hands every rank its shard back.
+full matrix. `gathered_update` gathers the matrices, runs the function on one owner rank
+each (round robin, in parallel) and hands every rank its shards back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -98,35 +106,47 @@ def is_main_process() -> bool:
 def gathered_update(
     tensors: Sequence[torch.Tensor], fn: Callable[[torch.Tensor, int], torch.Tensor]
 ) -> list[torch.Tensor]:
-    """fn(full_tensor, index) for every tensor, each computed on one rank, placed like the input.
+    """fn(whole_tensor, index) for every tensor, each computed once, placed like the input.
 
     Plain tensors are handed to fn directly (every rank computes its own, as under DDP where
-    each rank holds the same replica). For sharded DTensors the i-th one is owned by rank
-    i % world of its mesh: every rank all-gathers it (the collective needs every rank), only
-    the owner runs fn, the owner broadcasts the result, and each rank keeps its own shard
-    (a local slice, no further communication). Returns DTensors with the inputs' placements.
-    """
-    out: list[torch.Tensor] = []
-    for i, t in enumerate(tensors):
-        if not is_sharded(t):
-            out.append(fn(full(t), i))
-            continue
-        mesh = t.device_mesh
-        if mesh.ndim != 1:
-            # A 2-D mesh (HSDP, FSDP x TP): gather on all ranks; every rank computes.
-            whole = fn(t.full_tensor(), i).to(t.dtype)
-        else:
-            group = mesh.get_group()
-            ranks = dist.get_process_group_ranks(group)
-            owner = ranks[i % len(ranks)]
-            gathered = t.full_tensor()
-            if dist.get_rank() == owner:
-                whole = fn(gathered, i).to(t.dtype).contiguous()
-            else:
-                whole = torch.empty_like(gathered)
-            dist.broadcast(whole, src=owner, group=group)
-        replicated = DTensor.from_local(whole, t.device_mesh, [Replicate()] * t.device_mesh.ndim,
-                                        run_check=False)
-        out.append(replicated.redistribute(t.device_mesh, t.placements))
-    return out
+    each rank holds the same replica). A sharded DTensor on a 1-D mesh (FSDP2) is owned by
+    rank i % world of its mesh: every rank all-gathers the tensors (the collective needs every
+    rank), each rank runs fn on the ones it owns (so the work is split and runs in parallel),
+    then each owner broadcasts its results (cast to the input's dtype) and every rank keeps its
+    own shard (a local slice). A replicated DTensor, or one on a 2-D mesh (HSDP, FSDP x TP),
+    is gathered and computed on every rank. Returns tensors placed like the inputs.
 
+    Memory: the whole tensors of one call are held at once on every rank (as Moonlight's
+    ZeRO-1 Muon does); call it per bucket of params to bound that.
+    """
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    owned: list[tuple[int, torch.Tensor, int, Any]] = []  # (index, whole, owner rank, group)
+    for i, t in enumerate(tensors):
+        if not is_dtensor(t):
+            out[i] = fn(t, i)
+            continue
+        whole = t.full_tensor()
+        if not is_sharded(t) or t.device_mesh.ndim != 1:
+            out[i] = _placed_like(fn(whole, i).to(t.dtype), t)
+            continue
+        group = t.device_mesh.get_group()
+        ranks = dist.get_process_group_ranks(group)
+        owned.append((i, whole, ranks[i % len(ranks)], group))
+    me = dist.get_rank() if owned else -1
+    results = {i: fn(whole, i).to(whole.dtype).contiguous() if owner == me else whole
+               for i, whole, owner, _ in owned}
+    works = [dist.broadcast(results[i], src=owner, group=group, async_op=True)
+             for i, _, owner, group in owned]
+    for work in works:
+        work.wait()
+    for i, _, _, _ in owned:
+        out[i] = _placed_like(results[i], tensors[i])
+    return out  # type: ignore[return-value]
+
+
+def _placed_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (equal on every rank) as a DTensor placed like `like`: no
+    communication, each rank slices its shard."""
+    mesh = like.device_mesh
+    replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+    return replicated.redistribute(mesh, like.placements)
