@@ -316,7 +316,8 @@ def worker(rank: int, store: str, out: str, names: list[str]) -> None:
 def main() -> None:
     out = sys.argv[1]
     names = sys.argv[2:] or [*CASES, "monitor", "views"]
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if sys.platform == "linux":  # both ranks are local: keep gloo off other interfaces
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(worker, args=(os.path.join(tmp, "store"), out, names), nprocs=WORLD)
 
