@@ -9,13 +9,14 @@ relative errors to OUT.json. The test asserts on them; this file only measures.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from wdlab.monitor import Monitor
-from wdlab.optim import SCALE, SGDP, SGDW, AdamP, AdamW, FAdam, Lion, Muon, NovoGrad
+from wdlab.optim import SCALE, SGDP, SGDW, AdamP, AdamW, FAdam, Lion, Muon, NovoGrad, functional
 from wdlab.optim.distributed import full, is_dtensor
 from wdlab.optim.functional import scale_invariant_view
 from wdlab.optim.wrappers import (
@@ -187,33 +188,43 @@ def run_case(name: str, build: Build, ckpt: Path) -> dict[str, Any]:
     result["moved"] = min(float((reference[k] - start[k]).norm() / start[k].norm())
                           for k in ("hidden.weight", "wn", "mid.weight"))
     for mode in MODES:
-        net = fresh_net()
-        model = wrap(net, mode)
-        opt = build(net)
-        train(model, opt, range(1, SAVE_AT + 1), sharded_batch=True)
-        saved = {"model": model.state_dict(), "optim": opt.state_dict()}
-        sharded_state = any(is_dtensor(t) for t in tree_tensors_raw(saved["optim"]))
-        where = ckpt / f"{name}-{mode}"
-        dcp.save(saved, checkpoint_id=str(where))
-        snapshot = tree_tensors(saved)
-        template = tree_clone(saved, lambda t: torch.zeros_like(t))
-        train(model, opt, range(SAVE_AT + 1, STEPS + 1), sharded_batch=True)
-        result[mode] = max_rel(params_of(model), reference)
+        with counting(functional, "orthogonalize") as ns_calls:
+            result.update(run_mode(build, ckpt / f"{name}-{mode}", mode, reference))
+        calls: list[int] = [0] * WORLD
+        dist.all_gather_object(calls, ns_calls[0])
+        result[f"{mode}_ns_calls"] = calls  # Newton-Schulz runs per rank (Muon)
+    return result
 
-        net2 = fresh_net()
-        model2 = wrap(net2, mode)
-        opt2 = build(net2)
-        dcp.load(template, checkpoint_id=str(where))
-        loaded = tree_tensors(template)
-        result[f"{mode}_state_keys_equal"] = loaded.keys() == snapshot.keys()
-        result[f"{mode}_state_max_abs"] = max(
-            (float((loaded[k] - snapshot[k]).abs().max()) for k in snapshot
-             if k in loaded and snapshot[k].numel()), default=0.0)
-        result[f"{mode}_state_sharded"] = sharded_state
-        model2.load_state_dict(template["model"])
-        opt2.load_state_dict(template["optim"])
-        train(model2, opt2, range(SAVE_AT + 1, STEPS + 1), sharded_batch=True)
-        result[f"{mode}_resumed"] = max_rel(params_of(model2), reference)
+
+def run_mode(build: Build, where: Path, mode: str,
+             reference: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """STEPS steps under `mode`, and a second run resumed from a DCP checkpoint at SAVE_AT."""
+    result: dict[str, Any] = {}
+    net = fresh_net()
+    model = wrap(net, mode)
+    opt = build(net)
+    train(model, opt, range(1, SAVE_AT + 1), sharded_batch=True)
+    saved = {"model": model.state_dict(), "optim": opt.state_dict()}
+    result[f"{mode}_state_sharded"] = any(is_dtensor(t) for t in tree_tensors_raw(saved["optim"]))
+    dcp.save(saved, checkpoint_id=str(where))
+    snapshot = tree_tensors(saved)
+    template = tree_clone(saved, lambda t: torch.zeros_like(t))
+    train(model, opt, range(SAVE_AT + 1, STEPS + 1), sharded_batch=True)
+    result[mode] = max_rel(params_of(model), reference)
+
+    net2 = fresh_net()
+    model2 = wrap(net2, mode)
+    opt2 = build(net2)
+    dcp.load(template, checkpoint_id=str(where))
+    loaded = tree_tensors(template)
+    result[f"{mode}_state_keys_equal"] = loaded.keys() == snapshot.keys()
+    result[f"{mode}_state_max_abs"] = max(
+        (float((loaded[k] - snapshot[k]).abs().max()) for k in snapshot
+         if k in loaded and snapshot[k].numel()), default=0.0)
+    model2.load_state_dict(template["model"])
+    opt2.load_state_dict(template["optim"])
+    train(model2, opt2, range(SAVE_AT + 1, STEPS + 1), sharded_batch=True)
+    result[f"{mode}_resumed"] = max_rel(params_of(model2), reference)
     return result
 
 
@@ -225,6 +236,40 @@ def tree_tensors_raw(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, list):
         return [t for v in obj for t in tree_tensors_raw(v)]
     return []
+
+
+@contextlib.contextmanager
+def counting(module: Any, name: str) -> Iterator[list[int]]:
+    """Count the calls of module.name inside the block (in [0] of the yielded list)."""
+    real = getattr(module, name)
+    count = [0]
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    setattr(module, name, counted)
+    try:
+        yield count
+    finally:
+        setattr(module, name, real)
+
+
+def kernels_case() -> dict[str, Any]:
+    """The C kernels and DTensors: supports() says no, a direct call raises TypeError."""
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    from wdlab.optim import native
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    x = distribute_tensor(torch.ones(5, 3), mesh, [Shard(0)])
+    out: dict[str, Any] = {"available": native.available(), "supports": native.supports([x])}
+    try:
+        native.run_multi("lion", [[x], [x], [x]], 0.1, 0.9, 0.99, 1.0, 0.0)
+        out["message"] = None
+    except TypeError as err:
+        out["message"] = str(err)
+    return out
 
 
 def monitor_case() -> dict[str, Any]:
@@ -301,6 +346,8 @@ def worker(rank: int, store: str, out: str, names: list[str]) -> None:
                         results[name] = monitor_case()
                     elif name == "views":
                         results[name] = views_case()
+                    elif name == "kernels":
+                        results[name] = kernels_case()
                     else:
                         results[name] = run_case(name, CASES[name], Path(shared[0]))
                 except Exception:  # noqa: BLE001 - reported per case, the others still run
@@ -315,7 +362,7 @@ def worker(rank: int, store: str, out: str, names: list[str]) -> None:
 
 def main() -> None:
     out = sys.argv[1]
-    names = sys.argv[2:] or [*CASES, "monitor", "views"]
+    names = sys.argv[2:] or [*CASES, "monitor", "views", "kernels"]
     if sys.platform == "linux":  # both ranks are local: keep gloo off other interfaces
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with tempfile.TemporaryDirectory() as tmp:

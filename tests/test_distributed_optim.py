@@ -83,6 +83,23 @@ def test_monitor_reports_one_process_values(measured: dict[str, Any], mode: str)
     assert r[f"{mode}_sink_calls"] == [measured_steps, 0], "only rank 0 may write to the sink"
 
 
+def test_muon_orthogonalizes_each_matrix_once_on_its_owner(measured: dict[str, Any]) -> None:
+    """3 Muon matrices (hidden, wn, mid), STEPS steps plus the resumed STEPS - SAVE_AT: under
+    FSDP2 matrix i runs Newton-Schulz only on rank i % 2 (2 + 1 per step), under DDP every
+    rank runs all of them on its replica."""
+    steps = 2 * worker.STEPS - worker.SAVE_AT
+    assert measured["muon"]["fsdp_ns_calls"] == [2 * steps, steps]
+    assert measured["muon"]["ddp_ns_calls"] == [3 * steps, 3 * steps]
+
+
+def test_native_kernels_refuse_dtensors(measured: dict[str, Any]) -> None:
+    r = measured["kernels"]
+    if not r["available"]:
+        pytest.skip("no native kernels on this machine")
+    assert r["supports"] is False
+    assert "needs plain contiguous CPU" in r["message"] and "DTensor" in r["message"]
+
+
 def test_native_kernels_refuse_what_they_cannot_read() -> None:
     """The C kernels take only plain contiguous CPU float tensors; asked directly with anything
     else they raise one clear error instead of reading a wrong pointer."""
