@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import wdlab.store as store_mod
+import wdlab.store._db as store_mod
 from wdlab.errors import WdlabError
 from wdlab.store import DEFAULT_PATH, SCHEMA_VERSION, Store, store_path_default
 
