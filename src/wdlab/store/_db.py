@@ -17,15 +17,12 @@ from typing import Any, TypeVar
 
 from wdlab.errors import WdlabError
 from wdlab.store import schema
+from wdlab.store.records import StoreError
 
 DEFAULT_PATH = "wdlab.db"
 _T = TypeVar("_T")
 _INHERITED: list[sqlite3.Connection | None] = []  # connections a forked child must not touch
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-
-
-class StoreError(WdlabError):
-    """The store file itself is missing, damaged or not a wdlab store."""
 
 
 def store_path_default() -> str:

@@ -18,6 +18,10 @@ from typing import Any
 from wdlab.errors import WdlabError
 
 
+class StoreError(WdlabError):
+    """The store file itself is missing, damaged or not a wdlab store."""
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One training run; JSON columns are parsed, timestamps are aware UTC datetimes.
@@ -121,8 +125,6 @@ def loads(text: str | None, path: str, where: str) -> Any:
     try:
         return json.loads(text)
     except (TypeError, ValueError) as exc:
-        from wdlab.store._db import StoreError
-
         raise StoreError(
             f"store {path} is damaged: {where} is not valid JSON ({exc}); fix or delete that "
             f"row with the sqlite3 shell (`sqlite3 {path}`), or pass another --store path",

@@ -14,6 +14,7 @@ from wdlab.store import _db, lease
 from wdlab.store.records import (
     ArtifactRecord,
     RunRecord,
+    StoreError,
     check_int,
     check_status,
     dumps,
@@ -51,9 +52,9 @@ def _versions() -> dict[str, str]:
 def _effective_status(row: sqlite3.Row) -> str:
     """`running` (or `created` by a trainer) whose owner is gone reads as `interrupted`."""
     status = row["status"]
-    if status == "running" or (status == "created" and row["owner"]):
-        if not lease.alive(row["owner"], parse_time(row["heartbeat"])):
-            return "interrupted"
+    maybe_live = status == "running" or (status == "created" and row["owner"])
+    if maybe_live and not lease.alive(row["owner"], parse_time(row["heartbeat"])):
+        return "interrupted"
     return status
 
 
@@ -337,14 +338,14 @@ class RunsMixin:
             updated = datetime.fromisoformat(row["updated"])
             heartbeat = parse_time(row["heartbeat"])
         except (TypeError, ValueError) as exc:
-            raise _db.StoreError(
+            raise StoreError(
                 f"store {self.path} is damaged: run {rid} has an unreadable seed or timestamp "
                 f"({exc}); fix or delete that row with the sqlite3 shell (`sqlite3 {self.path}`)",
                 field="store",
             ) from None
         config = column("config")
         if not isinstance(config, dict):
-            raise _db.StoreError(
+            raise StoreError(
                 f"store {self.path} is damaged: runs.config of run {rid} is not a JSON object; "
                 f"fix or delete that row with the sqlite3 shell (`sqlite3 {self.path}`)",
                 field="store",

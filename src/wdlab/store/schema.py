@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from wdlab.errors import WdlabError
+from wdlab.store.records import StoreError, now
 
 SCHEMA_VERSION = 2
 RUN_STATUSES = ("created", "running", "finished", "diverged", "interrupted", "failed")
@@ -121,9 +122,9 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_v2}
 
 
 def _bad(path: str, what: str) -> WdlabError:
-    from wdlab.store._db import StoreError
-
-    return StoreError(f"{path} is not a wdlab store ({what}); pass another --store path", field="store")
+    return StoreError(
+        f"{path} is not a wdlab store ({what}); pass another --store path", field="store"
+    )
 
 
 def version(c: sqlite3.Connection, path: str) -> int | None:
@@ -140,8 +141,6 @@ def version(c: sqlite3.Connection, path: str) -> int | None:
     try:
         meta_version = int(row[0])
     except (TypeError, ValueError):
-        from wdlab.store._db import StoreError
-
         raise StoreError(
             f"store {path} is damaged: meta.schema_version is {row[0]!r}, not an integer; "
             f"set it back with `sqlite3 {path} \"UPDATE meta SET value='{max(user_version, 1)}' "
@@ -151,14 +150,13 @@ def version(c: sqlite3.Connection, path: str) -> int | None:
     return max(user_version, meta_version)
 
 
-def ensure(
-    c: sqlite3.Connection, path: str, transact: Callable[[Callable[[sqlite3.Connection], None]], None]
-) -> None:
+Transact = Callable[[Callable[[sqlite3.Connection], None]], None]
+
+
+def ensure(c: sqlite3.Connection, path: str, transact: Transact) -> None:
     """Create a new store or migrate an older one to SCHEMA_VERSION; refuse a newer one."""
     current = version(c, path)  # fast path: no write lock for an up-to-date store
     if current is not None and current > SCHEMA_VERSION:
-        from wdlab.store._db import StoreError
-
         raise StoreError(
             f"store {path} has schema version {current}, newer than this wdlab supports "
             f"({SCHEMA_VERSION}); upgrade wdlab (pip install -U wdlab) or pass another "
@@ -172,8 +170,6 @@ def ensure(
         # Re-read under the write lock: another process may have created or migrated it.
         found = version(tx, path)
         if found is None:
-            from wdlab.store.records import now
-
             _execute_script(tx, _V1)
             tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
             tx.execute("INSERT INTO meta (key, value) VALUES ('created', ?)", (now(),))
