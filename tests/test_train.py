@@ -137,7 +137,9 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path) -> None:
     proc.wait()
     with Store(store_path) as store:
         killed = store.list_runs()[0]
-        assert killed.status == "running"  # nobody could mark it: the process died
+        # nobody could mark it, but its lease names a dead pid: it reads as interrupted
+        assert killed.status == "interrupted"
+        assert killed.resume_hint == f"wdlab run --resume {killed.id} --store {store_path}"
     done = subprocess.run(
         [sys.executable, "-m", "wdlab.cli", "run", "--resume", killed.id, "--store",
          str(store_path), "--quiet"], capture_output=True, text=True, check=False,

@@ -34,3 +34,16 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files atomic_open left beside `path` when its writer was killed
+    (SIGKILL skips the cleanup above). Only call it while no other process writes `path`."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

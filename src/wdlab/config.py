@@ -8,6 +8,7 @@ dotted field and how to fix it, in one line (wdlab.errors.ConfigError).
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +72,10 @@ class ScheduleConfig(_Strict):
 class TrainConfig(_Strict):
     eval_every: int = Field(default=100, gt=0)
     clip: float | None = Field(default=None, gt=0)
-    checkpoint_every: int | None = Field(default=None, gt=0)
+    # A checkpoint every N steps or T seconds of wall time, whichever comes first, plus
+    # one at the end; None turns that trigger off (both None: at the end only).
+    checkpoint_every: int | None = Field(default=500, gt=0)
+    checkpoint_seconds: float | None = Field(default=60.0, gt=0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
     stop_at_target: bool = True
     max_seconds: float | None = Field(default=None, gt=0)
@@ -81,9 +85,12 @@ class TrainConfig(_Strict):
     log_every: int = Field(default=1, gt=0)
 
 
+MAX_SEED = 2**63 - 1  # the store keeps seeds as SQLite integers (signed 64-bit)
+
+
 class RunConfig(_Strict):
     workload: str
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     steps: int = Field(gt=0)
     target: float | None = None
     name: str | None = None
@@ -189,6 +196,7 @@ def build_config(
         key, value = parse_assignment(item)
         set_dotted(user, key, value)
     recipe = {"workload": workload, **cls.recipe(tiny=tiny)}
+    _check_tree(user)
     recipe["optimizer"] = _recipe_optimizer(recipe["optimizer"], user.get("optimizer", {}))
     return validate(deep_merge(recipe, user))
 
@@ -220,13 +228,50 @@ def _recipe_optimizer(recipe: dict[str, Any], user: dict[str, Any]) -> dict[str,
     return {key: value for key, value in recipe.items() if key in CORE_OPTIMIZER_KEYS}
 
 
+SECTIONS = ("optimizer", "schedule", "train", "model", "data")
+
+
+def _check_tree(tree: Any) -> None:
+    """What pydantic would let through or turn into a traceback: a section that is not a
+    table (`optimizer = 3`), and NaN or inf anywhere (JSON cannot hold them)."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config error: the config must be a table, got {tree!r}")
+    for section in SECTIONS:
+        if section in tree and not isinstance(tree[section], dict):
+            raise ConfigError(
+                f"config error: {section}: must be a table (a [{section}] section or "
+                f"--set {section}.KEY=VALUE), got {tree[section]!r}",
+                field=section,
+            )
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(
+                f"config error: {where}: must be a finite number (got {node!r}); "
+                f"set it with --set {where}=VALUE",
+                field=where,
+            )
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value, where)
+
+    walk(tree, "")
+
+
 def validate(tree: dict[str, Any]) -> RunConfig:
     """A RunConfig from a nested dict, with the workload's sections checked too."""
+    _check_tree(tree)
     try:
         config = RunConfig.model_validate(tree)
     except ValidationError as err:
         raise _first_error(err) from None
-    cls = workloads.get(config.workload)
+    try:
+        cls = workloads.get(config.workload)
+    except ValueError as err:
+        raise ConfigError(f"config error: workload: {err}", field="workload") from None
     for section, model in (("model", cls.ModelConfig), ("data", cls.DataConfig)):
         try:
             model.model_validate(getattr(config, section))

@@ -13,3 +13,11 @@ class WdlabError(ValueError):
 
 class ConfigError(WdlabError):
     """An invalid configuration value, flag or file."""
+
+
+class StoreError(WdlabError):
+    """The store file itself is missing, damaged or not a wdlab store."""
+
+
+class CheckpointError(WdlabError):
+    """A checkpoint that cannot be trusted: unreadable, truncated, or not this run's."""

@@ -11,10 +11,11 @@ run ends bit-identical to an uninterrupted one on CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +23,15 @@ from typing import Any, Protocol
 
 import torch
 
+from wdlab import checkpoint as checkpoint_io
 from wdlab import workloads
-from wdlab.atomic import atomic_open
-from wdlab.config import RunConfig, validate
+from wdlab.atomic import remove_stale_temps
+from wdlab.config import RunConfig, parse_assignment, set_dotted, validate
 from wdlab.errors import ConfigError, WdlabError
 from wdlab.factory import create_optimizer
-from wdlab.store import Store
+from wdlab.lease import LEASE_BEAT_SECONDS, current_owner
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = checkpoint_io.FORMAT
 MAX_SKIPS_IN_A_ROW = 50  # with on_nonfinite=skip, more than this in a row is divergence
 
 
@@ -95,21 +97,6 @@ def lr_multiplier(step: int, total: int, kind: str, warmup: int, final: float = 
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint."""
-    with atomic_open(path, "wb") as handle:
-        torch.save(payload, handle)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise WdlabError(f"no checkpoint at {path}; the run cannot be resumed (start a new run)")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise WdlabError(f"checkpoint {path} has an unknown format; start a new run")
-    return payload
-
-
 @contextmanager
 def _interrupt_flag() -> Iterator[dict[str, bool]]:
     """First Ctrl-C asks the loop to checkpoint and stop between steps; a second one aborts."""
@@ -142,15 +129,84 @@ def _make_monitor(config: RunConfig, model: torch.nn.Module, optimizer: Any, sin
     )
 
 
+class RunSink(Protocol):
+    """Where a run's record and metrics go (wdlab.store.Store is one; a sweep worker wraps
+    it). `flush()` is the commit point: when it returns, every metric logged so far
+    survives a kill, and the loop calls it right before each checkpoint."""
+
+    def create_run(
+        self,
+        *,
+        workload: str,
+        config: Mapping[str, Any],
+        seed: int,
+        name: str | None = None,
+        data_hash: str | None = None,
+        owner: str | None = None,
+    ) -> str: ...
+    def get_run(self, ref: str) -> Any: ...
+    def claim_run(self, run_id: str, owner: str) -> None: ...
+    def heartbeat_run(self, run_id: str, owner: str) -> bool: ...
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        status: str | None = None,
+        result: Mapping[str, Any] | None = None,
+        message: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        release: str | None = None,
+    ) -> None: ...
+    def log_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None: ...
+    def truncate_metrics(self, run_id: str, after_step: int) -> int: ...
+    def flush(self) -> None: ...
+
+
+class _NonFiniteState(Exception):
+    """Raised by checkpoint(): the state to be written holds NaN or inf."""
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _check_resume_config(run_id: str, stored: dict[str, Any], config: RunConfig) -> None:
+    """A resumed run keeps its settings; only the step budget may grow."""
+    changed = _changed_keys(validate(stored).to_dict(), config.to_dict())
+    changed = [key for key in changed if key != "steps"]
+    if changed:
+        raise ConfigError(
+            f"--resume continues run {run_id} with its own settings, but "
+            f"{', '.join(changed)} differ; only --steps may change (to extend the budget): "
+            "drop the other flags, or start a new run to change them",
+            field=changed[0],
+        )
+
+
 def run(
     config: RunConfig,
-    store: Store,
+    store: RunSink,
     runs_root: Path,
     *,
     progress: Progress | None = None,
     resume_id: str | None = None,
+    steps: int | None = None,
 ) -> RunResult:
-    """Train one run to its target or budget; everything is written to `store` and `runs_root`."""
+    """Train one run to its target or budget; everything is written to `store` and `runs_root`.
+
+    With `resume_id` the run continues from its last checkpoint (from step 0 when it was
+    killed before its first one); `steps` (or a larger `config.steps`) extends its budget,
+    any other changed setting is refused. Refused too while another live process trains it.
+    """
+    if steps is not None:
+        config = config.model_copy(update={"steps": steps})
+        config = validate(config.to_dict())
     progress = progress or NoProgress()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -177,8 +233,10 @@ def run(
         group.setdefault("initial_lr", group["lr"])
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
+    owner = current_owner()
     result = RunResult(run_id="", status="running", step=0, target=target, metric=workload.metric)
     start_step, skipped = 0, 0
+    resumed_done = False
     if resume_id is None:
         result.run_id = store.create_run(
             workload=config.workload,
@@ -186,31 +244,52 @@ def run(
             seed=config.seed,
             name=config.name,
             data_hash=workload.data_hash(),
+            owner=owner,
         )
+        store.claim_run(result.run_id, owner)
     else:
-        result.run_id = resume_id
-        stored_hash = store.get_run(resume_id).data_hash
+        # Everything is checked before the run is claimed: a refused resume changes nothing.
+        record = store.get_run(resume_id)
+        result.run_id = run_id = record.id
+        stored_hash = record.data_hash
         if stored_hash and stored_hash != workload.data_hash():
             raise WdlabError(
-                f"run {resume_id} was trained on different data (hash {stored_hash[:12]}, now "
+                f"run {run_id} was trained on different data (hash {stored_hash[:12]}, now "
                 f"{workload.data_hash()[:12]}; charlm's corpus changes between Python "
                 "versions); resume it with the Python it started with, or start a new run"
             )
-        payload = load_checkpoint(runs_root / resume_id / "last.pt")
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["torch_rng"])
-        start_step, skipped = payload["step"], payload["skipped"]
-        for key in ("reached", "steps_to_target", "seconds_to_target", "train_seconds"):
-            setattr(result, key, payload["progress"][key])
+        _check_resume_config(run_id, record.config, config)
+        path = runs_root / run_id / "last.pt"
+        if path.exists():
+            payload = checkpoint_io.read(path, run_id)
+            checkpoint_io.restore(path, payload, run_id, model, optimizer, config.steps)
+            start_step, skipped = payload["step"], payload["skipped"]
+            saved = payload["progress"]
+            for key in ("reached", "steps_to_target", "seconds_to_target", "train_seconds"):
+                setattr(result, key, saved.get(key, getattr(result, key)))
+            result.final_metrics = dict(saved.get("final_metrics") or {})
+            result.message = str(saved.get("message") or "")
+            resumed_done = bool(saved.get("finished")) and _reached_the_end(
+                config, start_step, result
+            )
+        store.claim_run(run_id, owner)
+        # The checkpoint is the commit point: rows a killed process logged after it go, and
+        # the steps after it are logged again, so the rows equal an uninterrupted run's.
+        store.truncate_metrics(run_id, start_step if path.exists() else -1)
+        if config.steps != record.config.get("steps"):
+            store.update_run(run_id, config=config.to_dict())
     checkpoint_path = runs_root / result.run_id / "last.pt"
-    store.update_run(result.run_id, status="running")
+    remove_stale_temps(checkpoint_path)  # left by a writer killed mid-write; the run is ours
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(
+    def checkpoint(step: int, finished: bool = False) -> None:
+        bad = checkpoint_io.first_nonfinite(model, optimizer)
+        if bad is not None:
+            raise _NonFiniteState(bad)
+        store.flush()  # every row up to this step is durable before the checkpoint exists
+        checkpoint_io.save(
             checkpoint_path,
             {
-                "format": CHECKPOINT_FORMAT,
+                "format": checkpoint_io.FORMAT,
                 "run_id": result.run_id,
                 "step": step,
                 "skipped": skipped,
@@ -222,10 +301,14 @@ def run(
                     "steps_to_target": result.steps_to_target,
                     "seconds_to_target": result.seconds_to_target,
                     "train_seconds": result.train_seconds,
+                    "final_metrics": dict(result.final_metrics),
+                    "finished": finished,
+                    "message": result.message,
                 },
             },
         )
         result.checkpoint = str(checkpoint_path)
+        store.heartbeat_run(result.run_id, owner)
 
     def log(step: int, metrics: dict[str, float]) -> None:
         store.log_metrics(result.run_id, step, metrics)
@@ -245,17 +328,32 @@ def run(
             result.seconds_to_target = result.train_seconds
         return result.reached
 
+    def nonfinite_state(step: int, what: str) -> None:
+        result.status = "diverged"
+        result.message = (
+            f"the model or optimizer state became non-finite ({what}) by step {step}; lower "
+            "--lr or set --set train.clip=1.0"
+        )
+        if checkpoint_path.is_file():
+            result.message += f" (last good checkpoint: {checkpoint_path})"
+
     monitor = _make_monitor(config, model, optimizer, log)
     sched, tcfg = config.schedule, config.train
     step, last_eval, consecutive_skips = start_step, -1, 0
+    if resumed_done:
+        last_eval = step  # killed after its final checkpoint: nothing is left to train
     progress.start(config.steps, start_step)
     clean_exit = False
+    last_checkpoint = last_beat = time.monotonic()
     try:
         with _interrupt_flag() as interrupt:
-            while step < config.steps:
+            while step < config.steps and not resumed_done:
                 if interrupt["stop"]:
                     result.status = "interrupted"
-                    result.message = f"interrupted at step {step}; continue with --resume"
+                    result.message = (
+                        f"interrupted at step {step}; continue with "
+                        f"`wdlab run --resume {result.run_id}`"
+                    )
                     break
                 tick = time.perf_counter()
                 multiplier = lr_multiplier(
@@ -311,8 +409,21 @@ def run(
                         progress.update(step, fields)
                         break
                 progress.update(step, fields)
-                if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
-                    checkpoint(step)
+                now = time.monotonic()
+                due = (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or (
+                    tcfg.checkpoint_seconds is not None
+                    and now - last_checkpoint >= tcfg.checkpoint_seconds
+                )
+                if due and step < config.steps and not out_of_time:  # the last one follows
+                    try:
+                        checkpoint(step)
+                    except _NonFiniteState as err:
+                        nonfinite_state(step, str(err))
+                        break
+                    last_checkpoint = last_beat = time.monotonic()
+                elif now - last_beat >= LEASE_BEAT_SECONDS:
+                    store.heartbeat_run(result.run_id, owner)
+                    last_beat = now
                 if out_of_time:
                     result.message = f"stopped at the time budget ({tcfg.max_seconds:g} s)"
                     break
@@ -329,13 +440,30 @@ def run(
     finally:
         progress.stop()
         result.step = step
-        if clean_exit and result.status != "diverged" and step != start_step:
-            checkpoint(step)
+        if clean_exit and result.status != "diverged" and not resumed_done:
+            try:
+                checkpoint(step, finished=result.status == "finished")
+            except _NonFiniteState as err:
+                nonfinite_state(step, str(err))
         store.update_run(
-            result.run_id, status=result.status, result=result.summary(), message=result.message
+            result.run_id,
+            status=result.status,
+            result=result.summary(),
+            message=result.message,
+            release=owner,
         )
         store.flush()
     return result
+
+
+def _reached_the_end(config: RunConfig, step: int, result: RunResult) -> bool:
+    """Whether a run at `step` with this progress has nothing left to train."""
+    if result.reached and config.train.stop_at_target:
+        return True
+    max_seconds = config.train.max_seconds
+    if max_seconds is not None and result.train_seconds >= max_seconds:
+        return True
+    return step >= config.steps
 
 
 def _divergence_message(
@@ -351,9 +479,67 @@ def _divergence_message(
     return text
 
 
-def resume_config(store: Store, run_id: str) -> tuple[str, RunConfig]:
-    """The full id and validated config of a stored run that may be continued."""
+def resume_config(
+    store: Any,
+    run_id: str,
+    *,
+    steps: int | None = None,
+    flags: Mapping[str, Any] | None = None,
+    assignments: list[str] | None = None,
+) -> tuple[str, RunConfig]:
+    """The full id and validated config of a stored run that may be continued.
+
+    `steps` extends the budget (a finished run too, unless it stopped at its target).
+    `flags` ({dotted key: value}, None values ignored) and `assignments` (--set items) may
+    only repeat the run's own settings: a changed one is refused in one line naming it.
+    """
     record = store.get_run(run_id)
+    if record.status == "diverged":
+        raise WdlabError(
+            f"run {record.id} diverged; resuming would replay the same steps and diverge again: "
+            "start a new run with a lower --lr (or --set train.clip=1.0)",
+            field="run",
+        )
+    if record.status in ("running", "created") and record.owner:
+        from wdlab.lease import describe
+
+        raise WdlabError(
+            f"run {record.id} is being trained by another process ({describe(record.owner)}); "
+            f"wait for it to end or stop it, then resume with `wdlab run --resume {record.id}`",
+            field="run",
+        )
+    summary = record.result or {}
+    reached_step = int(summary.get("step") or 0)
     if record.status == "finished":
-        raise WdlabError(f"run {record.id} already finished; start a new run instead of --resume")
-    return record.id, validate(record.config)
+        stopped_at_target = bool(summary.get("reached")) and record.config.get(
+            "train", {}
+        ).get("stop_at_target", True)
+        if steps is None or steps <= reached_step or stopped_at_target:
+            why = (
+                "it stopped at its target"
+                if stopped_at_target
+                else f"give --steps N with N > {reached_step} to train it further"
+            )
+            raise WdlabError(
+                f"run {record.id} already finished at step {reached_step}; {why}, or start a "
+                "new run instead of --resume",
+                field="run",
+            )
+    tree = copy.deepcopy(record.config)
+    for key, value in (flags or {}).items():
+        if value is not None and key != "steps":
+            set_dotted(tree, key, value)
+    for item in assignments or []:
+        key, value = parse_assignment(item)
+        set_dotted(tree, key, value)
+    config = validate(tree)
+    _check_resume_config(record.id, record.config, config)
+    if steps is not None:
+        if steps < reached_step:
+            raise ConfigError(
+                f"--steps {steps} is below step {reached_step} that run {record.id} has "
+                f"reached; give --steps N with N >= {reached_step}",
+                field="steps",
+            )
+        config = validate({**config.to_dict(), "steps": steps})
+    return record.id, config

@@ -16,12 +16,13 @@ stores in fresh processes. Only `export_tensorboard` imports torch, lazily.
 
 from __future__ import annotations
 
+from wdlab.errors import StoreError
+from wdlab.lease import LEASE_BEAT_SECONDS, LEASE_STALE_SECONDS, current_owner
 from wdlab.store._db import DEFAULT_PATH, Database, store_path_default
 from wdlab.store.export import ExportMixin
-from wdlab.store.lease import LEASE_BEAT_SECONDS, LEASE_STALE_SECONDS, current_owner
 from wdlab.store.metrics import MetricsMixin
 from wdlab.store.queue import SQLiteTrialQueue, SweepsMixin, TrialQueue
-from wdlab.store.records import ArtifactRecord, RunRecord, StoreError, SweepRecord, TrialRecord
+from wdlab.store.records import ArtifactRecord, RunRecord, SweepRecord, TrialRecord
 from wdlab.store.runs import RunBusyError, RunsMixin
 from wdlab.store.schema import RUN_STATUSES, SCHEMA_VERSION, SWEEP_STATUSES, TRIAL_STATUSES
 

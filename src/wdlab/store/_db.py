@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wdlab.errors import WdlabError
+from wdlab.errors import StoreError, WdlabError
 from wdlab.store import schema
-from wdlab.store.records import StoreError
 
 DEFAULT_PATH = "wdlab.db"
 _T = TypeVar("_T")

@@ -15,11 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from wdlab.errors import WdlabError
-
-
-class StoreError(WdlabError):
-    """The store file itself is missing, damaged or not a wdlab store."""
+from wdlab.errors import StoreError, WdlabError
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from wdlab.errors import WdlabError
-from wdlab.store import _db, lease
+from wdlab import lease
+from wdlab.errors import StoreError, WdlabError
+from wdlab.store import _db
 from wdlab.store.records import (
     ArtifactRecord,
     RunRecord,
-    StoreError,
     check_int,
     check_status,
     dumps,

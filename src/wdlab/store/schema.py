@@ -14,8 +14,8 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 
-from wdlab.errors import WdlabError
-from wdlab.store.records import StoreError, now
+from wdlab.errors import StoreError, WdlabError
+from wdlab.store.records import now
 
 SCHEMA_VERSION = 2
 RUN_STATUSES = ("created", "running", "finished", "diverged", "interrupted", "failed")
