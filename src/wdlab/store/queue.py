@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -130,13 +130,17 @@ class SweepsMixin:
         spec: Mapping[str, Any],
         name: str,
         trials: Iterable[Mapping[str, Any]],
+        aliases: Sequence[str] = (),
+        merge_spec: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
     ) -> tuple[str, bool, list[int]]:
         """(sweep id, created now?, indices of trials added) in one transaction.
 
-        The sweep with this identity is found, or created with its trials. A found sweep is
-        extended by the trials it does not hold yet (e.g. more seeds of the same spec), so
-        repeating a command resumes it and widening its seeds extends it. `name` must not be
-        used by a sweep of another identity."""
+        The sweep with this identity is found (or one stored under an older identity in
+        `aliases`, which then takes the new one), or created with its trials. A found sweep
+        is extended by the trials it does not hold yet (e.g. more seeds of the same spec),
+        so repeating a command resumes it and widening its seeds extends it; its stored spec
+        then becomes `merge_spec(old spec)` (default: `spec`). `name` must not be used by a
+        sweep of another identity."""
         if not identity or not isinstance(identity, str):
             raise WdlabError("identity must be a non-empty string", field="identity")
         spec_json = dumps(dict(spec), "spec")
@@ -144,6 +148,12 @@ class SweepsMixin:
 
         def find_or_create(c: sqlite3.Connection) -> tuple[str, bool, list[int]]:
             row = c.execute("SELECT id FROM sweeps WHERE identity = ?", (identity,)).fetchone()
+            for alias in aliases:
+                if row is not None:
+                    break
+                row = c.execute("SELECT id FROM sweeps WHERE identity = ?", (alias,)).fetchone()
+                if row is not None:
+                    c.execute("UPDATE sweeps SET identity = ? WHERE id = ?", (identity, row[0]))
             if row is None:
                 taken = c.execute("SELECT 1 FROM sweeps WHERE name = ?", (name,)).fetchone()
                 if taken:
@@ -163,7 +173,12 @@ class SweepsMixin:
             missing = [p for p in wanted if _params_key(json.loads(p)) not in have]
             added = self._insert_trials(c, sweep_id, missing) if missing else []
             if added:
-                c.execute("UPDATE sweeps SET spec = ? WHERE id = ?", (spec_json, sweep_id))
+                new_spec = spec_json
+                if merge_spec is not None:
+                    old = c.execute("SELECT spec FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+                    old_spec = loads(old[0], self.path, f"sweeps.spec of sweep {sweep_id}")
+                    new_spec = dumps(dict(merge_spec(dict(old_spec or {}))), "spec")
+                c.execute("UPDATE sweeps SET spec = ? WHERE id = ?", (new_spec, sweep_id))
             return sweep_id, False, added
 
         return self._transact(find_or_create)

@@ -223,7 +223,7 @@ def command_for(
     parser.add_argument("--store")
     try:
         again = spec_from_args(parser.parse_args(argv))
-        if again.identity() != spec.identity():
+        if again.identity(with_seeds=True) != spec.identity(with_seeds=True):
             return None
     except (ConfigError, SystemExit, ValueError):
         return None

@@ -280,9 +280,14 @@ class SweepSpec(BaseModel):
     def canonical(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def identity(self) -> str:
-        """Hash of the canonical spec (and the config file's bytes): same command, same sweep."""
-        payload: dict[str, Any] = {"format": SPEC_FORMAT, "spec": self.canonical()}
+    def identity(self, *, with_seeds: bool = False) -> str:
+        """Hash of the canonical spec without its seeds (and the config file's bytes): the
+        same command finds the same sweep, and more seeds of it extend that sweep.
+        `with_seeds=True` is wave 1's identity (seeds included), to find sweeps it made."""
+        spec = self.canonical()
+        if not with_seeds:
+            del spec["seeds"]
+        payload: dict[str, Any] = {"format": SPEC_FORMAT if with_seeds else 2, "spec": spec}
         if self.config_file is not None:
             path = Path(self.config_file)
             if not path.is_file():
@@ -320,7 +325,10 @@ def _base_tree(spec: SweepSpec) -> dict[str, Any]:
     tree = build_config(
         spec.workload, file=spec.config_file, assignments=list(spec.assignments), tiny=spec.tiny
     ).to_dict()
-    if tree["train"].get("checkpoint_every") is None:
+    from wdlab.config import TrainConfig
+
+    # The engine's default cadence (500 steps / 60 s) counts as left open.
+    if tree["train"].get("checkpoint_every") in (None, TrainConfig().checkpoint_every):
         tree["train"]["checkpoint_every"] = tree["train"]["eval_every"]
     if tree["train"].get("threads") is None:
         tree["train"]["threads"] = TRIAL_THREADS
@@ -376,19 +384,12 @@ def longest_first(base: dict[str, Any], trials: dict[int, dict[str, Any]]) -> li
 
 def find_or_create_sweep(store: Store, spec: SweepSpec) -> tuple[str, bool]:
     """The id of the sweep with this spec's identity (created with its trials if new) and
-    whether it was created now. Every trial's config is validated before anything runs."""
+    whether it was created now. Every trial's config is validated before anything runs.
+
+    Find-or-create is one store transaction on a UNIQUE identity, so two identical commands
+    started together share one sweep; a found sweep gains the trials of seeds it lacks."""
     ident = spec.identity()
-    for record in store.list_sweeps():
-        if record.spec.get("identity") == ident:
-            return record.id, False
     name = spec.name or f"{spec.workload}-{ident[:8]}"
-    for record in store.list_sweeps():
-        if record.name == name:
-            raise ConfigError(
-                f"sweep name {name!r} is already used by a different sweep in {store.path}; "
-                "pick another --name (or repeat that sweep's exact command to resume it)",
-                field="name",
-            )
     base = _base_tree(spec)
     params = spec.trials()
     for index, trial in enumerate(params):
@@ -399,4 +400,24 @@ def find_or_create_sweep(store: Store, spec: SweepSpec) -> tuple[str, bool]:
         "spec": spec.canonical(),
         "base_config": base,
     }
-    return store.create_sweep(spec=stored, name=name, trials=params), True
+
+    def merge(old: dict[str, Any]) -> dict[str, Any]:
+        # Keep the sweep's own base config; its seeds become the union of both commands'.
+        seeds = sorted(set(_stored_seeds(old)) | set(spec.seed_values()))
+        count = len(seeds) if seeds == list(range(len(seeds))) else None
+        return {**old, "identity": ident, "spec": {**old.get("spec", {}), "seeds": count or seeds}}
+
+    sweep_id, created, _ = store.find_or_create_sweep(
+        identity=ident,
+        spec=stored,
+        name=name,
+        trials=params,
+        aliases=[spec.identity(with_seeds=True)],
+        merge_spec=merge,
+    )
+    return sweep_id, created
+
+
+def _stored_seeds(stored: dict[str, Any]) -> list[int]:
+    seeds = stored.get("spec", {}).get("seeds", 1)
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
