@@ -66,12 +66,14 @@ def read(path: Path, run_id: str) -> dict[str, Any]:
         raise _refuse(path, run_id, "is empty (its write was cut short)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # not a refused import: bytes that are no pickle
+            raise _refuse(path, run_id, "is truncated or not a checkpoint") from None
         raise _refuse(
             path,
             run_id,
             "holds objects other than tensors and plain values (refused: wdlab never "
-            "unpickles code) or is not a checkpoint",
+            "unpickles code)",
         ) from None
     except Exception as err:  # truncated zip, random bytes, ...: torch's text is no help here
         raise _refuse(

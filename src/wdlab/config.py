@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from wdlab import workloads
 from wdlab.errors import ConfigError
@@ -73,9 +80,9 @@ class TrainConfig(_Strict):
     eval_every: int = Field(default=100, gt=0)
     clip: float | None = Field(default=None, gt=0)
     # A checkpoint every N steps or T seconds of wall time, whichever comes first, plus
-    # one at the end; None turns that trigger off (both None: at the end only).
-    checkpoint_every: int | None = Field(default=500, gt=0)
-    checkpoint_seconds: float | None = Field(default=60.0, gt=0)
+    # one at the end; 0 (stored as None) turns that trigger off (both: at the end only).
+    checkpoint_every: int | None = Field(default=500, ge=0)
+    checkpoint_seconds: float | None = Field(default=60.0, ge=0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
     stop_at_target: bool = True
     max_seconds: float | None = Field(default=None, gt=0)
@@ -83,6 +90,11 @@ class TrainConfig(_Strict):
     monitor: Literal["off", "light", "full"] = "light"
     monitor_every: int = Field(default=10, gt=0)
     log_every: int = Field(default=1, gt=0)
+
+    @field_validator("checkpoint_every", "checkpoint_seconds")
+    @classmethod
+    def _zero_is_off(cls, value: float | None) -> float | None:
+        return None if value == 0 else value
 
 
 MAX_SEED = 2**63 - 1  # the store keeps seeds as SQLite integers (signed 64-bit)
