@@ -17,7 +17,7 @@ import torch
 
 from wdlab import train, workloads
 from wdlab.config import build_config
-from wdlab.errors import WdlabError
+from wdlab.errors import ConfigError, WdlabError
 from wdlab.store import Store
 from wdlab.workloads.teacher import Teacher
 
@@ -222,3 +222,62 @@ def test_resume_refuses_changed_data(tmp_path) -> None:
         run_id, cfg = train.resume_config(store, result.run_id)
         with pytest.raises(WdlabError, match="different data"):
             train.run(cfg, store, tmp_path / "runs", resume_id=run_id)
+
+
+def test_resume_extends_the_budget_and_refuses_other_changes(tmp_path) -> None:
+    """A finished run continued with --steps 80 equals a run trained to 80 at once (constant
+    schedule: the lr does not depend on the budget); any other changed setting is refused."""
+    settings = ("train.stop_at_target=false", "schedule.kind=constant",
+                "train.checkpoint_every=20")
+    short, long = _config(*settings, steps=40), _config(*settings, steps=80)
+    with Store(tmp_path / "s.db") as store:
+        first = train.run(short, store, tmp_path / "runs")
+        with pytest.raises(WdlabError, match="already finished at step 40; give --steps N"):
+            train.resume_config(store, first.run_id)
+        with pytest.raises(WdlabError, match="N > 40"):
+            train.resume_config(store, first.run_id, steps=40)
+        with pytest.raises(ConfigError, match="optimizer.lr differ; only --steps may change"):
+            train.resume_config(store, first.run_id, steps=80, flags={"optimizer.lr": 1e-2})
+        with pytest.raises(ConfigError, match="model.width differ"):
+            train.resume_config(store, first.run_id, steps=80, assignments=["model.width=8"])
+        with pytest.raises(ConfigError, match="optimizer.lr differ"):  # the API refuses too
+            changed = long.model_copy(update={"optimizer": long.optimizer.model_copy(
+                update={"lr": 1e-2})})
+            train.run(changed, store, tmp_path / "runs", resume_id=first.run_id)
+        same_lr = {"optimizer.lr": short.optimizer.lr, "seed": short.seed}  # repeats: fine
+        run_id, config = train.resume_config(store, first.run_id, steps=80, flags=same_lr)
+        assert config.steps == 80
+        resumed = train.run(config, store, tmp_path / "runs", resume_id=run_id)
+        assert resumed.status == "finished" and resumed.step == 80
+        assert store.get_run(run_id).config["steps"] == 80  # the next resume sees the budget
+        got = store.metrics(run_id)
+        reference = train.run(long, store, tmp_path / "runs")
+        expected = store.metrics(reference.run_id)
+    del got["train_seconds"], expected["train_seconds"]
+    assert got == expected
+    for key, value in _final_params(tmp_path / "runs", reference.run_id).items():
+        assert torch.equal(value, _final_params(tmp_path / "runs", run_id)[key]), key
+
+
+def test_resume_steps_keyword_and_below_reached_step(tmp_path, monkeypatch) -> None:
+    config = _config("train.stop_at_target=false", "train.checkpoint_every=10", steps=30)
+    real_batch = Teacher.batch
+    monkeypatch.setattr(Teacher, "batch", lambda self, step: (_ for _ in ()).throw(
+        RuntimeError("crash")) if step == 25 else real_batch(self, step))
+    with Store(tmp_path / "s.db") as store:
+        with pytest.raises(RuntimeError):
+            train.run(config, store, tmp_path / "runs")
+        run_id = store.list_runs()[0].id
+        monkeypatch.setattr(Teacher, "batch", real_batch)
+        with pytest.raises(ConfigError, match="--steps 15 is below step 20 that run"):
+            train.run(config, store, tmp_path / "runs", resume_id=run_id, steps=15)
+        result = train.run(config, store, tmp_path / "runs", resume_id=run_id, steps=50)
+        assert result.status == "finished" and result.step == 50
+
+
+def test_diverged_run_is_not_resumed(tmp_path, nan_teacher) -> None:
+    config = _config("train.stop_at_target=false", "train.checkpoint_every=5", steps=20)
+    with Store(tmp_path / "s.db") as store:
+        result = train.run(config, store, tmp_path / "runs")
+        with pytest.raises(WdlabError, match="diverged; resuming would replay"):
+            train.resume_config(store, result.run_id)

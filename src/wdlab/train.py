@@ -262,6 +262,13 @@ def run(
         path = runs_root / run_id / "last.pt"
         if path.exists():
             payload = checkpoint_io.read(path, run_id)
+            reached_step, stored_steps = payload["step"], record.config.get("steps")
+            if config.steps < reached_step <= (stored_steps or 0):  # a smaller budget asked
+                raise ConfigError(
+                    f"--steps {config.steps} is below step {reached_step} that run {run_id} "
+                    f"has reached; give --steps N with N >= {reached_step}",
+                    field="steps",
+                )
             checkpoint_io.restore(path, payload, run_id, model, optimizer, config.steps)
             start_step, skipped = payload["step"], payload["skipped"]
             saved = payload["progress"]
