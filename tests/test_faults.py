@@ -322,13 +322,15 @@ def _sweep_command(argv: list[str], barrier: Any, out: Any) -> None:
 
 def test_two_identical_sweep_commands_share_one_sweep(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
+    # One torch thread: a forked child must not start an OpenMP pool its parent had used.
     argv = ["sweep", "teacher", "--tiny", "--lr", "1e-3,3e-3,1e-2", "--steps", "20", "--set",
-            "train.monitor=off", "--set", "model.width=8", "--quiet", "--store", str(db)]
+            "train.monitor=off", "--set", "model.width=8", "--set", "train.threads=1",
+            "--quiet", "--store", str(db)]
     barrier, out = FORK.Barrier(2), FORK.Queue()
     procs = [FORK.Process(target=_sweep_command, args=(argv, barrier, out)) for _ in range(2)]
     for p in procs:
         p.start()
-    codes = [out.get(timeout=300) for _ in procs]
+    codes = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(60)
     assert codes == [0, 0]
