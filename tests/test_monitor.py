@@ -252,3 +252,14 @@ def test_bad_arguments_name_the_field():
         Monitor(model, opt, every=0)
     with pytest.raises(ValueError, match="level must be one of light, full"):
         Monitor(model, opt, level="verbose")
+
+
+def test_monitor_names_are_the_plain_models_inside_torch_compile():
+    """torch.compile's wrapper prefixes every name with "_orig_mod."; the metrics must not
+    (DDP's "module." is checked by tests/test_distributed_optim.py)."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    compiled = torch.compile(model)  # lazy: nothing compiles until a forward
+    opt = torch.optim.SGD(compiled.parameters(), lr=0.1)
+    monitor = Monitor(compiled, opt, every=1, output_logits=False)
+    assert [t.name for t in monitor._tracked] == [n for n, _ in model.named_parameters()]
+    monitor.close()

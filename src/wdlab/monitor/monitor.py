@@ -130,10 +130,7 @@ class Monitor:
     # ---- which parameter is what ---------------------------------------------------------
 
     def _track(self, infos: Sequence[Any] | None) -> list[_Tracked]:
-        inner = self.model
-        if isinstance(inner, nn.parallel.DistributedDataParallel):
-            inner = inner.module  # names as in the plain model, without DDP's "module."
-        names = {id(p): n for n, p in inner.named_parameters()}
+        names = {id(p): n for n, p in _unwrapped(self.model).named_parameters()}
         by_name = {i.name: i for i in infos} if infos else {}
         tracked: list[_Tracked] = []
         for gi, group in enumerate(self.optimizer.param_groups):
@@ -414,6 +411,18 @@ class Monitor:
             if t.layer is not None and probe in _LAYER_SUMMARY:
                 groups[f"mon/{probe}/layer:{t.layer}"].append(v)
         return {k: sum(v) / len(v) for k, v in groups.items()}
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP's and torch.compile's wrappers, so the metric names are the
+    plain model's (no "module." or "_orig_mod." prefix)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _across_ranks(values: torch.Tensor, reduce: Sequence[str | None]) -> torch.Tensor:

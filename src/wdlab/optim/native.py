@@ -168,18 +168,16 @@ def why_unavailable() -> str | None:
 def plain(t: torch.Tensor) -> bool:
     """Whether the kernels may read `t` through its data pointer: exactly a torch.Tensor or
     nn.Parameter (no DTensor, FakeTensor or other subclass: its data_ptr need not be the data
-    the math means), strided, dense,
-    contiguous, on the CPU, with real storage, no lazy conjugate/negative bit, float32/float64."""
+    the math means), float32/float64 (so not complex, which would carry a lazy conjugate),
+    on the CPU, contiguous, strided (not sparse), without a lazy negative bit. Cheap checks
+    first: the step pays this per tensor."""
     return (
         type(t) in _PLAIN_TYPES
-        and t.layout == torch.strided
-        and t.device.type == "cpu"
         and t.dtype in _SUFFIX
+        and t.is_cpu
         and t.is_contiguous()
-        and not t.is_conj()
+        and t.layout == torch.strided
         and not t.is_neg()
-        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
-        and (t.numel() == 0 or t.data_ptr() != 0)
     )
 
 
@@ -262,13 +260,15 @@ def run_multi(name: str, tensor_lists: Sequence[Sequence[torch.Tensor | None]],
     first = tensor_lists[0]
     if not first:
         return
-    for tensors in tensor_lists:
-        require_plain(tensors, name)
-        if any(t is not None and t.dtype != first[0].dtype for t in tensors):
-            raise TypeError(f"wdlab native kernel {name!r} needs tensors of one dtype")
-    for tensors in tensor_lists[1:]:  # the kernel indexes every list with the first's sizes
+    dtype = first[0].dtype  # type: ignore[union-attr]
+    for tensors in tensor_lists:  # one pass: what the kernel may read, and how far
         for t, ref in zip(tensors, first, strict=True):
-            same_size(ref, t)  # type: ignore[arg-type]
+            if t is None:
+                continue
+            require_plain((t,), name)
+            if t.dtype != dtype:
+                raise TypeError(f"wdlab native kernel {name!r} needs tensors of one dtype")
+            same_size(ref, t)  # type: ignore[arg-type]  # indexed with the first's sizes
     fn = kernel(name, first[0].dtype)  # type: ignore[union-attr]
     total = sum(t.numel() for t in first)  # type: ignore[union-attr]
     fn(*[pointers(ts) for ts in tensor_lists], sizes(first), len(first),  # type: ignore[arg-type]
