@@ -414,8 +414,8 @@ def test_auto_falls_back_where_the_kernels_cannot_run(
     for x, y, z in zip(got, chunked, whole, strict=True):
         assert torch.equal(x, y)  # auto resolved to "chunked"
         torch.testing.assert_close(x, z)  # and "chunked" is "whole" to rounding
-    with pytest.raises(ValueError, match=r"mode='native'.*contiguous CPU float32/float64.*"
-                       r"mode='auto'"):
+    with pytest.raises(ValueError, match=r"impl='native'.*contiguous CPU float32/float64.*"
+                       r"impl='auto'"):
         _run_layout(build, "native", weights)
 
 
@@ -455,7 +455,7 @@ def test_unavailable_kernels_fall_back_and_native_names_why(
         whole = _run(build, "whole", weights, grads)
         for p, q in zip(got[0], whole[0], strict=True):
             torch.testing.assert_close(p.detach(), q.detach(), msg=lambda m, n=name: f"{n}: {m}")
-        with pytest.raises(ValueError, match=rf"mode='native' cannot run: {reason}.*mode='auto'"):
+        with pytest.raises(ValueError, match=rf"impl='native' cannot run: {reason}.*impl='auto'"):
             _run(build, "native", weights, grads)
     for opt_cls, kw in (
         (AdamP, {"lr": 0.01, "weight_decay": 0.1}),

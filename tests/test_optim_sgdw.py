@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from wdlab.optim._dispatch import LEGACY_MODES
 from wdlab.optim.sgdw import SGDW
 
 torch.set_num_threads(1)
@@ -155,9 +156,10 @@ def test_state_dict_moves_between_wdlab_l2_and_torch_sgd(direction: str, mode: s
     opt2.load_state_dict(saved["opt"])
     sched2.load_state_dict(saved["sched"])
     if kinds[1] is SGDW:
-        # torch's groups carry no "mode": WdOptimizer.__setstate__ fills it from SGDW's
-        # defaults, so the mode given to the constructor survives the load.
-        assert opt2.param_groups[0]["mode"] == mode
+        # torch's groups carry no "impl": WdOptimizer.__setstate__ fills it from SGDW's
+        # defaults, so the mode given to the constructor (mode= is impl's older name)
+        # survives the load.
+        assert opt2.param_groups[0]["impl"] == LEGACY_MODES[mode]
     for g in grads[7:]:
         w2.grad = g.clone()
         opt2.step()

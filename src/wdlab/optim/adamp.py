@@ -15,6 +15,11 @@ decay w <- w*(1 - c); update. How the decay modes combine with the projection:
   l2           gradient + wd*r*w enters the buffers; the cosine test still uses the raw gradient
 SGDP's c is further divided by (1 - momentum), as clovaai does: the decoupled decay then equals
 the steady-state pull of L2 through a momentum buffer. In l2 mode momentum already does that.
+
+impl: "native" (what "auto" runs on CPU) uses torch's fused Adam/SGD kernels for the moments
+and kernels.c for the cosine test where the tensors allow; "reference" is the plain per-op
+path; "foreach" (auto off the CPU) makes the test and the projection torch.where masks over
+stacked same-shape matrices, with no host sync.
 """
 
 from __future__ import annotations
@@ -24,16 +29,22 @@ from typing import Any
 
 import torch
 
+from wdlab.optim import foreach
+from wdlab.optim._dispatch import choose, impl_from, pick
 from wdlab.optim.base import (
     WdOptimizer,
     check_betas,
     check_bool,
     check_momentum,
     check_range,
-    decoupled_decay_rate,
-    l2_coefficient,
+    decay_factors,
+    group_lr,
 )
 from wdlab.optim.functional import adamp_step, sgdp_step
+
+
+def _on_cpu(params: list[torch.Tensor]) -> bool:
+    return all(p.device.type == "cpu" for p in params)
 
 
 def _check_projection(group: dict[str, Any]) -> None:
@@ -53,6 +64,8 @@ class AdamP(WdOptimizer):
     "exp_avg", "exp_avg_sq" (torch's names). See the module docstring for the decay modes.
     """
 
+    IMPLS = ("reference", "native", "foreach")
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -64,8 +77,11 @@ class AdamP(WdOptimizer):
         delta: float = 0.1,
         wd_ratio: float = 0.1,
         nesterov: bool = False,
+        *,
+        impl: str = "auto",
     ) -> None:
         defaults = dict(
+            impl=impl_from(impl, owner="AdamP"),
             lr=lr,
             betas=betas,
             eps=eps,
@@ -84,27 +100,20 @@ class AdamP(WdOptimizer):
     def _step_group(
         self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> None:
-        # Contiguous: the projection views the update (built from these) as rows.
-        exp_avgs, exp_avg_sqs, steps = self._adam_states(
-            params, memory_format=torch.contiguous_format
-        )
         beta1, beta2 = group["betas"]
-        adamp_step(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            delta=group["delta"],
-            wd_ratio=group["wd_ratio"],
-            nesterov=group["nesterov"],
-            decay_rate=decoupled_decay_rate(group),
-            l2=l2_coefficient(group),
-        )
+        decay = decay_factors(group)
+        hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
+                     delta=group["delta"], wd_ratio=group["wd_ratio"],
+                     nesterov=group["nesterov"], decay_rate=decay.rate, l2=decay.l2)
+        plan = choose(group, params, lambda idx: _on_cpu(pick(params, idx)))
+        for impl, idx in plan:
+            ps = pick(params, idx)
+            # Contiguous: the projection views the update (built from these) as rows.
+            columns = self._adam_states(ps, memory_format=torch.contiguous_format)
+            if impl == "foreach":
+                foreach.adamp(ps, pick(grads, idx), *columns, **hyper)
+            else:
+                adamp_step(ps, pick(grads, idx), *columns, fused=impl == "native", **hyper)
 
 
 class SGDP(WdOptimizer):
@@ -116,6 +125,8 @@ class SGDP(WdOptimizer):
     see the module docstring. `lr` has no default: pass it. State: "momentum_buffer" (only when
     momentum > 0).
     """
+
+    IMPLS = ("reference", "native", "foreach")
 
     def __init__(
         self,
@@ -129,10 +140,13 @@ class SGDP(WdOptimizer):
         eps: float = 1e-8,
         delta: float = 0.1,
         wd_ratio: float = 0.1,
+        *,
+        impl: str = "auto",
     ) -> None:
         if lr is None:
             raise ValueError("lr is required for SGDP (no default); pass e.g. lr=0.1")
         defaults = dict(
+            impl=impl_from(impl, owner="SGDP"),
             lr=lr,
             momentum=momentum,
             dampening=dampening,
@@ -159,17 +173,14 @@ class SGDP(WdOptimizer):
     ) -> None:
         momentum = group["momentum"]
         bufs = [self._buffer(p) if momentum != 0 else None for p in params]
-        sgdp_step(
-            params,
-            grads,
-            bufs,
-            lr=group["lr"],
-            momentum=momentum,
-            dampening=group["dampening"],
-            nesterov=group["nesterov"],
-            eps=group["eps"],
-            delta=group["delta"],
-            wd_ratio=group["wd_ratio"],
-            decay_rate=decoupled_decay_rate(group),
-            l2=l2_coefficient(group),
-        )
+        decay = decay_factors(group)
+        hyper = dict(lr=group_lr(group), momentum=momentum, dampening=group["dampening"],
+                     nesterov=group["nesterov"], eps=group["eps"], delta=group["delta"],
+                     wd_ratio=group["wd_ratio"], decay_rate=decay.rate, l2=decay.l2)
+        plan = choose(group, params, lambda idx: _on_cpu(pick(params, idx)))
+        for impl, idx in plan:
+            cols = (pick(params, idx), pick(grads, idx), pick(bufs, idx))
+            if impl == "foreach":
+                foreach.sgdp(*cols, **hyper)
+            else:
+                sgdp_step(*cols, fused=impl == "native", **hyper)

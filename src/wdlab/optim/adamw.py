@@ -13,17 +13,40 @@ from typing import Any
 
 import torch
 
-from wdlab.optim.base import WdOptimizer, check_betas, check_range
+from wdlab.optim import foreach
+from wdlab.optim._dispatch import choose, impl_from, pick
+from wdlab.optim.base import WdOptimizer, check_betas, check_range, decay_factors, group_lr
 from wdlab.optim.functional import adamw_step
+
+
+def _fused_ok(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused Adam kernels take these params (floating point, on a device
+    torch has them for: CPU, CUDA and others)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    return all(p.device.type in devices and p.is_floating_point() for p in params)
+
+
+def _why_not_fused() -> str:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = ", ".join(_get_fused_kernels_supported_devices())
+    return f"torch's fused Adam kernel needs floating-point params on one of {devices}"
 
 
 class AdamW(WdOptimizer):
     """Adam with weight decay; decay="decoupled" (default) equals torch.optim.AdamW.
 
-    fused=None (default) runs torch's fused Adam kernels wherever they exist (CPU and GPUs),
-    which is what torch.optim.AdamW(fused=True) computes bit for bit; fused=False runs the
-    op-for-op copy of torch's default single-tensor path (bit for bit torch's default).
+    impl (see wdlab.optim._dispatch): "native" runs torch's fused Adam kernel, which is
+    torch.optim.AdamW(fused=True) bit for bit; "reference" is the op-for-op copy of torch's
+    single-tensor path (bit for bit torch's default there); "foreach" is torch's foreach
+    path with the step counter on the CPU (no host sync); "auto" (default) is "native" on
+    CPU and "foreach" on other devices. The older fused=None/True/False means
+    impl="auto"/"native"/"reference".
     """
+
+    IMPLS = ("reference", "native", "foreach")
 
     def __init__(
         self,
@@ -34,30 +57,24 @@ class AdamW(WdOptimizer):
         weight_decay: float = 1e-2,
         decay: str = "decoupled",
         *,
+        impl: str | None = None,
         fused: bool | None = None,
     ) -> None:
+        impl = impl_from(impl, fused=fused, owner="AdamW")
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, fused=fused
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, impl=impl
         )
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_betas(group["betas"])
         check_range("eps", group["eps"], 0.0)
-        if group["fused"] not in (None, True, False):
-            raise ValueError(f"fused must be None, True or False, got {group['fused']!r}")
 
     @staticmethod
     def _torch_weight_decay(group: dict[str, Any]) -> tuple[float, bool]:
         """(weight_decay, decoupled) in torch's meaning for this group's decay mode."""
-        wd, decay = group["weight_decay"], group["decay"]
-        if decay == "l2":
-            return wd, False
-        if decay == "independent":
-            # lr * (wd / initial_lr) == (lr / initial_lr) * wd: the schedule multiplier times wd.
-            initial_lr = group.get("initial_lr", group["lr"])
-            return (wd / initial_lr if initial_lr > 0 else 0.0), True
-        return wd, True
+        decay = decay_factors(group)
+        return (decay.l2, False) if decay.l2 else (decay.per_lr, True)
 
     def _check_step(self, group: dict[str, Any]) -> None:
         if group.get("amsgrad") or group.get("maximize"):
@@ -69,24 +86,16 @@ class AdamW(WdOptimizer):
     def _step_group(
         self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> None:
-        fused = group.get("fused")
-        # torch keeps "step" on the param's device for its fused kernels, on the CPU otherwise.
-        exp_avgs, exp_avg_sqs, steps = self._adam_states(
-            params, step_device="param" if fused is not False else "cpu"
-        )
         beta1, beta2 = group["betas"]
         weight_decay, decoupled = self._torch_weight_decay(group)
-        adamw_step(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=weight_decay,
-            decoupled=decoupled,
-            fused=fused,
-        )
+        hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
+                     weight_decay=weight_decay, decoupled=decoupled)
+        plan = choose(group, params, lambda idx: _fused_ok(pick(params, idx)), _why_not_fused)
+        for impl, idx in plan:
+            ps, gs = pick(params, idx), pick(grads, idx)
+            # torch keeps "step" on the param's device for its fused kernels, else on the CPU.
+            columns = self._adam_states(ps, step_device="param" if impl == "native" else "cpu")
+            if impl == "foreach":
+                foreach.adamw(ps, gs, *columns, **hyper)
+            else:
+                adamw_step(ps, gs, *columns, fused=impl == "native", **hyper)

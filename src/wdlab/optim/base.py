@@ -12,10 +12,13 @@ Decay is applied before the gradient step; moment buffers see the raw gradient
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from wdlab.optim import foreach
+from wdlab.optim._dispatch import check_impl, choose, impl_from, pick
 from wdlab.optim.functional import EAGER_MODES, adamw_step
 
 DECAY_MODES = ("decoupled", "independent", "l2")
@@ -80,21 +83,64 @@ def check_momentum(group: dict[str, Any]) -> None:
     check_range("dampening", group["dampening"], 0.0, 1.0, high_open=False)
 
 
+@dataclass(frozen=True)
+class Decay:
+    """What a group's decay mode asks of one step (REFERENCE.md §1).
+
+    rate    c in w <- w*(1 - c) before the step (0 in l2 mode)
+    l2      the coefficient of wd*w added to the gradient (0 unless l2 mode)
+    per_lr  rate/lr, i.e. torch.optim.AdamW's weight_decay (torch's kernels multiply by lr)
+    """
+
+    rate: float
+    l2: float
+    per_lr: float
+
+
+def group_lr(group: dict[str, Any]) -> float:
+    """The group's lr as a Python float; a tensor lr (a CPU 0-d tensor, torch's recipe for
+    compiled optimizers) is read once here, on the host."""
+    lr = group["lr"]
+    return float(lr) if isinstance(lr, torch.Tensor) else lr
+
+
+def decay_factors(group: dict[str, Any]) -> Decay:
+    """The one place decay is computed: the group's mode and lr turned into a Decay.
+
+      decoupled    c = lr*wd
+      independent  c = (lr/initial_lr)*wd   (the schedule multiplier; a group starting at
+                                             lr 0 has no schedule and no decay)
+      l2           gradient += wd*w
+    """
+    wd, mode = group["weight_decay"], group["decay"]
+    lr = group_lr(group)
+    if wd == 0:
+        return Decay(0.0, 0.0, 0.0)
+    if mode == "l2":
+        return Decay(0.0, wd, 0.0)
+    if mode == "decoupled":
+        return Decay(lr * wd, 0.0, wd)
+    initial_lr = group.get("initial_lr", lr)
+    if isinstance(initial_lr, torch.Tensor):
+        initial_lr = float(initial_lr)
+    if initial_lr <= 0:
+        return Decay(0.0, 0.0, 0.0)
+    return Decay((lr / initial_lr) * wd, 0.0, wd / initial_lr)
+
+
 def decoupled_decay_rate(group: dict[str, Any]) -> float:
-    """The c in w <- w * (1 - c) applied before the step; 0 for l2 (decay is in the gradient)."""
-    wd = group["weight_decay"]
-    if wd == 0 or group["decay"] == "l2":
-        return 0.0
-    if group["decay"] == "decoupled":
-        return group["lr"] * wd
-    initial_lr = group.get("initial_lr", group["lr"])
-    # Schedule multiplier s_t = lr / initial_lr; a group starting at lr 0 has no schedule.
-    return (group["lr"] / initial_lr) * wd if initial_lr > 0 else 0.0
+    """decay_factors(group).rate: the c in w <- w*(1 - c) applied before the step."""
+    return decay_factors(group).rate
 
 
 def l2_coefficient(group: dict[str, Any]) -> float:
-    """The wd added as wd * w to the gradient (only in l2 mode)."""
-    return group["weight_decay"] if group["decay"] == "l2" else 0.0
+    """decay_factors(group).l2: the wd added as wd*w to the gradient (only in l2 mode)."""
+    return decay_factors(group).l2
+
+
+def _initial(lr: Any) -> Any:
+    """initial_lr as torch's schedulers record it: a tensor lr is copied, not aliased."""
+    return lr.clone() if isinstance(lr, torch.Tensor) else lr
 
 
 class WdOptimizer(torch.optim.Optimizer):
@@ -105,6 +151,9 @@ class WdOptimizer(torch.optim.Optimizer):
     that closure handling and the skipping of gradient-less groups live in one place.
     """
 
+    IMPLS: tuple[str, ...] = ("reference", "foreach")
+    """The concrete implementations this optimizer has, besides "auto" (see _dispatch.py)."""
+
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("decay", "decoupled")
         super().__init__(params, defaults)
@@ -112,17 +161,26 @@ class WdOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group.setdefault("initial_lr", group["lr"])
+        if "mode" in group and "impl" in self.defaults:  # the older name of impl
+            group["impl"] = impl_from(None, mode=group.pop("mode"), owner=type(self).__name__)
+        group.setdefault("initial_lr", _initial(group["lr"]))
         self._check_common(group)
         self._check_group(group)
 
     def _check_common(self, group: dict[str, Any]) -> None:
         lr = group["lr"]
         if isinstance(lr, torch.Tensor):
-            raise ValueError("lr must be a Python float in wdlab optimizers, got a Tensor")
+            if lr.numel() != 1 or not lr.is_floating_point() or lr.device.type != "cpu":
+                raise ValueError(
+                    "a Tensor lr must be one floating-point element on the CPU (e.g. "
+                    f"torch.tensor(1e-3)); got shape {tuple(lr.shape)}, {lr.dtype} on {lr.device}"
+                )
+            lr = float(lr)
         check_range("lr", lr, 0.0)
         check_range("weight_decay", group["weight_decay"], 0.0)
         check_decay(group["decay"])
+        if "impl" in group:
+            check_impl(group, self.IMPLS, type(self).__name__)
         for p in group["params"]:
             if p.is_complex():
                 raise ValueError(
@@ -137,9 +195,11 @@ class WdOptimizer(torch.optim.Optimizer):
         # A state_dict from torch (or an older wdlab) lacks our keys: fill them from defaults.
         super().__setstate__(state)
         for group in self.param_groups:
+            if "mode" in group and "impl" in self.defaults and "impl" not in group:
+                group["impl"] = impl_from(None, mode=group.pop("mode"), owner=type(self).__name__)
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-            group.setdefault("initial_lr", group["lr"])
+            group.setdefault("initial_lr", _initial(group["lr"]))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -188,6 +248,11 @@ class WdOptimizer(torch.optim.Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.float32, device=device)
             state[first] = torch.zeros_like(p, memory_format=memory_format)
             state[second] = torch.zeros_like(p, memory_format=memory_format)
+        else:
+            # A counter left by another impl (or torch's fused layout): move it, once.
+            want = p.device if step_device == "param" else torch.device("cpu")
+            if state["step"].device != want:
+                state["step"] = state["step"].to(want)
         return state[first], state[second], state["step"]
 
     def _adam_states(
@@ -221,22 +286,24 @@ class WdOptimizer(torch.optim.Optimizer):
         """AdamW on the params Muon and SCALE route away from their own update.
 
         Same lr and decay mode as the group; betas and eps from its adamw_betas, adamw_eps.
+        The group's impl picks the path per device: "foreach" (auto off the CPU) or the shared
+        AdamW step (torch's fused kernel where it runs).
         """
         if not columns[0]:
             return
         beta1, beta2 = group["adamw_betas"]
-        lr = group["lr"]
-        # The shared AdamW step decays by lr*weight_decay: give it the wanted rate / lr.
-        wd = l2 if l2 else (decay_rate / lr if lr > 0 else 0.0)
-        adamw_step(
-            *columns,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["adamw_eps"],
-            weight_decay=wd,
-            decoupled=not l2,
-        )
+        # torch's weight_decay meaning: the kernels decay by lr*weight_decay.
+        wd = l2 if l2 else (decay_factors(group).per_lr if decay_rate else 0.0)
+        hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["adamw_eps"],
+                     weight_decay=wd, decoupled=not l2)
+        impl = group.get("impl", "auto")
+        plan = choose({"impl": "auto" if impl == "auto" else "reference"}, columns[0], None)
+        for chosen, idx in plan:
+            part = [pick(column, idx) for column in columns]
+            if chosen == "foreach" or impl == "foreach":
+                foreach.adamw(*part, **hyper)
+            else:
+                adamw_step(*part, **hyper)
 
     def _buffer(
         self,

@@ -14,14 +14,9 @@ from typing import Any
 
 import torch
 
-from wdlab.optim.base import (
-    WdOptimizer,
-    check_betas,
-    check_mode,
-    check_range,
-    decoupled_decay_rate,
-    l2_coefficient,
-)
+from wdlab.optim import foreach, native
+from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
+from wdlab.optim.base import WdOptimizer, check_betas, check_range, decay_factors, group_lr
 from wdlab.optim.functional import fadam_step
 
 
@@ -45,8 +40,11 @@ class FAdam(WdOptimizer):
     ports use min(eps, eps2*RMS(g)) with a second one), and the clip divisor max(1, RMS/clip).
     Defaults are the paper's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, clip 1, p 0.5, wd 0.1.
     State: "step" (float32 0-d), "momentum" and "fim" (like p), pytorch-optimizer's names.
-    mode: "auto" (default), "native", "chunked" or "whole", as NovoGrad's.
+    impl: "auto" (default), "reference", "native" or "foreach", as NovoGrad's (mode= is the
+    older keyword).
     """
+
+    IMPLS = ("reference", "native", "foreach")
 
     def __init__(
         self,
@@ -59,7 +57,8 @@ class FAdam(WdOptimizer):
         clip: float = 1.0,
         p: float = 0.5,
         *,
-        mode: str = "auto",
+        impl: str | None = None,
+        mode: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -69,7 +68,7 @@ class FAdam(WdOptimizer):
             decay=decay,
             clip=clip,
             p=p,
-            mode=mode,
+            impl=impl_from(impl, mode=mode, owner="FAdam"),
         )
         super().__init__(params, defaults)
 
@@ -78,26 +77,20 @@ class FAdam(WdOptimizer):
         check_range("eps", group["eps"], 0.0, low_open=True)
         check_range("clip", group["clip"], 0.0, low_open=True)
         check_range("p", group["p"], 0.0, 1.0, low_open=True, high_open=False)
-        check_mode(group)
 
     def _step_group(
         self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> None:
         momenta, fims, steps = self._adam_states(params, ("momentum", "fim"))
         beta1, beta2 = group["betas"]
-        fadam_step(
-            params,
-            grads,
-            momenta,
-            fims,
-            steps,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            clip=group["clip"],
-            power=group["p"],
-            decay_rate=decoupled_decay_rate(group),
-            l2=l2_coefficient(group),
-            mode=group["mode"],
-        )
+        decay = decay_factors(group)
+        hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
+                     clip=group["clip"], power=group["p"], decay_rate=decay.rate, l2=decay.l2)
+        plan = choose(group, [params, grads, momenta, fims], native.supports,
+                      native.why_unavailable)
+        for impl, idx in plan:
+            cols = [pick(c, idx) for c in (params, grads, momenta, fims, steps)]
+            if impl == "foreach":
+                foreach.fadam(*cols, **hyper)
+            else:
+                fadam_step(*cols, mode=FUNCTIONAL_MODE[impl], **hyper)

@@ -12,21 +12,20 @@ from typing import Any
 
 import torch
 
-from wdlab.optim.base import (
-    WdOptimizer,
-    check_betas,
-    check_mode,
-    decoupled_decay_rate,
-    l2_coefficient,
-)
-from wdlab.optim.functional import ELEMENTWISE_MODES, lion_step
+from wdlab.optim import foreach, native
+from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
+from wdlab.optim.base import WdOptimizer, check_betas, decay_factors, group_lr
+from wdlab.optim.functional import lion_step
 
 
 class Lion(WdOptimizer):
     """Lion: w <- w*(1 - lr*wd) - lr*sign(b1*m + (1-b1)*g); m <- b2*m + (1-b2)*g.
 
-    mode as SGDW's: "auto" (default), "native", "chunked", "compiled", "whole".
+    impl as SGDW's: "auto" (default), "reference", "native", "foreach", "compiled" (the older
+    mode= keyword is accepted: "chunked"/"whole" mean "reference").
     """
+
+    IMPLS = ("reference", "native", "foreach", "compiled")
 
     def __init__(
         self,
@@ -36,28 +35,28 @@ class Lion(WdOptimizer):
         weight_decay: float = 0.0,
         decay: str = "decoupled",
         *,
-        mode: str = "auto",
+        impl: str | None = None,
+        mode: str | None = None,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decay=decay, mode=mode)
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decay=decay,
+                        impl=impl_from(impl, mode=mode, owner="Lion"))
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_betas(group["betas"])
-        check_mode(group, ELEMENTWISE_MODES)
 
     def _step_group(
         self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> None:
         exp_avgs = [self._buffer(p, "exp_avg", torch.preserve_format) for p in params]
         beta1, beta2 = group["betas"]
-        lion_step(
-            params,
-            grads,
-            exp_avgs,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            decay_rate=decoupled_decay_rate(group),
-            l2=l2_coefficient(group),
-            mode=group.get("mode", "auto"),
-        )
+        decay = decay_factors(group)
+        hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, decay_rate=decay.rate,
+                     l2=decay.l2)
+        plan = choose(group, [params, grads, exp_avgs], native.supports, native.why_unavailable)
+        for impl, idx in plan:
+            cols = (pick(params, idx), pick(grads, idx), pick(exp_avgs, idx))
+            if impl == "foreach":
+                foreach.lion(*cols, **hyper)
+            else:
+                lion_step(*cols, mode=FUNCTIONAL_MODE[impl], **hyper)

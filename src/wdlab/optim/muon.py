@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from wdlab.optim import foreach
+from wdlab.optim._dispatch import choose, impl_from, matmul_dtype, pick
 from wdlab.optim.base import (
     AdamColumns,
     WdOptimizer,
@@ -22,8 +24,8 @@ from wdlab.optim.base import (
     check_bool,
     check_choice,
     check_range,
-    decoupled_decay_rate,
-    l2_coefficient,
+    decay_factors,
+    group_lr,
 )
 from wdlab.optim.functional import NS_COEFFICIENTS, UPDATE_SCALES, muon_step
 
@@ -31,14 +33,17 @@ NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ADAMW_ROLES = ("embedding", "output")
 
 
-def _as_ns_dtype(value: Any) -> torch.dtype:
-    """torch.float32 / torch.bfloat16 or their names; anything else is a ValueError."""
+def _as_ns_dtype(value: Any) -> torch.dtype | str:
+    """torch.float32 / torch.bfloat16, their names, or "auto" (_dispatch.matmul_dtype's choice
+    per device); anything else is a ValueError."""
+    if value == "auto":
+        return value
     if isinstance(value, str) and value in NS_DTYPES:
         return NS_DTYPES[value]
     if value in NS_DTYPES.values():
         return value
     raise ValueError(
-        "ns_dtype must be torch.float32 or torch.bfloat16 (or 'float32'/'bfloat16'), "
+        "ns_dtype must be torch.float32 or torch.bfloat16 (or 'float32'/'bfloat16'/'auto'), "
         f"got {value!r}"
     )
 
@@ -53,10 +58,12 @@ class Muon(WdOptimizer):
     momentum) with Nesterov else buf; O = NS5(M) on M/max(||M||_F, eps), transposed when
     rows > cols; W <- W*(1 - c) - lr*s*O with c the decay rate computed from the plain lr,
     s = 0.2*sqrt(max(A, B)) ("match_rms_adamw") or sqrt(max(1, A/B)) ("original").
-    Newton-Schulz runs in bfloat16 by default, like torch.optim.Muon and the Moonlight recipe,
-    and then reproduces torch bit for bit at the same speed (float32 took 2.3x as long on the
-    AVX-512 CPU of docs/performance.md). ns_dtype=torch.float32 is the accurate option: it
-    stays within ~2e-6 of a float64 iteration, bfloat16 only within ~2e-2.
+    ns_dtype="auto" (default) runs Newton-Schulz in bfloat16 where its matmuls are fast (GPUs,
+    CPUs with AVX512-BF16/AMX; then it is torch.optim.Muon's computation bit for bit) and in
+    float32 elsewhere (a CPU without bf16 dot products emulates them: 100x slower, measured in
+    docs/performance.md). float32 stays within ~2e-6 of a float64 iteration, bfloat16 only
+    within ~2e-2. impl="foreach" (auto off the CPU) batches Newton-Schulz over same-shape
+    matrices (torch.bmm) and runs the AdamW part with torch._foreach_* ops.
 
     AdamW params: wdlab's shared AdamW step (torch's fused kernel where it runs, i.e.
     torch.optim.AdamW(fused=True) bit for bit) with adamw_betas and adamw_eps.
@@ -78,9 +85,12 @@ class Muon(WdOptimizer):
         update_scale: str = "match_rms_adamw",
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
-        ns_dtype: torch.dtype | str = torch.bfloat16,
+        ns_dtype: torch.dtype | str = "auto",
+        *,
+        impl: str = "auto",
     ) -> None:
         defaults = dict(
+            impl=impl_from(impl, owner="Muon"),
             lr=lr,
             momentum=momentum,
             nesterov=nesterov,
@@ -152,22 +162,24 @@ class Muon(WdOptimizer):
                 bufs.append(self._buffer(p))
             else:
                 self._add_to_adamw(adam, p, g)
-        decay_rate = decoupled_decay_rate(group)
-        l2 = l2_coefficient(group)
-        if muon_p:
-            muon_step(
-                muon_p,
-                muon_g,
-                bufs,
-                lr=group["lr"],
+        decay = decay_factors(group)
+        for impl, idx in choose(group, muon_p, None) if muon_p else []:
+            ps = pick(muon_p, idx)
+            ns_dtype = group["ns_dtype"]
+            step = foreach.muon if impl == "foreach" else muon_step
+            step(
+                ps,
+                pick(muon_g, idx),
+                pick(bufs, idx),
+                lr=group_lr(group),
                 momentum=group["momentum"],
                 nesterov=group["nesterov"],
                 ns_steps=group["ns_steps"],
                 ns_coefficients=tuple(group["ns_coefficients"]),
                 eps=group["eps"],
                 update_scale=group["update_scale"],
-                ns_dtype=group["ns_dtype"],
-                decay_rate=decay_rate,
-                l2=l2,
+                ns_dtype=matmul_dtype(ps[0].device) if ns_dtype == "auto" else ns_dtype,
+                decay_rate=decay.rate,
+                l2=decay.l2,
             )
-        self._adamw_fallback(group, adam, decay_rate, l2)
+        self._adamw_fallback(group, adam, decay.rate, decay.l2)

@@ -13,14 +13,15 @@ from typing import Any
 
 import torch
 
+from wdlab.optim import foreach, native
+from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
 from wdlab.optim.base import (
     WdOptimizer,
     check_betas,
     check_bool,
-    check_mode,
     check_range,
-    decoupled_decay_rate,
-    l2_coefficient,
+    decay_factors,
+    group_lr,
 )
 from wdlab.optim.functional import novograd_step
 
@@ -42,11 +43,14 @@ class NovoGrad(WdOptimizer):
     schedule only) and no separate shrink happens.
     Defaults follow the paper's experiments: betas (0.95, 0.98), eps 1e-8, grad_averaging off.
     State: "step" (float32 0-d), "exp_avg" (like p), "exp_avg_sq" (0-d, p's dtype): the names
-    of apex's FusedNovoGrad. mode: "auto" (default: "native" on CPU, the one-pass C SGD kernel
-    with dampening 1 - a/(sqrt(v) + eps), else "chunked"), "native", "chunked" (decay pass plus
-    torch's fused SGD kernel per cache-sized block) or "whole"; no "compiled" (the per-layer
-    norm syncs with the host anyway).
+    of apex's FusedNovoGrad. impl: "auto" (default: "native" on CPU, the one-pass C SGD kernel
+    with dampening 1 - a/(sqrt(v) + eps); "reference" on other CPU tensors; "foreach"
+    elsewhere), "native", "reference" (decay pass plus torch's fused SGD kernel per
+    cache-sized block; reads each layer norm on the host) or "foreach" (layer norms stay on
+    the device). The older mode= keyword maps "chunked"/"whole" to "reference".
     """
+
+    IMPLS = ("reference", "native", "foreach")
 
     def __init__(
         self,
@@ -59,7 +63,8 @@ class NovoGrad(WdOptimizer):
         grad_averaging: bool = False,
         decay_in_momentum: bool = False,
         *,
-        mode: str = "auto",
+        impl: str | None = None,
+        mode: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -69,7 +74,7 @@ class NovoGrad(WdOptimizer):
             decay=decay,
             grad_averaging=grad_averaging,
             decay_in_momentum=decay_in_momentum,
-            mode=mode,
+            impl=impl_from(impl, mode=mode, owner="NovoGrad"),
         )
         super().__init__(params, defaults)
 
@@ -83,7 +88,6 @@ class NovoGrad(WdOptimizer):
                 "decay_in_momentum=True needs decay='decoupled' or 'independent' (l2 already "
                 "puts the decay into the gradient); got decay='l2'"
             )
-        check_mode(group)
 
     def _step_group(
         self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
@@ -100,19 +104,14 @@ class NovoGrad(WdOptimizer):
             exp_avg_sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
         beta1, beta2 = group["betas"]
-        novograd_step(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            grad_averaging=group["grad_averaging"],
-            decay_rate=decoupled_decay_rate(group),
-            l2=l2_coefficient(group),
-            decay_in_momentum=group["decay_in_momentum"],
-            mode=group["mode"],
-        )
+        decay = decay_factors(group)
+        hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
+                     grad_averaging=group["grad_averaging"], decay_rate=decay.rate,
+                     l2=decay.l2, decay_in_momentum=group["decay_in_momentum"])
+        plan = choose(group, [params, grads, exp_avgs], native.supports, native.why_unavailable)
+        for impl, idx in plan:
+            cols = [pick(c, idx) for c in (params, grads, exp_avgs, exp_avg_sqs, steps)]
+            if impl == "foreach":
+                foreach.novograd(*cols, **hyper)
+            else:
+                novograd_step(*cols, mode=FUNCTIONAL_MODE[impl], **hyper)

@@ -14,14 +14,15 @@ from typing import Any
 
 import torch
 
+from wdlab.optim import foreach, native
+from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
 from wdlab.optim.base import (
     AdamColumns,
     WdOptimizer,
     check_betas,
-    check_mode,
     check_range,
-    decoupled_decay_rate,
-    l2_coefficient,
+    decay_factors,
+    group_lr,
 )
 from wdlab.optim.functional import scale_step
 
@@ -46,9 +47,11 @@ class SCALE(WdOptimizer):
     Groups without a "role" key are refused (ValueError): without it the output layer, which
     alone gets momentum, is unknown; use wdlab.param_groups or wdlab.create_optimizer.
     State: "momentum_buffer" (torch SGD's name) for the output layer; "step", "exp_avg",
-    "exp_avg_sq" (torch AdamW's) for the AdamW params. mode: "auto" (default), "native",
-    "chunked" or "whole".
+    "exp_avg_sq" (torch AdamW's) for the AdamW params. impl: "auto" (default), "reference",
+    "native" or "foreach", as NovoGrad's (mode= is the older keyword).
     """
+
+    IMPLS = ("reference", "native", "foreach")
 
     def __init__(
         self,
@@ -61,7 +64,8 @@ class SCALE(WdOptimizer):
         adamw_betas: tuple[float, float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
         *,
-        mode: str = "auto",
+        impl: str | None = None,
+        mode: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -71,7 +75,7 @@ class SCALE(WdOptimizer):
             eps=eps,
             adamw_betas=adamw_betas,
             adamw_eps=adamw_eps,
-            mode=mode,
+            impl=impl_from(impl, mode=mode, owner="SCALE"),
         )
         super().__init__(params, defaults)
 
@@ -80,7 +84,6 @@ class SCALE(WdOptimizer):
         check_range("eps", group["eps"], 0.0, low_open=True)
         check_betas(group["adamw_betas"], "adamw_betas")
         check_range("adamw_eps", group["adamw_eps"], 0.0)
-        check_mode(group)
         if "role" not in group:
             raise ValueError(
                 "SCALE needs param groups with a 'role' key (matrix, embedding, output, "
@@ -117,18 +120,16 @@ class SCALE(WdOptimizer):
             norm_p.append(p)
             norm_g.append(g)
             dims.append(0 if kind == "embedding" else 1)
-        decay_rate, l2 = decoupled_decay_rate(group), l2_coefficient(group)
+        decay = decay_factors(group)
+        hyper = dict(lr=group_lr(group), momentum=group["momentum"], eps=group["eps"],
+                     decay_rate=decay.rate, l2=decay.l2)
         if norm_p:
-            scale_step(
-                norm_p,
-                norm_g,
-                bufs,
-                dims,
-                lr=group["lr"],
-                momentum=group["momentum"],
-                eps=group["eps"],
-                decay_rate=decay_rate,
-                l2=l2,
-                mode=group["mode"],
-            )
-        self._adamw_fallback(group, adam, decay_rate, l2)
+            plan = choose(group, [norm_p, norm_g, bufs], native.supports,
+                          native.why_unavailable)
+            for impl, idx in plan:
+                cols = [pick(c, idx) for c in (norm_p, norm_g, bufs, dims)]
+                if impl == "foreach":
+                    foreach.scale(*cols, **hyper)
+                else:
+                    scale_step(*cols, mode=FUNCTIONAL_MODE[impl], **hyper)
+        self._adamw_fallback(group, adam, decay.rate, decay.l2)

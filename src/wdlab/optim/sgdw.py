@@ -13,24 +13,23 @@ from typing import Any
 import torch
 from torch.optim.optimizer import required  # type: ignore[attr-defined]
 
-from wdlab.optim.base import (
-    WdOptimizer,
-    check_mode,
-    check_momentum,
-    decoupled_decay_rate,
-    l2_coefficient,
-)
-from wdlab.optim.functional import ELEMENTWISE_MODES, sgdw_step
+from wdlab.optim import foreach, native
+from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
+from wdlab.optim.base import WdOptimizer, check_momentum, decay_factors, group_lr
+from wdlab.optim.functional import sgdw_step
 
 
 class SGDW(WdOptimizer):
     """SGD + momentum/Nesterov with decoupled, independent or l2 weight decay.
 
-    mode="auto" (default) runs wdlab.optim.native's one-pass C kernel where it can (contiguous
-    CPU float32/float64), else "chunked": torch ops block by block in cache. "native" insists on
-    the C kernel; "compiled" uses torch.compile (opt-in: seconds of compile on first step);
-    "whole" is the plain path.
+    impl="auto" (default) runs wdlab.optim.native's one-pass C kernel where it can (contiguous
+    CPU float32/float64), the reference torch ops (block by block in cache) on other CPU
+    tensors and "foreach" elsewhere. "native" insists on the C kernel; "compiled" uses
+    torch.compile (opt-in: seconds of compile on first step). The older mode= keyword maps
+    "chunked"/"whole" to "reference".
     """
+
+    IMPLS = ("reference", "native", "foreach", "compiled")
 
     def __init__(
         self,
@@ -42,7 +41,8 @@ class SGDW(WdOptimizer):
         weight_decay: float = 0.0,
         decay: str = "decoupled",
         *,
-        mode: str = "auto",
+        impl: str | None = None,
+        mode: str | None = None,
     ) -> None:
         if lr is required:
             raise ValueError("lr is required for SGDW: pass lr=<float >= 0>, e.g. lr=0.1")
@@ -53,7 +53,7 @@ class SGDW(WdOptimizer):
             nesterov=nesterov,
             weight_decay=weight_decay,
             decay=decay,
-            mode=mode,
+            impl=impl_from(impl, mode=mode, owner="SGDW"),
         )
         super().__init__(params, defaults)
 
@@ -64,7 +64,6 @@ class SGDW(WdOptimizer):
                 "nesterov=True needs momentum in (0, 1) and dampening=0, got "
                 f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
             )
-        check_mode(group, ELEMENTWISE_MODES)
 
     def _step_group(
         self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
@@ -87,19 +86,16 @@ class SGDW(WdOptimizer):
             ps.append(p)
             gs.append(g)
             bs.append(buf)
+        decay = decay_factors(group)
+        hyper = dict(lr=group_lr(group), momentum=momentum, dampening=group["dampening"],
+                     nesterov=group["nesterov"], decay_rate=decay.rate, l2=decay.l2)
         for fresh, (ps, gs, bs) in batches.items():
             if not ps:
                 continue
-            sgdw_step(
-                ps,
-                gs,
-                bs,
-                lr=group["lr"],
-                momentum=momentum,
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                decay_rate=decoupled_decay_rate(group),
-                l2=l2_coefficient(group),
-                fresh=fresh,
-                mode=group.get("mode", "auto"),
-            )
+            plan = choose(group, [ps, gs, bs], native.supports, native.why_unavailable)
+            for impl, idx in plan:
+                cols = (pick(ps, idx), pick(gs, idx), pick(bs, idx))
+                if impl == "foreach":
+                    foreach.sgdw(*cols, fresh=fresh, **hyper)
+                else:
+                    sgdw_step(*cols, fresh=fresh, mode=FUNCTIONAL_MODE[impl], **hyper)
