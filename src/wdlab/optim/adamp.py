@@ -105,7 +105,7 @@ class AdamP(WdOptimizer):
         hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
                      delta=group["delta"], wd_ratio=group["wd_ratio"],
                      nesterov=group["nesterov"], decay_rate=decay.rate, l2=decay.l2)
-        plan = choose(group, params, lambda idx: _on_cpu(pick(params, idx)))
+        plan = choose(group, [params], _on_cpu)
         for impl, idx in plan:
             ps = pick(params, idx)
             # Contiguous: the projection views the update (built from these) as rows.
@@ -177,7 +177,7 @@ class SGDP(WdOptimizer):
         hyper = dict(lr=group_lr(group), momentum=momentum, dampening=group["dampening"],
                      nesterov=group["nesterov"], eps=group["eps"], delta=group["delta"],
                      wd_ratio=group["wd_ratio"], decay_rate=decay.rate, l2=decay.l2)
-        plan = choose(group, params, lambda idx: _on_cpu(pick(params, idx)))
+        plan = choose(group, [params], _on_cpu)
         for impl, idx in plan:
             cols = (pick(params, idx), pick(grads, idx), pick(bufs, idx))
             if impl == "foreach":

@@ -90,7 +90,7 @@ class AdamW(WdOptimizer):
         weight_decay, decoupled = self._torch_weight_decay(group)
         hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
                      weight_decay=weight_decay, decoupled=decoupled)
-        plan = choose(group, params, lambda idx: _fused_ok(pick(params, idx)), _why_not_fused)
+        plan = choose(group, [params], _fused_ok, _why_not_fused)
         for impl, idx in plan:
             ps, gs = pick(params, idx), pick(grads, idx)
             # torch keeps "step" on the param's device for its fused kernels, else on the CPU.

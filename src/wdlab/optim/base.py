@@ -297,7 +297,7 @@ class WdOptimizer(torch.optim.Optimizer):
         hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["adamw_eps"],
                      weight_decay=wd, decoupled=not l2)
         impl = group.get("impl", "auto")
-        plan = choose({"impl": "auto" if impl == "auto" else "reference"}, columns[0], None)
+        plan = choose({"impl": "auto" if impl == "auto" else "reference"}, columns, None)
         for chosen, idx in plan:
             part = [pick(column, idx) for column in columns]
             if chosen == "foreach" or impl == "foreach":

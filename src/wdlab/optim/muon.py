@@ -163,7 +163,7 @@ class Muon(WdOptimizer):
             else:
                 self._add_to_adamw(adam, p, g)
         decay = decay_factors(group)
-        for impl, idx in choose(group, muon_p, None) if muon_p else []:
+        for impl, idx in choose(group, [muon_p], None) if muon_p else []:
             ps = pick(muon_p, idx)
             ns_dtype = group["ns_dtype"]
             step = foreach.muon if impl == "foreach" else muon_step
