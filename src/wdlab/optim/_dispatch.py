@@ -15,6 +15,7 @@ Decided each step from the tensors at hand, so a group that moves device follows
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -132,6 +133,14 @@ def pick(values: Sequence[Any], idx: Sequence[int]) -> list[Any]:
     return [values[i] for i in idx]
 
 
+@functools.cache
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def matmul_dtype(device: torch.device) -> torch.dtype:
     """The dtype Muon's Newton-Schulz matmuls run in when ns_dtype="auto".
 
@@ -143,9 +152,5 @@ def matmul_dtype(device: torch.device) -> torch.dtype:
     if device.type in ("cuda", "xpu"):
         return torch.bfloat16
     if device.type == "cpu":
-        try:
-            fast = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            fast = False
-        return torch.bfloat16 if fast else torch.float32
+        return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
     return torch.float32

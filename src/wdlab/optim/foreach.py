@@ -16,6 +16,7 @@ Every function updates its tensors in place and returns None; scalars are Python
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -49,7 +50,7 @@ def _by_shape(tensors: Sequence[torch.Tensor]) -> list[list[int]]:
     out: dict[tuple[int, int], list[int]] = {}
     for i, t in enumerate(tensors):
         if t.ndim >= 2:
-            out.setdefault((t.size(0), t[0].numel()), []).append(i)
+            out.setdefault((t.size(0), math.prod(t.shape[1:])), []).append(i)
     return list(out.values())
 
 
@@ -153,7 +154,7 @@ def newton_schulz_batched(
         x = x.mT
     x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
-        gram = x @ x.mT
+        gram = torch.bmm(x, x.mT)
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
         x = torch.baddbmm(x, poly, x, beta=a)
     return x.mT if tall else x
@@ -183,7 +184,7 @@ def muon(
         if decay_rate:
             torch._foreach_mul_(p, 1 - decay_rate)
         for idx in _by_shape(p):
-            rows, cols = p[idx[0]].size(0), p[idx[0]][0].numel()
+            rows, cols = p[idx[0]].size(0), math.prod(p[idx[0]].shape[1:])
             stacked = torch.stack([_matrix(direction[i]) for i in idx]).to(ns_dtype)
             ortho = newton_schulz_batched(stacked, ns_steps, ns_coefficients, eps)
             ortho = ortho.to(p[idx[0]].dtype)
@@ -199,23 +200,23 @@ def muon(
 def _views(
     w: torch.Tensor, g: torch.Tensor, delta: float, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """functional.scale_invariant_view on a (k, rows, cols) stack, as masks.
+    """functional.scale_invariant_view on a (k, rows, cols) stack, as 0/1 masks in w's dtype.
 
-    Returns (channel (k,) bool, layer (k,) bool, ||w|| per row (k, rows), ||w|| (k, 1));
-    layer is False wherever channel is True, as the reference tries channel first.
+    Returns (channel (k, 1), layer (k, 1), ||w|| per row (k, rows), ||w|| (k, 1)); layer is 0
+    wherever channel is 1, as the reference tries the channel view first.
     """
     rows, cols = w.shape[-2:]
     dots = (g * w).sum(dim=-1)
     w_norms = torch.linalg.vector_norm(w, dim=-1)
     g_norms = torch.linalg.vector_norm(g, dim=-1)
     cos = dots.abs() / (g_norms.clamp(min=eps) * w_norms.clamp(min=eps))
-    channel = cos.amax(dim=-1) < delta / cols**0.5
+    channel = (cos.amax(dim=-1, keepdim=True) < delta / cols**0.5).to(w.dtype)
     w_norm = torch.linalg.vector_norm(w_norms, dim=-1, keepdim=True)
     g_norm = torch.linalg.vector_norm(g_norms, dim=-1, keepdim=True)
     cos_layer = dots.sum(dim=-1, keepdim=True).abs() / (
         g_norm.clamp(min=eps) * w_norm.clamp(min=eps)
     )
-    layer = (cos_layer.squeeze(-1) < delta / (rows * cols) ** 0.5) & ~channel
+    layer = (cos_layer < delta / (rows * cols) ** 0.5).to(w.dtype) * (1 - channel)
     return channel, layer, w_norms, w_norm
 
 
@@ -223,60 +224,58 @@ class _Projection:
     """The scale-invariance decision of every matrix of one bucket, made before the step."""
 
     def __init__(self, params: Tensors, grads: Tensors, delta: float, eps: float) -> None:
-        self.eps = eps
-        self.groups: list[tuple[list[int], torch.Tensor, tuple[torch.Tensor, ...]]] = []
+        # Per shape: (indices, stacked weights, 1/(||w_row|| + eps)^2 where the channel view
+        # holds else 0, the same for the layer view, projected (k, 1) as 0/1).
+        self.groups: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor,
+                                torch.Tensor]] = []
         for idx in _by_shape(params):
             w = torch.stack([_matrix(params[i]) for i in idx])
             g = torch.stack([_matrix(grads[i]) for i in idx])
-            self.groups.append((idx, w, _views(w, g, delta, eps)))
+            channel, layer, w_norms, w_norm = _views(w, g, delta, eps)
+            per_row = channel / (w_norms + eps).square()
+            whole = layer / (w_norm + eps).square()
+            self.groups.append((idx, w, per_row, whole, channel + layer))
 
-    def ratios(self, wd_ratio: float) -> list[tuple[list[int], torch.Tensor]]:
-        """Per group: (indices, (k,) factor wd_ratio where projected, else 1)."""
-        out = []
-        for idx, w, (channel, layer, _, _) in self.groups:
-            ones = torch.ones((), dtype=w.dtype, device=w.device)
-            out.append((idx, torch.where(channel | layer, ones * wd_ratio, ones)))
-        return out
+    def factors(self, base: float, projected: float) -> list[tuple[list[int], Tensors]]:
+        """Per group: (indices, 0-d factors: `projected` where projected, else `base`)."""
+        return [(idx, list((proj.squeeze(-1) * (projected - base) + base).unbind(0)))
+                for idx, _, _, _, proj in self.groups]
 
     def project(self, updates: Tensors) -> None:
         """Remove from each projected update (in place) its radial part per row, as
         functional.adamp_project with the weights before decay."""
-        for idx, w, (channel, layer, w_norms, w_norm) in self.groups:
+        for idx, w, per_row, whole, _ in self.groups:
             u = torch.stack([_matrix(updates[i]) for i in idx])
             dots = (w * u).sum(dim=-1)
-            per_row = dots / (w_norms + self.eps).square()
-            whole = dots.sum(dim=-1, keepdim=True) / (w_norm + self.eps).square()
-            coef = torch.where(channel.unsqueeze(-1), per_row,
-                               torch.where(layer.unsqueeze(-1), whole, torch.zeros_like(whole)))
-            u.sub_(w * coef.unsqueeze(-1))
-            torch._foreach_copy_([updates[i] for i in idx],
-                                 [x if updates[i].ndim == 2 else x.view(updates[i].shape)
-                                  for i, x in zip(idx, u.unbind(0), strict=True)])
+            coef = torch.addcmul(dots.sum(dim=-1, keepdim=True) * whole, dots, per_row)
+            # Views write through: updates are fresh tensors or (SGDP) contiguous buffers.
+            views = [_matrix(updates[i]) for i in idx]
+            torch._foreach_addcmul_(views, list(w.unbind(0)), list(coef.unsqueeze(-1).unbind(0)),
+                                    value=-1)
 
 
 def _decay_by_ratio(
-    params: Tensors, ratios: list[tuple[list[int], torch.Tensor]], rate: float
+    params: Tensors, projection: _Projection, rate: float, wd_ratio: float
 ) -> None:
-    """w <- w*(1 - rate*r) with r each matrix's ratio (1 for tensors with ndim < 2)."""
+    """w <- w*(1 - rate*r), r = wd_ratio for projected matrices, else 1."""
     if not rate:
         return
-    matrices = {i for idx, _ in ratios for i in idx}
+    matrices = {i for idx, *_ in projection.groups for i in idx}
     plain = [p for i, p in enumerate(params) if i not in matrices]
     if plain:
         torch._foreach_mul_(plain, 1 - rate)
-    for idx, ratio in ratios:
-        torch._foreach_mul_([params[i] for i in idx], list((1 - rate * ratio).unbind(0)))
+    for idx, keep in projection.factors(1 - rate, 1 - rate * wd_ratio):
+        torch._foreach_mul_([params[i] for i in idx], keep)
 
 
 def _l2_by_ratio(
-    grads: Tensors, params: Tensors, ratios: list[tuple[list[int], torch.Tensor]], l2: float
+    grads: Tensors, params: Tensors, projection: _Projection, l2: float, wd_ratio: float
 ) -> Tensors:
     """g + l2*r*w with r as in _decay_by_ratio (new tensors; p.grad is not touched)."""
     if not l2:
         return grads
     out = list(torch._foreach_add(grads, params, alpha=l2))
-    for idx, ratio in ratios:
-        scaled = list((l2 * ratio).unbind(0))
+    for idx, scaled in projection.factors(l2, l2 * wd_ratio):
         fresh = torch._foreach_addcmul([grads[i] for i in idx], [params[i] for i in idx], scaled)
         for i, t in zip(idx, fresh, strict=True):
             out[i] = t
@@ -304,8 +303,7 @@ def adamp(
     for p, g, m, v, s in by_device_and_dtype(params, grads, exp_avgs, exp_avg_sqs, steps):
         t = step_values(s)
         projection = _Projection(p, g, delta, eps)
-        ratios = projection.ratios(wd_ratio)
-        g = _l2_by_ratio(g, p, ratios, l2)
+        g = _l2_by_ratio(g, p, projection, l2, wd_ratio)
         torch._foreach_lerp_(m, g, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, 1 - beta2)
@@ -315,7 +313,7 @@ def adamp(
         numer = torch._foreach_lerp(g, m, beta1) if nesterov else m
         update = list(torch._foreach_div(numer, denom))
         projection.project(update)
-        _decay_by_ratio(p, ratios, decay_rate)
+        _decay_by_ratio(p, projection, decay_rate, wd_ratio)
         torch._foreach_mul_(update, [-lr / (1 - beta1**k) for k in t])
         torch._foreach_add_(p, update)
 
@@ -338,8 +336,7 @@ def sgdp(
     """SGDP (functional.sgdp_step's math); without Nesterov the buffer keeps the projection."""
     for p, g, b in by_device_and_dtype(params, grads, bufs):
         projection = _Projection(p, g, delta, eps)
-        ratios = projection.ratios(wd_ratio)
-        g = _l2_by_ratio(g, p, ratios, l2)
+        g = _l2_by_ratio(g, p, projection, l2, wd_ratio)
         if momentum:
             torch._foreach_mul_(b, momentum)
             torch._foreach_add_(b, g, alpha=1 - dampening)
@@ -347,7 +344,7 @@ def sgdp(
         else:
             direction = list(torch._foreach_mul(g, 1 - dampening))
         projection.project(direction)  # in the buffer itself when direction is b
-        _decay_by_ratio(p, ratios, decay_rate / (1 - momentum))
+        _decay_by_ratio(p, projection, decay_rate / (1 - momentum), wd_ratio)
         torch._foreach_add_(p, direction, alpha=-lr)
 
 
@@ -467,7 +464,7 @@ def scale(
                 g[i] = x
         buckets: dict[tuple[int, int, int], list[int]] = {}
         for i, x in enumerate(p):
-            buckets.setdefault((x.size(0), x[0].numel(), d[i]), []).append(i)
+            buckets.setdefault((x.size(0), math.prod(x.shape[1:]), d[i]), []).append(i)
         factors: Tensors = []
         order: list[int] = []
         for (rows, cols, dim), idx in buckets.items():
