@@ -30,7 +30,8 @@ def model() -> nn.Sequential:
 @pytest.fixture
 def torch_sgd(monkeypatch: pytest.MonkeyPatch) -> str:
     """Register torch's SGD under a test name, so the plumbing is tested without wdlab's own."""
-    monkeypatch.setitem(wdlab.optim._REGISTRY, "torch_sgd", ("torch.optim", "SGD"))
+    entry = wdlab.optim.Entry("torch_sgd", "torch.optim", "SGD", "momentum", None)
+    monkeypatch.setitem(wdlab.optim.REGISTRY, "torch_sgd", entry)
     return "torch_sgd"
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from wdlab.errors import ConfigError
+from wdlab.optim import REGISTRY
 
 __all__ = [
     "FAMILY_RANGES",
@@ -38,32 +39,21 @@ DEFAULT_OPTIMIZERS = ("adamw", "lion")
 QUICK = {"trials": 3, "studies": 1}
 FULL = {"trials": 5, "studies": 3}  # AlgoPerf's external tuning
 
-# Log-uniform search ranges ((lr lo, lr hi), (wd lo, wd hi)) per optimizer family. Adam-like
-# updates have RMS ~1 per coordinate; Lion's sign update is larger, so its lr is 10x smaller
-# and its decoupled λ 10x larger (same η·λ, the decay timescale, REFERENCE §1); SGD's update
-# scales with the gradient, so its lr is 10x larger and λ 10x smaller.
-_ADAM = ((1e-4, 1e-2), (1e-3, 1.0))
+# Log-uniform search ranges ((lr lo, lr hi), (wd lo, wd hi)) and fixed settings on top of each
+# workload's recipe (tuned for AdamW), per optimizer: from wdlab.optim.REGISTRY's entries.
 FAMILY_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
-    "adamw": _ADAM,
-    "adamp": _ADAM,
-    "fadam": _ADAM,
-    "muon": _ADAM,  # match_rms_adamw: the update RMS is AdamW's, so AdamW's ranges apply
-    "lion": ((1e-5, 1e-3), (1e-2, 10.0)),
-    "sgdw": ((1e-3, 1e-1), (1e-4, 0.1)),
-    "sgdp": ((1e-3, 1e-1), (1e-4, 0.1)),
-    "scale": ((1e-3, 1e-1), (1e-4, 0.1)),
-    "novograd": ((1e-3, 1e-1), (1e-4, 0.1)),
+    name: (e.lr_range, e.wd_range) for name, e in REGISTRY.items()
 }
-
-
-# Fixed settings per family on top of each workload's recipe (tuned for AdamW): Lion's
-# paper default betas instead of AdamW's.
-FAMILY_SETTINGS: dict[str, list[str]] = {"lion": ["optimizer.betas=[0.9, 0.99]"]}
+FAMILY_SETTINGS: dict[str, list[str]] = {
+    name: list(e.settings) for name, e in REGISTRY.items() if e.settings
+}
+_ADAM = FAMILY_RANGES["adamw"]
 
 
 def search_space(optimizer: str) -> tuple[tuple[float, float], tuple[float, float]]:
     """The (lr range, wd range) searched for `optimizer`; an unknown family gets AdamW's."""
-    return FAMILY_RANGES.get(optimizer, _ADAM)
+    entry = REGISTRY.get(optimizer)
+    return (entry.lr_range, entry.wd_range) if entry else _ADAM
 
 
 @dataclass
@@ -139,7 +129,7 @@ def _spec(optimizer: str, workload: str, trials: int, study: int, quick: bool):
         n_trials=trials,
         sample_seed=study,
         tiny=quick,
-        assignments=list(FAMILY_SETTINGS.get(optimizer, [])),
+        assignments=list(REGISTRY[optimizer].settings) if optimizer in REGISTRY else [],
         name=f"bench-{tag}-{workload}-{optimizer}-n{trials}-s{study}",
     )
 

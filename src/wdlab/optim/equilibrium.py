@@ -45,7 +45,6 @@ than SGDW, and any other optimizer class.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -251,95 +250,71 @@ def _norm(h: Hyper, numel: int, grad_norm_unit: float | None) -> float | None:
     return (h.lr**2 * grad_norm_unit**2 * gain / _shrink(d)) ** 0.25
 
 
-def _wdlab_class(module: str, name: str) -> type | None:
-    """wdlab's optimizer class if it imports (they are written independently of this room)."""
-    try:
-        mod = __import__(module, fromlist=[name])
-        return getattr(mod, name)
-    except Exception:  # noqa: BLE001 - any import problem just means "not identifiable"
+def _momentum_hyper(kind: str, group: dict[str, Any], **common: Any) -> Hyper:
+    return Hyper(
+        kind,
+        momentum=float(group.get("momentum", 0.0)),
+        dampening=float(group.get("dampening", 0.0)),
+        nesterov=bool(group.get("nesterov", False)),
+        **common,
+    )
+
+
+def _betas(group: dict[str, Any]) -> tuple[float, ...]:
+    return tuple(float(b) for b in group.get("betas", (0.9, 0.999)))
+
+
+def _hyper_of_kind(kind: str, group: dict[str, Any], common: dict[str, Any]) -> Hyper | None:
+    """Hyper for a wdlab optimizer whose registry entry names prediction `kind`."""
+    mode = group.get("decay", "decoupled")
+    if kind == "sgdw":  # SGDW with l2 decay is torch's SGD: the coupled "sgd" prediction
+        if mode == "l2":
+            return _momentum_hyper("sgd", group, decay="decoupled", **common)
+        return _momentum_hyper("sgdw", group, decay=mode, **common)
+    if mode not in DECAYS:
         return None
-
-
-@functools.lru_cache(maxsize=1)
-def _wdlab_classes() -> dict[str, type | None]:
-    """wdlab's optimizer classes by name, looked up once per process."""
-    return {
-        name: _wdlab_class(module, name)
-        for module, name in (
-            ("wdlab.optim.adamw", "AdamW"),
-            ("wdlab.optim.sgdw", "SGDW"),
-            ("wdlab.optim.lion", "Lion"),
-            ("wdlab.optim.adamp", "AdamP"),
-            ("wdlab.optim.adamp", "SGDP"),
-        )
-    }
+    if kind == "adamw":
+        return None if group.get("amsgrad", False) else Hyper(
+            "adamw", betas=_betas(group), decay=mode, **common)
+    if kind == "lion":
+        return Hyper("lion", betas=_betas(group), decay=mode, **common)
+    wd_ratio = float(group.get("wd_ratio", 0.1))
+    if kind == "adamp":
+        return Hyper("adamp", betas=_betas(group), nesterov=bool(group.get("nesterov", False)),
+                     wd_ratio=wd_ratio, decay=mode, **common)
+    if kind == "sgdp":
+        return _momentum_hyper("sgdp", group, wd_ratio=wd_ratio, decay=mode, **common)
+    return None
 
 
 def hyper_for(optimizer: Any, group: dict[str, Any]) -> Hyper | None:
-    """Identify the optimizer (by class) and read one group's hyperparameters; None if unknown."""
+    """Read one group's hyperparameters for the prediction its optimizer has; None if none.
+
+    wdlab's optimizers say which prediction applies in their registry entry
+    (wdlab.optim.REGISTRY, `equilibrium`); torch's SGD, Adam and AdamW are known here.
+    """
     import torch
+
+    from wdlab.optim import entry_for
 
     lr, wd = float(group.get("lr", 0.0)), float(group.get("weight_decay", 0.0))
     if wd <= 0 or lr <= 0:
         return None
-    wd_classes = _wdlab_classes()
-    common = dict(lr=lr, wd=wd, initial_lr=group.get("initial_lr"))
-    mode = group.get("decay", "decoupled")
-    for name, cls in wd_classes.items():
-        if cls is None or not isinstance(optimizer, cls):
-            continue
-        if name == "SGDW":
-            kind = "sgd" if mode == "l2" else "sgdw"
-            return Hyper(
-                kind,
-                momentum=float(group.get("momentum", 0.0)),
-                dampening=float(group.get("dampening", 0.0)),
-                nesterov=bool(group.get("nesterov", False)),
-                decay="decoupled" if mode == "l2" else mode,
-                **common,
-            )
-        if mode not in DECAYS:
+    entry = entry_for(optimizer)
+    if entry is not None:
+        if entry.equilibrium is None:
             return None
-        betas = tuple(float(b) for b in group.get("betas", (0.9, 0.999)))
-        if name == "AdamW":
-            if group.get("amsgrad", False):
-                return None
-            return Hyper("adamw", betas=betas, decay=mode, **common)
-        if name == "Lion":
-            return Hyper("lion", betas=betas, decay=mode, **common)
-        if name == "AdamP":
-            return Hyper(
-                "adamp",
-                betas=betas,
-                nesterov=bool(group.get("nesterov", False)),
-                wd_ratio=float(group.get("wd_ratio", 0.1)),
-                decay=mode,
-                **common,
-            )
-        return Hyper(
-            "sgdp",
-            momentum=float(group.get("momentum", 0.0)),
-            dampening=float(group.get("dampening", 0.0)),
-            nesterov=bool(group.get("nesterov", False)),
-            wd_ratio=float(group.get("wd_ratio", 0.1)),
-            decay=mode,
-            **common,
-        )
-    common.pop("initial_lr")
+        initial_lr = group.get("initial_lr")
+        common = dict(lr=lr, wd=wd,
+                      initial_lr=None if initial_lr is None else float(initial_lr))
+        return _hyper_of_kind(entry.equilibrium, group, common)
     if type(optimizer) is torch.optim.SGD:
-        return Hyper(
-            "sgd",
-            momentum=float(group.get("momentum", 0.0)),
-            dampening=float(group.get("dampening", 0.0)),
-            nesterov=bool(group.get("nesterov", False)),
-            **common,
-        )
+        return _momentum_hyper("sgd", group, lr=lr, wd=wd)
     if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
         decoupled = type(optimizer) is torch.optim.AdamW or group.get("decoupled_weight_decay")
         if not decoupled or group.get("amsgrad", False):
             return None
-        betas = tuple(float(b) for b in group.get("betas", (0.9, 0.999)))
-        return Hyper("adamw", betas=betas, **common)
+        return Hyper("adamw", betas=_betas(group), lr=lr, wd=wd)
     return None
 
 

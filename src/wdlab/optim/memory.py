@@ -3,14 +3,16 @@
 Optimizers create state lazily at the first step, but a memory column (wdlab inspect) is most
 useful before training. Decision: a parameter that already has state counts its state tensors'
 bytes as they are; one without state counts what its optimizer will create, from the known
-state layout of wdlab's and torch's optimizers (tests/test_optim_memory.py checks each layout
-against the state after one step). Any other optimizer is estimated by stepping a deep copy of
-it once with zero gradients (memory for one copy of params and state, for the moment only).
+state layout of wdlab's optimizers (their registry entries) and torch's
+(tests/test_optim_memory.py checks each layout against the state after one step). Any other
+optimizer is estimated by stepping a deep copy of it once with zero gradients (memory for one
+copy of params and state, for the moment only).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,34 +25,41 @@ def _nbytes(value: Any) -> int:
     return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
 
 
+def _adam(p: torch.Tensor, group: dict[str, Any], cls: type) -> int:
+    return 2 * _nbytes(p) + STEP_BYTES
+
+
+def _muon(p: torch.Tensor, group: dict[str, Any], cls: type) -> int:
+    return _nbytes(p) if cls.uses_muon(p, group) else _adam(p, group, cls)
+
+
+def _scale(p: torch.Tensor, group: dict[str, Any], cls: type) -> int:
+    kind = cls.update_of(p, group)
+    return {"adamw": _adam(p, group, cls), "output": _nbytes(p)}.get(kind, 0)
+
+
+LAYOUTS: dict[str, Callable[[torch.Tensor, dict[str, Any], type], int]] = {
+    "adam": _adam,  # "step" + two moments like p
+    "momentum": lambda p, group, cls: _nbytes(p) if group.get("momentum", 0) else 0,
+    "buffer": lambda p, group, cls: _nbytes(p),
+    "novograd": lambda p, group, cls: _nbytes(p) + STEP_BYTES + p.element_size(),
+    "muon": _muon,  # a buffer for orthogonalized matrices, AdamW's state for the rest
+    "scale": _scale,  # a buffer for the output layer, AdamW's state for vectors, else none
+}
+"""State bytes before the first step, per layout name of wdlab.optim.REGISTRY's entries."""
+
+
 def _layout(optimizer: torch.optim.Optimizer, p: torch.Tensor, group: dict[str, Any]) -> int | None:
     """State bytes `optimizer` will create for `p` in `group`; None if the layout is unknown."""
-    from wdlab.optim.adamp import SGDP, AdamP
-    from wdlab.optim.adamw import AdamW
-    from wdlab.optim.fadam import FAdam
-    from wdlab.optim.lion import Lion
-    from wdlab.optim.muon import Muon
-    from wdlab.optim.novograd import NovoGrad
-    from wdlab.optim.scale import SCALE
-    from wdlab.optim.sgdw import SGDW
+    from wdlab.optim import entry_for
 
-    n = _nbytes(p)
-    adam = 2 * n + STEP_BYTES
-    if isinstance(optimizer, (AdamW, AdamP, FAdam)):
-        return adam
+    entry = entry_for(optimizer)
+    if entry is not None:
+        return LAYOUTS[entry.state](p, group, type(optimizer))
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        return adam + (n if group.get("amsgrad") else 0)
-    if isinstance(optimizer, (SGDW, SGDP, torch.optim.SGD)):
-        return n if group.get("momentum", 0) else 0
-    if isinstance(optimizer, Lion):
-        return n
-    if isinstance(optimizer, NovoGrad):
-        return n + STEP_BYTES + p.element_size()
-    if isinstance(optimizer, Muon):
-        return n if Muon.uses_muon(p, group) else adam
-    if isinstance(optimizer, SCALE):
-        kind = SCALE.update_of(p, group)
-        return {"adamw": adam, "output": n}.get(kind, 0)
+        return _adam(p, group, type(optimizer)) + (_nbytes(p) if group.get("amsgrad") else 0)
+    if isinstance(optimizer, torch.optim.SGD):
+        return LAYOUTS["momentum"](p, group, type(optimizer))
     return None
 
 
