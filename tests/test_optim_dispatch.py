@@ -296,3 +296,20 @@ def test_impl_is_chosen_per_device_and_dtype_bucket() -> None:
     assert plan == [("native", [0])]
     with pytest.raises(ValueError, match=r"^impl='native' cannot run: nope; use impl='auto'"):
         choose({"impl": "native"}, [[a]], lambda ps: False, lambda: "nope")
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_auto_takes_the_foreach_path_on_a_non_cpu_device(name: str) -> None:
+    """The meta device stands in for a GPU here: impl="auto" must choose "foreach" there, and
+    any host read of a device value (.item() cannot run on meta) or any CPU tensor mixed into
+    the device math (other than the CPU step counters) fails."""
+    params = [torch.nn.Parameter(torch.empty(s, device="meta")) for s in MODEL_SHAPES]
+    for p in params:
+        p.grad = torch.empty(p.shape, device="meta")
+    opt = FAMILIES[name](params)
+    for group in opt.param_groups:
+        group["impl"] = "auto"
+    count = _counted(opt)
+    assert count.syncs == []
+    steps = [s["step"] for s in opt.state.values() if "step" in s]
+    assert all(s.device.type == "cpu" for s in steps)  # torch's capturable=False layout

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import wdlab.optim
-from wdlab.optim import REGISTRY, Entry, SGDW, entry_for
+from wdlab.optim import REGISTRY, SGDW, Entry, entry_for
 from wdlab.optim.equilibrium import KINDS, hyper_for
 from wdlab.optim.memory import LAYOUTS, state_bytes
 
