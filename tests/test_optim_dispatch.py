@@ -146,9 +146,10 @@ MODEL_SHAPES = [(32, 32)] * 20 + [(64, 32)] * 5 + [(32,)] * 25  # 50 tensors
 MODEL_ROLES = ["matrix"] * 24 + ["output"] + ["vector"] * 25
 
 
-def _model_params() -> list[torch.nn.Parameter]:
+def _model_params(copies: int = 1) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in MODEL_SHAPES]
+    shapes = [s for s in MODEL_SHAPES for _ in range(copies)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen)
     return params
@@ -157,7 +158,8 @@ def _model_params() -> list[torch.nn.Parameter]:
 def _model_groups(params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
     """One group per role, as wdlab.param_groups makes them."""
     by_role: dict[str, list[torch.nn.Parameter]] = {}
-    for p, role in zip(params, MODEL_ROLES, strict=True):
+    roles = [r for r in MODEL_ROLES for _ in range(len(params) // len(MODEL_ROLES))]
+    for p, role in zip(params, roles, strict=True):
         by_role.setdefault(role, []).append(p)
     return [{"params": ps, "role": role} for role, ps in by_role.items()]
 
@@ -196,6 +198,15 @@ def test_foreach_step_has_no_host_sync_and_fits_the_op_budget(
     count = _counted(opt)
     assert count.syncs == [], f"{name}: host syncs {count.syncs}"
     assert count.total <= torch_adamw_ops, f"{name}: {count.total} ops > {torch_adamw_ops}"
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_op_count_does_not_grow_with_the_number_of_tensors(name: str) -> None:
+    """Twice the tensors of the same shapes: the same ops (AdamP/SGDP, Muon and SCALE pay per
+    distinct matrix shape, see docs/performance.md; nothing pays per tensor)."""
+    once = _counted(FAMILIES[name](_model_params()))
+    twice = _counted(FAMILIES[name](_model_params(copies=2)))
+    assert twice.total == once.total and twice.syncs == []
 
 
 def test_the_counter_sees_a_host_sync() -> None:

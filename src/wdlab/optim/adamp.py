@@ -47,6 +47,10 @@ def _on_cpu(params: list[torch.Tensor]) -> bool:
     return all(p.device.type == "cpu" for p in params)
 
 
+def _why_not_cpu() -> str:
+    return "the native path (torch's fused CPU kernels + kernels.c) needs CPU tensors"
+
+
 def _check_projection(group: dict[str, Any]) -> None:
     """Hyperparameters AdamP and SGDP share: eps, delta, wd_ratio, nesterov."""
     check_range("eps", group["eps"], 0.0)
@@ -105,7 +109,7 @@ class AdamP(WdOptimizer):
         hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
                      delta=group["delta"], wd_ratio=group["wd_ratio"],
                      nesterov=group["nesterov"], decay_rate=decay.rate, l2=decay.l2)
-        plan = choose(group, [params], _on_cpu)
+        plan = choose(group, [params], _on_cpu, _why_not_cpu)
         for impl, idx in plan:
             ps = pick(params, idx)
             # Contiguous: the projection views the update (built from these) as rows.
@@ -177,7 +181,7 @@ class SGDP(WdOptimizer):
         hyper = dict(lr=group_lr(group), momentum=momentum, dampening=group["dampening"],
                      nesterov=group["nesterov"], eps=group["eps"], delta=group["delta"],
                      wd_ratio=group["wd_ratio"], decay_rate=decay.rate, l2=decay.l2)
-        plan = choose(group, [params], _on_cpu)
+        plan = choose(group, [params], _on_cpu, _why_not_cpu)
         for impl, idx in plan:
             cols = (pick(params, idx), pick(grads, idx), pick(bufs, idx))
             if impl == "foreach":
