@@ -36,7 +36,8 @@ FUSED_TO_IMPL = {None: "auto", True: "native", False: "reference"}
 """AdamW's older `fused=` keyword (its "native" is torch's fused Adam kernel)."""
 
 # The mode name functional.py's reference/native functions take for each concrete impl.
-FUNCTIONAL_MODE = {"reference": "chunked", "native": "native", "compiled": "compiled"}
+FUNCTIONAL_MODE = {"reference": "chunked", "native": "native", "compiled": "compiled",
+                   "auto": "auto"}
 
 
 def impl_from(
@@ -105,16 +106,24 @@ def choose(
     columns: Sequence[Sequence[Any]],
     native_ok: Callable[..., bool] | None,
     why_not_native: Callable[[], str | None] | None = None,
+    *,
+    callee_resolves_auto: bool = False,
 ) -> list[tuple[str, list[int]]]:
     """(concrete impl, indices) per device of columns[0] (the params): the group's impl there.
 
     `native_ok(*columns_at_those_indices)` says whether the native path takes them (None: the
     family has no native path). An explicit "native" that cannot run is a ValueError naming why.
+    callee_resolves_auto=True: "auto" on CPU stays "auto", for the functional.py functions that
+    pick native or reference themselves (per call, with the same check), so the check is not
+    paid twice per step.
     """
     wanted = group["impl"]
     plan: list[tuple[str, list[int]]] = []
     for device, idx in by_device(columns[0]).items():
         impl = wanted
+        if wanted == "auto" and device.type == "cpu" and callee_resolves_auto:
+            plan.append(("auto", idx))
+            continue
         fits = native_ok is not None and wanted in ("auto", "native") and native_ok(
             *[pick(column, idx) for column in columns]
         )

@@ -87,7 +87,8 @@ class FAdam(WdOptimizer):
         hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
                      clip=group["clip"], power=group["p"], decay_rate=decay.rate, l2=decay.l2)
         plan = choose(group, [params, grads, momenta, fims], native.supports,
-                      native.why_unavailable)
+                      native.why_unavailable,
+                      callee_resolves_auto=True)
         for impl, idx in plan:
             cols = [pick(c, idx) for c in (params, grads, momenta, fims, steps)]
             if impl == "foreach":

@@ -53,7 +53,8 @@ class Lion(WdOptimizer):
         decay = decay_factors(group)
         hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, decay_rate=decay.rate,
                      l2=decay.l2)
-        plan = choose(group, [params, grads, exp_avgs], native.supports, native.why_unavailable)
+        plan = choose(group, [params, grads, exp_avgs], native.supports, native.why_unavailable,
+                      callee_resolves_auto=True)
         for impl, idx in plan:
             cols = (pick(params, idx), pick(grads, idx), pick(exp_avgs, idx))
             if impl == "foreach":

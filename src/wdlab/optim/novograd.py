@@ -108,7 +108,8 @@ class NovoGrad(WdOptimizer):
         hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
                      grad_averaging=group["grad_averaging"], decay_rate=decay.rate,
                      l2=decay.l2, decay_in_momentum=group["decay_in_momentum"])
-        plan = choose(group, [params, grads, exp_avgs], native.supports, native.why_unavailable)
+        plan = choose(group, [params, grads, exp_avgs], native.supports, native.why_unavailable,
+                      callee_resolves_auto=True)
         for impl, idx in plan:
             cols = [pick(c, idx) for c in (params, grads, exp_avgs, exp_avg_sqs, steps)]
             if impl == "foreach":

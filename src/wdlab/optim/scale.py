@@ -125,7 +125,7 @@ class SCALE(WdOptimizer):
                      decay_rate=decay.rate, l2=decay.l2)
         if norm_p:
             plan = choose(group, [norm_p, norm_g, bufs], native.supports,
-                          native.why_unavailable)
+                          native.why_unavailable, callee_resolves_auto=True)
             for impl, idx in plan:
                 cols = [pick(c, idx) for c in (norm_p, norm_g, bufs, dims)]
                 if impl == "foreach":

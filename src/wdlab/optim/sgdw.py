@@ -92,7 +92,8 @@ class SGDW(WdOptimizer):
         for fresh, (ps, gs, bs) in batches.items():
             if not ps:
                 continue
-            plan = choose(group, [ps, gs, bs], native.supports, native.why_unavailable)
+            plan = choose(group, [ps, gs, bs], native.supports, native.why_unavailable,
+                          callee_resolves_auto=True)
             for impl, idx in plan:
                 cols = (pick(ps, idx), pick(gs, idx), pick(bs, idx))
                 if impl == "foreach":
