@@ -44,3 +44,12 @@ def test_a_new_optimizer_is_its_class_and_its_entry(monkeypatch: pytest.MonkeyPa
     from wdlab.bench import search_space
 
     assert search_space("heavyball") == ((1e-2, 1.0), (1e-5, 1e-3))
+
+
+def test_the_registry_imports_without_torch() -> None:
+    # The CLI builds its parser from wdlab.bench, which reads the registry's search spaces.
+    import subprocess
+    import sys
+
+    code = "import sys, wdlab.optim, wdlab.bench; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch-free at import: the CLI builds its parser from wdlab.bench
+    import torch
 
 Range = tuple[float, float]
 
