@@ -19,7 +19,7 @@ import torch
 
 from wdlab.optim import foreach
 from wdlab.optim._dispatch import check_impl, choose, impl_from, pick
-from wdlab.optim.functional import EAGER_MODES, adamw_step
+from wdlab.optim.functional import adamw_step
 
 DECAY_MODES = ("decoupled", "independent", "l2")
 # Params, grads, exp_avgs, exp_avg_sqs, steps: the lists of an AdamW fallback step.
@@ -65,11 +65,6 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
 
 def check_decay(decay: Any) -> None:
     check_choice("decay", decay, DECAY_MODES)
-
-
-def check_mode(group: dict[str, Any], modes: Sequence[str] = EAGER_MODES) -> None:
-    """The group's "mode" is one of `modes` (default: the eager ones, "chunked" or "whole")."""
-    check_choice("mode", group["mode"], modes)
 
 
 def check_bool(group: dict[str, Any], name: str) -> None:

@@ -288,7 +288,7 @@ class RotationalWrapper(OptimizerWrapper):
       w <- w + tan(theta)*||w0||*u/sqrt(v_hat), then rescaled to ||w0||
     so the angle is exactly theta whenever ||u||^2 = v_hat, in particular on step 1 (REQ writes
     theta for tan(theta); the two agree to O(theta^3)). theta is the equilibrium angular update
-    of the wrapped optimizer's group (wdlab.monitor.equilibrium), recomputed every step so it
+    of the wrapped optimizer's group (wdlab.optim.equilibrium), recomputed every step so it
     follows the lr schedule, or `angle` (radians, or a function of the group) if given; a
     group whose lr is 0 does not rotate. Which weights: `params`, else groups with
     scale_invariant=True. Rows of zero norm are left to the inner update.
@@ -321,7 +321,7 @@ class RotationalWrapper(OptimizerWrapper):
             return float(self.angle(group) if callable(self.angle) else self.angle)
         if float(group.get("lr", 0.0)) == 0.0:
             return 0.0
-        from wdlab.monitor.equilibrium import hyper_for, predict
+        from wdlab.optim.equilibrium import hyper_for, predict
 
         hyper = hyper_for(self.optimizer, group)
         if hyper is None:
