@@ -39,8 +39,14 @@ def test_bad_input_is_one_line_with_exit_2(capsys, tmp_path, argv, expected) -> 
 
 
 def test_unknown_run_and_not_a_store(capsys, tmp_path) -> None:
+    from wdlab.store import Store
+
+    Store(tmp_path / "s.db").close()
     err = _fails(capsys, "show", "deadbeef", "--store", str(tmp_path / "s.db"))
     assert "deadbeef" in err
+    err = _fails(capsys, "show", "deadbeef", "--store", str(tmp_path / "none.db"))
+    assert "no store at" in err and "none.db" in err
+    assert not (tmp_path / "none.db").exists()
     junk = tmp_path / "junk.db"
     junk.write_text("this is not sqlite" * 100)
     err = _fails(capsys, "runs", "--store", str(junk))

@@ -1,4 +1,8 @@
-"""Progress displays for long work: a rich bar on a terminal, plain lines elsewhere (logs, CI)."""
+"""Progress displays for long work: a rich bar on a terminal, plain lines elsewhere (logs, CI).
+
+Labels hold stored strings (a sweep's name), so they are shown as plain text: never read as
+rich markup, control characters made visible (wdlab._text.clean).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import math
 import sys
 import time
 from typing import TextIO
+
+from wdlab._text import clean
 
 
 def _format_fields(fields: dict[str, float]) -> str:
@@ -16,7 +22,7 @@ class PlainProgress:
     """One line about every 5% of the run and at every evaluation, for non-terminals."""
 
     def __init__(self, label: str, stream: TextIO | None = None, unit: str = "step") -> None:
-        self.label = label
+        self.label = clean(label)
         self.unit = unit
         self.stream = stream or sys.stdout
         self.total = 0
@@ -60,12 +66,12 @@ class RichProgress:
             TimeRemainingColumn,
         )
 
-        self.label = label
+        self.label = clean(label)
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[info]}", markup=False),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),

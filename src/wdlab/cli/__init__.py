@@ -1,0 +1,78 @@
+"""The `wdlab` command line: run | sweep | sweeps | bench | report | runs | show | export |
+inspect | transfer | coordcheck.
+
+One subcommand per module (wdlab.cli.<command>: HELP, add_arguments, main). `main` here is
+the one error boundary: every error a user can cause ends in one line on stderr naming the
+problem and the fix, exit code 2, no traceback; an interrupt (Ctrl-C) exits 130; anything
+else is a bug and keeps its traceback. Building the parser imports no torch, so commands
+that neither train nor plot start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from wdlab import __version__
+from wdlab.cli._args import EXIT_INTERRUPTED, Parser, fail, join_negative_numbers
+from wdlab.cli._errors import user_message
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+# command name -> module in wdlab.cli
+COMMANDS = {
+    "run": "run",
+    "sweep": "sweep",
+    "sweeps": "sweeps",
+    "bench": "bench",
+    "report": "report",
+    "runs": "runs",
+    "show": "show",
+    "export": "export",
+    "inspect": "inspect",
+    "transfer": "transfer",
+    "coordcheck": "coordcheck",
+}
+
+
+def build_parser(only: str | None = None) -> Parser:
+    """The `wdlab` parser. With `only`, the other subcommands get their help line but not
+    their options (which may import heavier modules such as the sweep spec)."""
+    parser = Parser(prog="wdlab", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"wdlab {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=Parser, metavar="COMMAND"
+    )
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"wdlab.cli.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.set_defaults(handler=module.main)
+        if only is None or only == name:
+            module.add_arguments(p)
+    return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv (the first token that is not an option)."""
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `wdlab` command; the return value is the exit code."""
+    args = None
+    try:
+        tokens = join_negative_numbers(sys.argv[1:] if argv is None else argv)
+        args = build_parser(only=_command_of(tokens)).parse_args(tokens)
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("wdlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        message = user_message(exc, args)
+        if message is None:
+            raise
+        fail(message)

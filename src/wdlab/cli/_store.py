@@ -1,0 +1,98 @@
+"""Opening the run store from a command: read-only commands never create one, and writing
+commands never create directories the user did not ask for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from wdlab.errors import WdlabError
+
+
+def runs_root(store_path: str | os.PathLike[str]) -> Path:
+    """Checkpoints live beside the store, one folder per run."""
+    return Path(store_path).resolve().parent / "wdlab-runs"
+
+
+def check_writable_path(path: str) -> None:
+    """A store may be created at `path`: its directory exists and it is not a directory."""
+    target = Path(path)
+    if target.is_dir():
+        raise WdlabError(
+            f"--store {path} is a directory; pass a file path such as "
+            f"{os.path.join(path, 'wdlab.db')}",
+            field="store",
+        )
+    parent = target.parent
+    if not parent.is_dir():
+        raise WdlabError(
+            f"--store {path}: directory {parent} does not exist; create it "
+            f"(mkdir -p {parent}) or pass another --store",
+            field="store",
+        )
+
+
+def open_existing(path: str) -> Any:
+    """The Store at `path`, which must already exist (read-only commands)."""
+    target = Path(path)
+    if target.is_dir():
+        check_writable_path(path)
+    if not target.is_file():
+        raise WdlabError(
+            f"no store at {path}; pass --store with the file `wdlab run` wrote "
+            "(default ./wdlab.db)",
+            field="store",
+        )
+    if target.stat().st_size == 0:
+        raise WdlabError(
+            f"{path} is an empty file, not a wdlab store; pass another --store path",
+            field="store",
+        )
+    from wdlab.store import Store
+
+    return Store(path)
+
+
+def open_for_writing(path: str) -> Any:
+    """The Store at `path`, created there if it does not exist yet."""
+    check_writable_path(path)
+    from wdlab.store import Store
+
+    return Store(path)
+
+
+class LazyStore:
+    """A Store opened on first use, so that a run that fails before it starts (bad model
+    size, probe input) leaves no new store file behind. Remembers the run it creates, so an
+    interrupted run can name the command that resumes it."""
+
+    def __init__(self, path: str) -> None:
+        check_writable_path(path)
+        self.path = path
+        self.created_run: str | None = None
+        self._store: Any = None
+
+    def _open(self) -> Any:
+        if self._store is None:
+            from wdlab.store import Store
+
+            self._store = Store(self.path)
+        return self._store
+
+    def create_run(self, *args: Any, **kwargs: Any) -> str:
+        self.created_run = self._open().create_run(*args, **kwargs)
+        return self.created_run
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open(), name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> LazyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

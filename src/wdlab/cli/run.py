@@ -1,0 +1,206 @@
+"""`wdlab run WORKLOAD` (the main job) and `wdlab run --resume RUN [--steps N]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from wdlab.cli import _store, tables
+from wdlab.cli._args import (
+    DECAY_MODES,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    MAX_SEED,
+    finite_float,
+    positive_int,
+    seed,
+    store_option,
+)
+from wdlab.cli._errors import is_allocation_error
+from wdlab.errors import ConfigError, WdlabError
+
+HELP = "train one run of a workload to its target"
+
+# Settings a resumed run keeps from the store; giving one with --resume is refused.
+_SETTING_FLAGS = {
+    "workload": "WORKLOAD",
+    "optimizer": "--optimizer",
+    "lr": "--lr",
+    "wd": "--wd",
+    "decay": "--decay",
+    "seed": "--seed",
+    "target": "--target",
+    "name": "--name",
+    "config": "--config",
+    "set": "--set",
+    "tiny": "--tiny",
+    "monitor": "--monitor",
+    "on_nonfinite": "--on-nonfinite",
+    "threads": "--threads",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workload", nargs="?", help="grokking | charlm | digits | teacher")
+    p.add_argument("--optimizer", help="an optimizer name (see wdlab inspect for the list)")
+    p.add_argument("--lr", type=finite_float, help="peak learning rate")
+    p.add_argument("--wd", type=finite_float, help="weight decay coefficient")
+    p.add_argument("--decay", choices=DECAY_MODES)
+    p.add_argument("--steps", type=positive_int,
+                   help="step budget (with --resume: the run's new, larger budget)")
+    p.add_argument("--seed", type=seed)
+    p.add_argument("--target", type=finite_float,
+                   help="override the workload's validation target")
+    p.add_argument("--name", help="a name for the run")
+    p.add_argument("--config", help="TOML file with settings (see docs/running.md)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any setting, e.g. --set model.placement=peri (repeatable)")
+    p.add_argument("--tiny", action="store_true", help="the workload's tiny test configuration")
+    p.add_argument("--monitor", choices=["off", "light", "full"])
+    p.add_argument("--on-nonfinite", choices=["stop", "skip"], dest="on_nonfinite")
+    p.add_argument("--threads", type=positive_int, help="torch threads")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue an interrupted or killed run (only --steps may go with it)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    store_option(p)
+
+
+def resume_command(run_id: str, store_path: str) -> str:
+    """The exact command that continues a run."""
+    return f"wdlab run --resume {run_id} --store {store_path}"
+
+
+def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
+    given = [flag for dest, flag in _SETTING_FLAGS.items() if getattr(args, dest, None)]
+    if given:
+        raise ConfigError(
+            f"--resume continues run {args.resume} with its stored settings, so {given[0]} "
+            "cannot go with it (only --steps N, a new budget, can); start a new run to "
+            "change settings",
+            field=given[0],
+        )
+
+
+def _new_config(args: argparse.Namespace) -> Any:
+    from wdlab.config import build_config
+
+    if not args.workload:
+        raise ConfigError("name a workload (e.g. `wdlab run grokking`) or --resume RUN")
+    flags = {
+        "optimizer.name": args.optimizer,
+        "optimizer.lr": args.lr,
+        "optimizer.weight_decay": args.wd,
+        "optimizer.decay": args.decay,
+        "steps": args.steps,
+        "seed": args.seed,
+        "name": args.name,
+        "target": args.target,
+        "train.monitor": args.monitor,
+        "train.on_nonfinite": args.on_nonfinite,
+        "train.threads": args.threads,
+    }
+    config = build_config(
+        args.workload, file=args.config, flags=flags, assignments=args.set, tiny=args.tiny
+    )
+    if config.seed > MAX_SEED:
+        raise ConfigError(f"config error: seed: must be at most 2**63-1, got {config.seed}",
+                          field="seed")
+    return config
+
+
+def _resume_config(store: Any, args: argparse.Namespace) -> tuple[str, Any]:
+    from wdlab import train
+
+    run_id, config = train.resume_config(store, args.resume)
+    if args.steps is not None:
+        if args.steps < config.steps:
+            raise ConfigError(
+                f"--steps {args.steps} is below run {run_id}'s budget of {config.steps} steps; "
+                f"give a larger budget, or resume without --steps",
+                field="steps",
+            )
+        config.steps = args.steps
+    return run_id, config
+
+
+def _model_settings(config: Any) -> str:
+    items = [f"model.{k}={v}" for k, v in sorted(config.model.items())]
+    return ", ".join(items) if items else "the workload's default model"
+
+
+def main(args: argparse.Namespace) -> int:
+    from wdlab import train
+    from wdlab.progress import make_progress
+
+    if args.resume:
+        _refuse_settings_with_resume(args)
+        store: Any = _store.open_existing(args.store)
+        try:
+            run_id, config = _resume_config(store, args)
+        except BaseException:
+            store.close()
+            raise
+    else:
+        config = _new_config(args)  # validated before anything is written
+        store = _store.LazyStore(args.store)
+        run_id = None
+    label = f"{config.workload}/{config.optimizer.name}"
+    progress = make_progress(label, enabled=not args.quiet)
+    try:
+        with store:
+            result = train.run(
+                config, store, _store.runs_root(args.store), progress=progress, resume_id=run_id
+            )
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped mid-step, the last checkpoint holds
+        known = run_id or getattr(store, "created_run", None)
+        hint = f"; continue with: {resume_command(known, args.store)}" if known else ""
+        print(tables.clean(f"wdlab: interrupted{hint}"), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if is_allocation_error(exc):
+            raise WdlabError(
+                f"out of memory building or training {config.workload} "
+                f"({_model_settings(config)}): make the model smaller with --set model.KEY=..."
+            ) from exc
+        raise
+    print_summary(result, args.store)
+    if result.status == "interrupted":
+        print(tables.clean(f"wdlab: interrupted at step {result.step}; continue with: "
+                           f"{resume_command(result.run_id, args.store)}"), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.status == "diverged":
+        print(tables.clean(f"wdlab: diverged: {result.message}"), file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def print_summary(result: Any, store_path: str) -> None:
+    """What the run reached, in a few lines (stored strings printed as plain text)."""
+    say = tables.say
+    if result.target is None:
+        verdict: Any = "no target"
+    else:
+        verdict = ("reached", "green") if result.reached else ("not reached", "yellow")
+    say("run ", (result.run_id, "bold"), f" {result.status}: target ", verdict)
+    if result.target is not None:
+        say(f"  target      {result.metric} {_target_op(result)} {result.target:g}")
+    if result.reached:
+        say(f"  to target   {result.steps_to_target} steps, "
+            f"{result.seconds_to_target:.1f} s of training")
+    metrics = "  ".join(f"{k} {v:.4g}" for k, v in sorted(result.final_metrics.items()))
+    say(f"  final       step {result.step}: {metrics}")
+    say(f"  trained     {result.train_seconds:.1f} s (evaluation excluded)")
+    if result.message:
+        say(f"  note        {result.message}")
+    say(f"  store       {store_path}  (wdlab show {result.run_id})")
+
+
+def _target_op(result: Any) -> str:
+    from wdlab import workloads
+
+    for name in workloads.available():
+        cls = workloads.get(name)
+        if cls.metric == result.metric:
+            return ">=" if cls.higher_is_better else "<="
+    return "vs"
