@@ -538,14 +538,12 @@ def build_report(store: Store, ref: str, out: Path) -> Path:
             f"report output {str(out)!r} must end in .html (e.g. -o report.html)", field="output"
         )
     files = out.parent / f"{out.stem}_files"
-    files.mkdir(parents=True, exist_ok=True)
     try:
         sweep: SweepRecord | None = store.get_sweep(ref)
     except WdlabError:
         sweep = None
-    if sweep is not None:
-        title, body = f"wdlab sweep {sweep.name}", _sweep_body(store, sweep, files)
-    else:
+    run: RunRecord | None = None
+    if sweep is None:
         try:
             run = store.get_run(ref)
         except WdlabError:
@@ -554,6 +552,11 @@ def build_report(store: Store, ref: str, out: Path) -> Path:
                 "list them with `wdlab runs`",
                 field="ref",
             ) from None
+    files.mkdir(parents=True, exist_ok=True)  # only once the ref is known: nothing left behind
+    if sweep is not None:
+        title, body = f"wdlab sweep {sweep.name}", _sweep_body(store, sweep, files)
+    else:
+        assert run is not None
         title, body = f"wdlab run {run.name}", _run_body(store, run, files)
     body.append(
         f'<p class="note">Written by wdlab; images also in {_e(files.name)}/ beside this file.</p>'

@@ -37,9 +37,14 @@ COMMANDS = {
 
 
 def build_parser(only: str | None = None) -> Parser:
-    """The `wdlab` parser. With `only`, the other subcommands get their help line but not
-    their options (which may import heavier modules such as the sweep spec)."""
-    parser = Parser(prog="wdlab", description=(__doc__ or "").splitlines()[0])
+    """The `wdlab` parser. With `only` (a command name, or "" for none), the other
+    subcommands get their help line but not their options, which may import heavier modules
+    (the sweep spec imports pydantic); `main` builds only the command it runs."""
+    parser = Parser(
+        prog="wdlab",
+        description="wdlab: weight decay, normalization and learning-rate scale; train, "
+        "sweep, score and report (exit codes: 0 done, 2 your error, 130 interrupted)",
+    )
     parser.add_argument("--version", action="version", version=f"wdlab {__version__}")
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=Parser, metavar="COMMAND"
@@ -53,12 +58,12 @@ def build_parser(only: str | None = None) -> Parser:
     return parser
 
 
-def _command_of(argv: Sequence[str]) -> str | None:
-    """The subcommand named in argv (the first token that is not an option)."""
+def _command_of(argv: Sequence[str]) -> str:
+    """The subcommand named in argv (the first token that is not an option), or ""."""
     for token in argv:
         if not token.startswith("-"):
-            return token if token in COMMANDS else None
-    return None
+            return token if token in COMMANDS else ""
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
