@@ -117,6 +117,7 @@ def test_hostile_names_print_literally(capsys, tmp_path, monkeypatch, terminal) 
         assert name in _plain(out), name
     assert "esc\\x1b[2Jclear" in _plain(out)
     assert "\x1b]8;" not in out and "\x1b[2J" not in out  # no hyperlink, no screen clear
+    assert f"continue one with: wdlab run --resume {ids[-1]} --store {store}" in _plain(out)
     for run_id, name in zip(ids, HOSTILE, strict=True):
         assert main(["show", run_id, "--no-plots", "--store", store]) == 0
         out = capsys.readouterr().out

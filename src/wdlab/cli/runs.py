@@ -49,4 +49,8 @@ def main(args: argparse.Namespace) -> int:
         records = store.list_runs(workload=args.workload, status=args.status, limit=args.limit)
     tables.print_table(f"runs in {args.store}", COLUMNS, [row(r) for r in records],
                        right=("lr", "wd", "seed", "metric", "steps to target"))
+    stopped = [r for r in records if r.status == "interrupted"]
+    if stopped:
+        tables.say(f"{len(stopped)} interrupted; continue one with: "
+                   f"wdlab run --resume {stopped[0].id} --store {args.store}")
     return 0

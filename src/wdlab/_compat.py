@@ -1,0 +1,31 @@
+"""torch APIs that are newer than the lowest torch wdlab declares, or private, behind feature
+checks: the one place that knows which torch has what.
+
+wdlab declares `torch>=2.6` and CI runs the whole suite on both that release and the
+current one (.ci/run, README "Tests"). Code elsewhere calls these helpers instead of such
+APIs directly, so a torch that lacks one degrades to an equivalent public computation
+instead of failing on the first step (torch 2.5 has no `torch.nn.utils.get_total_norm`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def total_norm(tensors: Iterable[Any], norm_type: float = 2.0) -> Any:
+    """The norm of all `tensors` together (as if concatenated), as a 0-d tensor.
+
+    torch >= 2.6: `torch.nn.utils.get_total_norm` (foreach kernels). Older: the norm of the
+    per-tensor norms, which is the same quantity (equal up to float rounding)."""
+    import torch
+
+    tensors = [t for t in tensors if t is not None]
+    native = getattr(torch.nn.utils, "get_total_norm", None)
+    if native is not None:
+        return native(tensors, norm_type=norm_type)
+    if not tensors:
+        return torch.tensor(0.0)
+    norms = [torch.linalg.vector_norm(t.detach(), norm_type) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]),
+                                    norm_type)
