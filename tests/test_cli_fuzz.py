@@ -189,7 +189,6 @@ CASES: list[tuple[str, list[str], str]] = [
     ("ckpt-truncated", ["run", "--resume", "{truncated}"], "checkpoint"),
     ("ckpt-garbage", ["run", "--resume", "{garbage}"], "checkpoint"),
     ("ckpt-malicious", ["run", "--resume", "{evil}"], "checkpoint"),
-    ("ckpt-missing", ["run", "--resume", "{none}"], "checkpoint"),
     ("ckpt-format", ["run", "--resume", "{format}"], "checkpoint"),
     ("toml-missing", ["run", T, "--config", "missing.toml"], "missing.toml"),
     ("toml-syntax", ["run", T, "--config", "syntax.toml"], "syntax.toml"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from wdlab import __version__
@@ -69,15 +70,25 @@ def _command_of(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `wdlab` command; the return value is the exit code."""
     args = None
-    try:
-        tokens = join_negative_numbers(sys.argv[1:] if argv is None else argv)
-        args = build_parser(only=_command_of(tokens)).parse_args(tokens)
-        return args.handler(args)
-    except KeyboardInterrupt:
-        print("wdlab: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        message = user_message(exc, args)
-        if message is None:
-            raise
-        fail(message)
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            tokens = join_negative_numbers(sys.argv[1:] if argv is None else argv)
+            args = build_parser(only=_command_of(tokens)).parse_args(tokens)
+            code = args.handler(args)
+        except KeyboardInterrupt:
+            print("wdlab: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as exc:
+            message = user_message(exc, args)
+            if message is None:
+                _replay(caught)
+                raise
+            fail(message)  # the one line; warnings of the failed attempt are noise
+    _replay(caught)
+    return code
+
+
+def _replay(caught: list[warnings.WarningMessage]) -> None:
+    """Show the warnings a command raised (held back so a failed command prints one line)."""
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)

@@ -4,6 +4,7 @@ commands never create directories the user did not ask for."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,31 @@ def open_existing(path: str) -> Any:
             f"{path} is an empty file, not a wdlab store; pass another --store path",
             field="store",
         )
+    _refuse_foreign_database(path)
     from wdlab.store import Store
 
     return Store(path)
+
+
+def _refuse_foreign_database(path: str) -> None:
+    """An SQLite file without wdlab's `meta` table is refused after a read-only look: opening
+    it as a store would switch it to WAL mode, i.e. change someone else's database."""
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {row[0] for row in rows}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return  # not SQLite, or damaged: the Store says which, without writing
+    if tables and "meta" not in tables:
+        raise WdlabError(
+            f"{path} is an SQLite database but not a wdlab store (no meta table; it has "
+            f"{', '.join(sorted(tables)[:5])}); pass another --store path",
+            field="store",
+        )
 
 
 def open_for_writing(path: str) -> Any:

@@ -18,10 +18,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     store_option(p)
 
 
+def _check_base_settings(args: argparse.Namespace) -> None:
+    """The workload, --config file and --set values every trial shares, validated before the
+    sweep opens (and so creates) its store: a typo must not leave a new store behind."""
+    from wdlab.config import build_config
+
+    build_config(args.workload, file=args.config, assignments=list(args.set), tiny=args.tiny)
+
+
 def main(args: argparse.Namespace) -> int:
     from wdlab.sweep import sweep_main
 
     _store.check_writable_path(args.store)
+    _check_base_settings(args)
     try:
         return sweep_main(args)
     except KeyboardInterrupt:
