@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect as pyinspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _factory(spec: str) -> Any:
+    import inspect as pyinspect  # here, not at the top: building the parser stays light
+
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
