@@ -70,6 +70,7 @@ def _command_of(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `wdlab` command; the return value is the exit code."""
     args = None
+    bug: BaseException | None = None
     with warnings.catch_warnings(record=True) as caught:
         try:
             tokens = join_negative_numbers(sys.argv[1:] if argv is None else argv)
@@ -80,11 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         except Exception as exc:
             message = user_message(exc, args)
-            if message is None:
-                _replay(caught)
-                raise
-            fail(message)  # the one line; warnings of the failed attempt are noise
-    _replay(caught)
+            if message is not None:
+                fail(message)  # the one line; warnings of the failed attempt are noise
+            bug = exc
+    _replay(caught)  # outside catch_warnings: replayed warnings are shown, not recorded again
+    if bug is not None:
+        raise bug
     return code
 
 
