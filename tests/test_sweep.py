@@ -437,13 +437,14 @@ def test_a_million_trials_is_refused_naming_the_cap_and_the_flag(
     assert not path.parent.exists()  # refused before anything was created
     spec.check_size(10**6)  # the override lets it through
 
+    path = tmp_path / "wdlab.db"  # the CLI refuses a --store whose directory is missing
     argv = ["sweep", "teacher", "--lr", "1e-4:1e-1:1000", "--seeds", "1000", "--store", str(path)]
     assert _cli(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--max-trials" in lines[0] and "10,000" in lines[0]
     assert _cli([*argv, "--max-trials", "0"]) == 2
     assert "--max-trials must be an integer >= 1" in capsys.readouterr().err
-    assert not path.parent.exists()
+    assert not path.exists()
 
 
 def _cli(argv: list[str]) -> int:
