@@ -86,6 +86,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     for kind, run_id in zip(kinds, ids, strict=True):
         if kind != "none":
             (runs / run_id).mkdir(parents=True)
+    # "valid" is a real run whose checkpoint is still unusable: a refusal that wrongly let a
+    # command through ends in an error too, never in training inside the fuzz folder
     good = {"format": 99, "step": 1, "model": {}}
     buffer = root / "good.pt"
     torch.save({"format": 1, "tensor": torch.ones(3)}, buffer)
@@ -97,7 +99,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     torch.save(good, runs / ids[5] / "last.pt")
     torch.save(good, runs / ids[7] / "last.pt")
     buffer.unlink()
-    _raw(store, "UPDATE runs SET status = 'finished' WHERE id = ?", (names["finished"],))
+    _raw(store, "UPDATE runs SET status = 'finished', result = ? WHERE id = ?",
+         ('{"step": 20, "reached": false}', names["finished"]))
 
     (root / "empty.db").write_bytes(b"")
     (root / "text.db").write_text("this is not sqlite\n" * 100)
@@ -179,12 +182,13 @@ CASES: list[tuple[str, list[str], str]] = [
     ("store-missing-dir", ["run", T, "--store", "nowhere/deeper/x.db"], "nowhere/deeper"),
     ("store-is-dir", ["run", T, "--store", "wdlab-runs"], "directory"),
     ("store-text", ["run", T, "--tiny", "--store", "text.db"], "text.db"),
-    ("resume-with-lr", ["run", "--resume", "{valid}", "--lr", "1"], "--lr"),
-    ("resume-with-workload", ["run", T, "--resume", "{valid}"], "WORKLOAD"),
-    ("resume-with-set", ["run", "--resume", "{valid}", "--set", "seed=1"], "--set"),
+    ("resume-with-lr", ["run", "--resume", "{valid}", "--lr", "1"], "optimizer.lr"),
+    ("resume-other-workload", ["run", "charlm", "--resume", "{valid}"], "workload"),
+    ("resume-with-set", ["run", "--resume", "{valid}", "--set", "seed=1"], "seed"),
+    ("resume-with-config", ["run", "--resume", "{valid}", "--config", "lr.toml"], "--config"),
     ("resume-unknown", ["run", "--resume", "nosuchrun"], "nosuchrun"),
     ("resume-finished", ["run", "--resume", "{finished}"], "finished"),
-    ("resume-fewer-steps", ["run", "--resume", "{valid}", "--steps", "1"], "--steps"),
+    ("resume-finished-fewer", ["run", "--resume", "{finished}", "--steps", "5"], "N > 20"),
     ("resume-missing-store", ["run", "--resume", "{valid}", "--store", "none.db"], "none.db"),
     ("ckpt-empty", ["run", "--resume", "{empty}"], "checkpoint"),
     ("ckpt-truncated", ["run", "--resume", "{truncated}"], "checkpoint"),

@@ -25,6 +25,7 @@ import torch
 
 from wdlab import checkpoint as checkpoint_io
 from wdlab import workloads
+from wdlab._compat import total_norm
 from wdlab.atomic import remove_stale_temps
 from wdlab.config import RunConfig, parse_assignment, set_dotted, validate
 from wdlab.errors import ConfigError, WdlabError
@@ -376,9 +377,7 @@ def run(
                 if tcfg.clip is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip)
                 else:
-                    grad_norm = torch.nn.utils.get_total_norm(
-                        [p.grad for p in params if p.grad is not None]
-                    )
+                    grad_norm = total_norm([p.grad for p in params if p.grad is not None])
                 loss_value, norm_value = loss.item(), grad_norm.item()
                 if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                     consecutive_skips += 1

@@ -35,25 +35,13 @@ def check_writable_path(path: str) -> None:
 
 
 def open_existing(path: str) -> Any:
-    """The Store at `path`, which must already exist (read-only commands)."""
-    target = Path(path)
-    if target.is_dir():
-        check_writable_path(path)
-    if not target.is_file():
-        raise WdlabError(
-            f"no store at {path}; pass --store with the file `wdlab run` wrote "
-            "(default ./wdlab.db)",
-            field="store",
-        )
-    if target.stat().st_size == 0:
-        raise WdlabError(
-            f"{path} is an empty file, not a wdlab store; pass another --store path",
-            field="store",
-        )
-    _refuse_foreign_database(path)
+    """The Store at `path`, which must already exist (read-only commands): never creates a
+    file or a directory."""
+    if Path(path).is_file():
+        _refuse_foreign_database(path)
     from wdlab.store import Store
 
-    return Store(path)
+    return Store.open_existing(path)
 
 
 def _refuse_foreign_database(path: str) -> None:

@@ -22,25 +22,6 @@ from wdlab.errors import ConfigError, WdlabError
 
 HELP = "train one run of a workload to its target"
 
-# Settings a resumed run keeps from the store; giving one with --resume is refused.
-_SETTING_FLAGS = {
-    "workload": "WORKLOAD",
-    "optimizer": "--optimizer",
-    "lr": "--lr",
-    "wd": "--wd",
-    "decay": "--decay",
-    "seed": "--seed",
-    "target": "--target",
-    "name": "--name",
-    "config": "--config",
-    "set": "--set",
-    "tiny": "--tiny",
-    "monitor": "--monitor",
-    "on_nonfinite": "--on-nonfinite",
-    "threads": "--threads",
-}
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workload", nargs="?", help="grokking | charlm | digits | teacher")
     p.add_argument("--optimizer", help="an optimizer name (see wdlab inspect for the list)")
@@ -71,23 +52,9 @@ def resume_command(run_id: str, store_path: str) -> str:
     return f"wdlab run --resume {run_id} --store {store_path}"
 
 
-def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
-    given = [flag for dest, flag in _SETTING_FLAGS.items() if getattr(args, dest, None)]
-    if given:
-        raise ConfigError(
-            f"--resume continues run {args.resume} with its stored settings, so {given[0]} "
-            "cannot go with it (only --steps N, a new budget, can); start a new run to "
-            "change settings",
-            field=given[0],
-        )
-
-
-def _new_config(args: argparse.Namespace) -> Any:
-    from wdlab.config import build_config
-
-    if not args.workload:
-        raise ConfigError("name a workload (e.g. `wdlab run grokking`) or --resume RUN")
-    flags = {
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The common flags as dotted settings (None: not given)."""
+    return {
         "optimizer.name": args.optimizer,
         "optimizer.lr": args.lr,
         "optimizer.weight_decay": args.wd,
@@ -100,8 +67,15 @@ def _new_config(args: argparse.Namespace) -> Any:
         "train.on_nonfinite": args.on_nonfinite,
         "train.threads": args.threads,
     }
+
+
+def _new_config(args: argparse.Namespace) -> Any:
+    from wdlab.config import build_config
+
+    if not args.workload:
+        raise ConfigError("name a workload (e.g. `wdlab run grokking`) or --resume RUN")
     config = build_config(
-        args.workload, file=args.config, flags=flags, assignments=args.set, tiny=args.tiny
+        args.workload, file=args.config, flags=_flags(args), assignments=args.set, tiny=args.tiny
     )
     if config.seed > MAX_SEED:
         raise ConfigError(f"config error: seed: must be at most 2**63-1, got {config.seed}",
@@ -110,18 +84,30 @@ def _new_config(args: argparse.Namespace) -> Any:
 
 
 def _resume_config(store: Any, args: argparse.Namespace) -> tuple[str, Any]:
+    """The stored run's id and config, with --steps as its new budget. Flags and --set may
+    only repeat the run's own settings (the engine refuses a changed one, naming it); a
+    --config file or --tiny (whole recipes) cannot go with --resume at all."""
     from wdlab import train
 
-    run_id, config = train.resume_config(store, args.resume)
-    if args.steps is not None:
-        if args.steps < config.steps:
+    for given, flag in ((args.config, "--config"), (args.tiny, "--tiny")):
+        if given:
             raise ConfigError(
-                f"--steps {args.steps} is below run {run_id}'s budget of {config.steps} steps; "
-                f"give a larger budget, or resume without --steps",
-                field="steps",
+                f"--resume continues run {args.resume} with its stored settings, so {flag} "
+                "cannot go with it (only --steps N, a new budget, can); start a new run to "
+                "change settings",
+                field=flag,
             )
-        config.steps = args.steps
-    return run_id, config
+    if args.workload:
+        stored = store.get_run(args.resume).workload
+        if args.workload != stored:
+            raise ConfigError(
+                f"--resume {args.resume}: that run trains workload {stored!r}, not "
+                f"{args.workload!r}; drop WORKLOAD (a resumed run keeps its stored settings)",
+                field="workload",
+            )
+    flags = _flags(args)
+    return train.resume_config(store, args.resume, steps=args.steps, flags=flags,
+                               assignments=list(args.set))
 
 
 def _model_settings(config: Any) -> str:
@@ -134,7 +120,6 @@ def main(args: argparse.Namespace) -> int:
     from wdlab.progress import make_progress
 
     if args.resume:
-        _refuse_settings_with_resume(args)
         store: Any = _store.open_existing(args.store)
         try:
             run_id, config = _resume_config(store, args)

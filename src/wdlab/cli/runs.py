@@ -51,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
                        right=("lr", "wd", "seed", "metric", "steps to target"))
     stopped = [r for r in records if r.status == "interrupted"]
     if stopped:
-        tables.say(f"{len(stopped)} interrupted; continue one with: "
-                   f"wdlab run --resume {stopped[0].id} --store {args.store}")
+        hint = getattr(stopped[0], "resume_hint", None) or (
+            f"wdlab run --resume {stopped[0].id} --store {args.store}")
+        tables.say(f"{len(stopped)} interrupted; continue one with: {hint}")
     return 0

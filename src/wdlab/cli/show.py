@@ -42,8 +42,9 @@ def main(args: argparse.Namespace) -> int:
         say(f"  {key:<11} {_format(value)}")
     if rec.message:
         say(f"  message     {rec.message}")
-    if rec.status in ("running", "interrupted"):
-        say(f"  resume      wdlab run --resume {rec.id} --store {args.store}")
+    hint = getattr(rec, "resume_hint", None)
+    if hint or rec.status == "interrupted":
+        say(f"  resume      {hint or f'wdlab run --resume {rec.id} --store {args.store}'}")
     if not metrics:
         say("  no metrics recorded yet")
         return 0
