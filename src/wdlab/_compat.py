@@ -1,10 +1,10 @@
 """torch APIs that are newer than the lowest torch wdlab declares, or private, behind feature
 checks: the one place that knows which torch has what.
 
-wdlab declares `torch>=2.6` and CI runs the whole suite on both that release and the
-current one (.ci/run, README "Tests"). Code elsewhere calls these helpers instead of such
-APIs directly, so a torch that lacks one degrades to an equivalent public computation
-instead of failing on the first step (torch 2.5 has no `torch.nn.utils.get_total_norm`).
+CI runs the whole suite on the lowest torch pyproject.toml declares and on the current one
+(.ci/run, README "Tests"). Code elsewhere calls these helpers instead of such APIs directly,
+so a torch that lacks one degrades to an equivalent public computation instead of failing
+on the first step (torch 2.5 has no `torch.nn.utils.get_total_norm`).
 """
 
 from __future__ import annotations
