@@ -2,16 +2,17 @@
 
 Roles decide weight decay now and width scaling later (REFERENCE.md §4), so they follow
 what a parameter *does* (module type, place in the forward pass), not its name.
-Scale invariance (REFERENCE.md §2: f(c·w) = f(w)) is measured, not guessed: a float64
-copy of the model is run with each weight scaled by 2 and by 1/2 and the outputs are
-compared. docs/grouping.md explains every rule and default.
+Scale invariance (REFERENCE.md §2: f(c·w) = f(w)) is measured, not guessed, on a replica of
+the model that shares its tensors (wdlab.probe): one forward and one backward rule out
+every weight whose scaling moves the output to first order, and the few weights left are
+scaled by 2, 1/2 and 2**20 inside the smallest enclosing module whose output they cannot
+move, in float64. docs/grouping.md explains every rule and default.
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
-import math
+import hashlib
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,37 +23,25 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from wdlab._names import ROLES
+from wdlab._probe import PROBE_SCALES, PROBE_TOL, SCREEN_TOL
+from wdlab.scaling.rules import RoleScale, check_scaling, role_scales
+
 __all__ = [
     "ROLES",
     "ParamInfo",
     "classify",
     "input_weights",
     "param_groups",
+    "scaled_settings",
     "PROBE_SCALES",
     "PROBE_TOL",
+    "SCREEN_TOL",
 ]
 
-ROLES = ("matrix", "embedding", "output", "vector", "bias")
-
-# Each weight is scaled by each factor. 2 and 1/2 are the plain test; 2**20 exposes weights
-# whose effect is only second order at init (q/k when the attention logits are ~0: scaling by
-# 2 moved a post-LN GPT's output by 1.6e-8, scaling by 2**20 by 1e-3). Upward scaling cannot
-# create an eps effect, so it costs invariant weights nothing. Powers of two keep w·c exact.
-PROBE_SCALES = (2.0, 0.5, 2.0**20)
-# Largest relative output change (max|Δy| / max|y|) still called invariant. In float64 with
-# norm eps shrunk (_EPS_SHRINK) invariant weights moved the output by <= 1e-11 and the others
-# by >= 1e-3 in the models measured (docs/grouping.md); a norm with a hard-coded eps leaves
-# ~eps/variance.
-PROBE_TOL = 1e-6
-# Norm layers' `eps` attribute is multiplied by this in the probe copy so that the
-# invariance up to eps (the property that matters for training) shows cleanly.
-_EPS_SHRINK = 1e-12
-# Relative size of the noise added to every parameter of the probe copy: init values
-# such as zero biases or zero gains make weights look invariant by accident.
-_JITTER = 0.1
-_SEED = 0
-_WRAPPER_ATTRS = ("module", "_orig_mod")  # DDP / DataParallel, torch.compile
+# PROBE_SCALES, PROBE_TOL and SCREEN_TOL are explained in wdlab._probe and docs/grouping.md.
 _OVERRIDE_KEYS = ("weight_decay", "lr", "decay")
+_CACHE_ATTR = "_wdlab_classify_cache"
 
 
 @dataclass(frozen=True)
@@ -60,8 +49,10 @@ class ParamInfo:
     """What wdlab decided about one trainable parameter (one row of `wdlab inspect`).
 
     name: the parameter's first name in the (unwrapped) model; tied_to: its other names.
-    probe_change: the largest relative output change seen when scaling it (None if not
-    probed); scale_invariant is probe_change <= PROBE_TOL.
+    probe_change: the probe's evidence (None if not probed): for a weight the first-order
+    screen ruled out, the relative size of its directional derivative (> SCREEN_TOL); else
+    the largest relative output change seen when scaling it; scale_invariant is
+    probe_change <= PROBE_TOL.
     """
 
     name: str
@@ -82,16 +73,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     """Strip DDP/DataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers.
 
     A wrapper is a module with no parameters or buffers of its own whose only child is one
-    of those attributes, so names match the inner model.
+    of those attributes, so names match the inner model. FSDP2 (`fully_shard`) changes the
+    modules' classes in place and needs no unwrapping.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    while True:
-        children = dict(model.named_children())
-        inner = next((children[a] for a in _WRAPPER_ATTRS if a in children), None)
-        if inner is None or len(children) != 1 or model._parameters or model._buffers:
-            return model
-        model = inner
+    from wdlab._probe import unwrap
+
+    return unwrap(model)
 
 
 @dataclass
@@ -101,17 +88,20 @@ class _Entry:
     param: nn.Parameter
     names: list[str]
     owners: list[tuple[nn.Module, str]]
+    paths: list[str]  # the owning modules' names, one per owner
 
 
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    """The module a parameter name belongs to; parametrized weights resolve to their module."""
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str, str]:
+    """The module a parameter name belongs to, its local name and the module's name;
+    parametrized weights resolve to their module."""
     path, _, local = name.rpartition(".")
     parts = path.split(".") if path else []
     # torch.nn.utils.parametrize: "<mod>.parametrizations.<weight>.original[N]"
     if len(parts) >= 2 and parts[-2] == "parametrizations" and local.startswith("original"):
         local = parts[-1]
         parts = parts[:-2]
-    return model.get_submodule(".".join(parts)), local
+    path = ".".join(parts)
+    return model.get_submodule(path), local, path
 
 
 def _entries(model: nn.Module) -> list[_Entry]:
@@ -122,9 +112,11 @@ def _entries(model: nn.Module) -> list[_Entry]:
             continue
         entry = by_id.get(id(p))
         if entry is None:
-            entry = by_id[id(p)] = _Entry(p, [], [])
+            entry = by_id[id(p)] = _Entry(p, [], [], [])
+        module, local, path = _owner(model, name)
         entry.names.append(name)
-        entry.owners.append(_owner(model, name))
+        entry.owners.append((module, local))
+        entry.paths.append(path)
     return list(by_id.values())
 
 
@@ -158,6 +150,17 @@ def _is_embedding(module: nn.Module, local: str) -> bool:
     return isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and local == "weight"
 
 
+# Modules whose >= 2-D weight is a linear map whatever its shape (a conv with one output
+# channel has weight (1, C, k, k): still a matrix).
+_WEIGHT_MODULES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+
+
+def _is_position(module: nn.Module, param: torch.Tensor) -> bool:
+    """A (1, T, D)-like parameter added to activations (ViT's pos_embed, a cls token): its
+    leading 1 broadcasts over the batch, so it is an embedding, not a matrix."""
+    return param.ndim >= 3 and param.shape[0] == 1 and not isinstance(module, _WEIGHT_MODULES)
+
+
 def _is_bias(local: str, param: torch.Tensor) -> bool:
     return local == "bias" or (local.endswith("_bias") and param.ndim <= 1)
 
@@ -179,7 +182,7 @@ def _fixed_role(entry: _Entry) -> str | None:
         )
     if declared:
         return declared.pop()
-    if emb:
+    if emb or all(_is_position(m, p) for m, _ in entry.owners):
         return "embedding"
     if any(_is_bias(n, p) for _, n in entry.owners):
         return "bias"
@@ -188,227 +191,77 @@ def _fixed_role(entry: _Entry) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- probe input
-
-
-def _is_layer(m: nn.Module) -> bool:
-    """A leaf with parameters; a parametrized module (child `parametrizations`) counts as leaf."""
-    if isinstance(m, parametrize.ParametrizationList):
-        return False
-    children = [n for n, _ in m.named_children() if n != "parametrizations"]
-    return not children and any(True for _ in m.parameters())
-
-
-def _infer_input(model: nn.Module) -> tuple[Any, str]:
-    """An example input built from the first leaf module with parameters, and a description."""
-    first = next((m for m in model.modules() if _is_layer(m)), None)
-    if isinstance(first, (nn.Embedding, nn.EmbeddingBag)):
-        return torch.randint(0, first.num_embeddings, (2, 8)), "Embedding -> ints (2, 8)"
-    if isinstance(first, nn.Linear):
-        return torch.randn(4, first.in_features), f"Linear -> randn(4, {first.in_features})"
-    spatial = {nn.Conv1d: (64,), nn.Conv2d: (32, 32), nn.Conv3d: (8, 8, 8)}
-    for cls, size in spatial.items():
-        if type(first) is cls or isinstance(first, cls):
-            shape = (4, first.in_channels, *size)
-            return torch.randn(*shape), f"{cls.__name__} -> randn{shape}"
-    what = type(first).__name__ if first is not None else "no leaf module with parameters"
-    raise ValueError(
-        f"example_input could not be inferred (first layer: {what}); pass example_input=... "
-        "(a tensor, a tuple of positional args or a dict of kwargs), define "
-        "model.example_input(), or pass probe=False"
-    )
-
-
-def _to_probe(x: Any, device: torch.device) -> Any:
-    """Move an input to the probe device; floating tensors become float64."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to(device)
-        return x.double() if x.is_floating_point() else x
-    if isinstance(x, Mapping):
-        return {k: _to_probe(v, device) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_probe(v, device) for v in x)
-    return x
-
-
-def _call(model: nn.Module, x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return model(**x)
-    if isinstance(x, (tuple, list)):
-        return model(*x)
-    return model(x)
-
-
-def _float_tensors(out: Any) -> Iterator[torch.Tensor]:
-    """Every floating tensor in a tensor / tuple / list / dict output, in a fixed order."""
-    if isinstance(out, torch.Tensor):
-        if out.is_floating_point():
-            yield out
-    elif isinstance(out, Mapping):
-        for key in out:
-            yield from _float_tensors(out[key])
-    elif isinstance(out, (tuple, list)):
-        for item in out:
-            yield from _float_tensors(item)
-
-
-def _relative_change(base: list[torch.Tensor], new: list[torch.Tensor]) -> float:
-    """max over outputs of max|new - base| / max|base|; inf when shape or finiteness differ."""
-    if len(base) != len(new):
-        return math.inf
-    worst = 0.0
-    for a, b in zip(base, new, strict=True):
-        if a.shape != b.shape or not bool(torch.isfinite(b).all()):
-            return math.inf
-        if a.numel() == 0:
-            continue
-        scale = float(a.abs().max())
-        diff = float((b - a).abs().max())
-        worst = max(worst, diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf))
-    return worst
-
-
-# --------------------------------------------------------------------------- the probe
-
-
-class _Probe:
-    """A float64, train-mode, jittered deep copy of the model that can be re-run exactly.
-
-    Every forward starts from the same buffers (BatchNorm stats, power-iteration vectors)
-    and the same RNG seeds (dropout), so the only difference between runs is the scaling.
-    """
-
-    def __init__(self, model: nn.Module, example_input: Any) -> None:
-        try:
-            self.model = copy.deepcopy(model)
-        except Exception as exc:  # e.g. non-leaf tensors stored as attributes
-            raise ValueError(
-                f"classify could not copy the model to probe it ({type(exc).__name__}: {exc}); "
-                "pass probe=False"
-            ) from exc
-        self.model.to(torch.float64).train()
-        params = list(self.model.parameters())
-        device = params[0].device if params else torch.device("cpu")
-        with torch.no_grad():
-            for p in params:
-                p.requires_grad_(True)
-                p.grad = None
-                rms = float(p.pow(2).mean().sqrt()) if p.numel() else 0.0
-                p.add_(torch.randn_like(p), alpha=_JITTER * (rms if rms > 0 else 1.0))
-        for m in self.model.modules():
-            eps = getattr(m, "eps", None)
-            if isinstance(eps, float) and eps > 0:
-                m.eps = eps * _EPS_SHRINK
-        if example_input is None and callable(getattr(self.model, "example_input", None)):
-            example_input, self.source = self.model.example_input(), "model.example_input()"
-        elif example_input is None:
-            example_input, self.source = _infer_input(self.model)
-            self.source = f"inferred ({self.source})"
-        else:
-            self.source = "the given"
-        self.input = _to_probe(example_input, device)
-        self.buffers = {
-            (mod, key): buf.detach().clone()
-            for mod in self.model.modules()
-            for key, buf in mod._buffers.items()
-            if buf is not None
-        }
-
-    def _reset(self) -> None:
-        with torch.no_grad():
-            for (mod, key), saved in self.buffers.items():
-                buf = mod._buffers.get(key)
-                if buf is not None and buf.shape == saved.shape and buf.dtype == saved.dtype:
-                    buf.copy_(saved)
-                else:
-                    mod._buffers[key] = saved.clone()
-        torch.manual_seed(_SEED)
-        random.seed(_SEED)
-        np.random.seed(_SEED)
-
-    def run(self) -> list[torch.Tensor]:
-        """One no-grad forward pass from the saved state."""
-        self._reset()
-        with torch.no_grad():
-            return [t.detach() for t in _float_tensors(self._forward())]
-
-    def _forward(self) -> Any:
-        try:
-            return _call(self.model, self.input)
-        except Exception as exc:
-            raise ValueError(
-                f"classify could not run the model on {self.source} example input "
-                f"({type(exc).__name__}: {exc}); pass example_input=... that the model accepts "
-                "or probe=False"
-            ) from exc
-
-    def output_module_ids(self, candidates: list[nn.Module]) -> set[int]:
-        """id of the copy's output layer: the last-finishing candidate upstream of the output."""
-        finished: list[tuple[nn.Module, list[Any]]] = []
-
-        def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
-            fns = [t.grad_fn for t in _float_tensors(out) if t.grad_fn is not None]
-            finished.append((mod, fns))
-
-        handles = [m.register_forward_hook(hook) for m in candidates]
-        try:
-            self._reset()
-            with torch.enable_grad():
-                outputs = list(_float_tensors(self._forward()))
-        finally:
-            for h in handles:
-                h.remove()
-        if not outputs:
-            raise ValueError(
-                f"the model returned no floating-point tensor on {self.source} example input; "
-                "classify compares outputs, so pass example_input=... or probe=False"
-            )
-        reachable: set[int] = set()
-        stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
-        while stack:
-            fn = stack.pop()
-            if fn is None or id(fn) in reachable:
+def _no_decay_names(model: nn.Module, names: list[str]) -> set[str]:
+    """Parameter names a module excludes from decay, timm's way: `no_weight_decay()` (names
+    or fnmatch patterns, relative to that module) and `no_weight_decay_keywords()`
+    (substrings). Any module of the model may define them, not only the root."""
+    out: set[str] = set()
+    for prefix, module in model.named_modules():
+        lead = f"{prefix}." if prefix else ""
+        for method, match in (
+            ("no_weight_decay", lambda n, pat: n == pat or fnmatch.fnmatchcase(n, pat)),
+            ("no_weight_decay_keywords", lambda n, kw: kw in n),
+        ):
+            fn = getattr(module, method, None)
+            if not callable(fn):
                 continue
-            reachable.add(id(fn))
-            stack.extend(nxt for nxt, _ in fn.next_functions)
-        connected = [m for m, fns in finished if any(id(f) in reachable for f in fns)]
-        if connected:
-            return {id(connected[-1])}
-        # No autograd graph (forward under no_grad): fall back to execution order alone.
-        return {id(finished[-1][0])} if finished else set()
+            patterns = fn()
+            if isinstance(patterns, str) or not all(isinstance(x, str) for x in patterns):
+                raise ValueError(
+                    f"{type(module).__name__}.{method}() must return a set of parameter "
+                    f"names, got {patterns!r}"
+                )
+            for name in names:
+                if name.startswith(lead) and any(match(name[len(lead):], x) for x in patterns):
+                    out.add(name)
+    return out
 
-    def change(self, param: torch.Tensor, base: list[torch.Tensor]) -> float:
-        """Largest relative output change over PROBE_SCALES when `param` is scaled."""
-        saved = param.detach().clone()
-        worst = 0.0
-        try:
-            for c in PROBE_SCALES:
-                with torch.no_grad():
-                    param.mul_(c)
-                try:
-                    new = self.run()
-                except ValueError:  # the model refuses the scaled weight: not invariant
-                    return math.inf
-                worst = max(worst, _relative_change(base, new))
-                with torch.no_grad():
-                    param.copy_(saved)
-        finally:
-            with torch.no_grad():
-                param.copy_(saved)
-        return worst
+
+def _type_name(m: nn.Module) -> str:
+    from wdlab._probe import plain_class
+
+    cls = plain_class(m)
+    # parametrize swaps the class for a generated subclass "Parametrized<Name>"
+    if parametrize.is_parametrized(m):
+        cls = cls.__bases__[0]
+    return cls.__name__
 
 
 # --------------------------------------------------------------------------- classify
 
 
-def _type_name(m: nn.Module) -> str:
-    # parametrize swaps the class for a generated subclass "Parametrized<Name>"
-    cls = type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
-    return cls.__name__
+def _fingerprint(x: Any) -> Any:
+    """A hashable summary of an example input (tensor contents included) for the cache."""
+    if isinstance(x, torch.Tensor):
+        if x.is_meta or x.numel() > 1 << 20:
+            return ("tensor", tuple(x.shape), str(x.dtype), id(x), x._version)
+        data = x.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        return ("tensor", tuple(x.shape), str(x.dtype), hashlib.sha1(data).hexdigest())
+    if isinstance(x, Mapping):
+        return ("map", tuple((k, _fingerprint(v)) for k, v in x.items()))
+    if isinstance(x, (tuple, list)):
+        return ("seq", tuple(_fingerprint(v) for v in x))
+    try:
+        hash(x)
+    except TypeError:
+        return ("object", id(x))
+    return x
 
 
-def _rng_devices(model: nn.Module) -> list[int]:
-    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+def _version(t: torch.Tensor) -> tuple[int, ...]:
+    local = getattr(t, "_local_tensor", None)  # DTensor: in-place updates bump the shard
+    return (t._version,) if local is None else (t._version, local._version)
+
+
+def _cache_key(model: nn.Module, *args: Any) -> tuple[Any, ...]:
+    """Changes when a parameter is added, removed, replaced, reshaped, frozen or updated in
+    place, when a module is swapped, or when the arguments or example input change."""
+    params = tuple(
+        (n, id(p), tuple(p.shape), str(p.dtype), p.requires_grad, _version(p))
+        for n, p in model.named_parameters(remove_duplicate=False)
+    )
+    modules = tuple((n, id(m), type(m)) for n, m in model.named_modules())
+    return (params, modules, *args)
 
 
 def classify(
@@ -422,20 +275,44 @@ def classify(
 ) -> list[ParamInfo]:
     """Role, scale invariance and decay of every trainable parameter, each listed once.
 
-    The caller's model is never run or modified: probing uses a deep copy, and the
-    global RNG states (torch, random, numpy) are restored afterwards. `probe=False` runs
-    nothing: scale_invariant is then False and the output layer is the last registered
-    module with a >= 2-D weight. `probe_vectors` also probes 0/1-D parameters.
+    The caller's model is never run or modified (the probe runs a replica sharing its
+    tensors), and the global RNG states (torch, random, numpy) are restored afterwards.
+    Works on DDP-wrapped, torch.compile'd, FSDP2-sharded (call it on every rank: sharded
+    parameters are gathered) and meta-device models (probed on random values). The result
+    is cached on the model until a parameter changes. `probe=False` runs nothing:
+    scale_invariant is then False and the output layer is the last registered module with
+    a >= 2-D weight. `probe_vectors` also probes 0/1-D parameters. Names a module lists in
+    timm's `no_weight_decay()` / `no_weight_decay_keywords()` do not decay.
     """
     inner = _unwrap(model)
     for flag, value in (("decay_embedding", decay_embedding), ("decay_output", decay_output)):
         if not isinstance(value, bool):
             raise ValueError(f"{flag} must be True or False, got {value!r}")
+    key = _cache_key(
+        inner, decay_embedding, decay_output, probe, probe_vectors, _fingerprint(example_input)
+    )
+    cached = inner.__dict__.get(_CACHE_ATTR)
+    if cached is not None and cached[0] == key:
+        return list(cached[1])
+    infos = _classify(inner, example_input, decay_embedding, decay_output, probe, probe_vectors)
+    inner.__dict__[_CACHE_ATTR] = (key, tuple(infos))
+    return infos
+
+
+def _classify(
+    inner: nn.Module,
+    example_input: Any,
+    decay_embedding: bool,
+    decay_output: bool,
+    probe: bool,
+    probe_vectors: bool,
+) -> list[ParamInfo]:
     entries = _entries(inner)
     if not entries:
         return []
     roles = [_fixed_role(e) for e in entries]
     any_declared_output = any(r == "output" for r in roles)
+    no_decay = _no_decay_names(inner, [n for e in entries for n in e.names])
     modules = list(inner.modules())
     index = {id(m): i for i, m in enumerate(modules)}
 
@@ -453,28 +330,21 @@ def classify(
     changes: list[float | None] = [None] * len(entries)
     output_idx: set[int] = set()  # indices into `modules`
     if probe:
+        from wdlab._probe import Probe
+
+        probed = [e.param.ndim >= 2 or probe_vectors for e in entries]
         with torch.random.fork_rng(devices=_rng_devices(inner)):
             py_state, np_state = random.getstate(), np.random.get_state()
             try:
-                torch.manual_seed(_SEED)
-                prober = _Probe(inner, example_input)
-                copies = list(prober.model.modules())
-                out_ids = set()
-                if not any_declared_output:
-                    out_ids = prober.output_module_ids([copies[index[id(m)]] for m in candidates])
-                output_idx = {i for i, m in enumerate(copies) if id(m) in out_ids}
-                base = prober.run()
-                noise = _relative_change(base, prober.run())
-                if noise > PROBE_TOL / 100:
-                    raise ValueError(
-                        f"the model's output changed by {noise:.1e} (relative) between two "
-                        "identical train-mode forwards; make it deterministic under "
-                        "torch.manual_seed or pass probe=False"
-                    )
-                copy_params = dict(prober.model.named_parameters(remove_duplicate=False))
-                for i, e in enumerate(entries):
-                    if e.param.ndim >= 2 or probe_vectors:
-                        changes[i] = prober.change(copy_params[e.names[0]], base)
+                prober = Probe(inner, example_input)
+                out_mods = prober.output_modules(
+                    [] if any_declared_output else candidates
+                )
+                output_idx = {index[id(m)] for m in out_mods}
+                changes = prober.changes(
+                    [(e.param, list(zip(e.owners, e.paths, e.names, strict=True))) if keep else None
+                     for e, keep in zip(entries, probed, strict=True)]
+                )
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
@@ -491,6 +361,8 @@ def classify(
             "embedding": decay_embedding,
             "output": decay_output,
         }.get(role, False)
+        if any(n in no_decay for n in e.names):
+            decay = False
         owner, _ = e.owners[0]
         infos.append(
             ParamInfo(
@@ -506,6 +378,10 @@ def classify(
             )
         )
     return infos
+
+
+def _rng_devices(model: nn.Module) -> list[int]:
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
 # --------------------------------------------------------------------------- input weights
@@ -528,50 +404,24 @@ def input_weights(model: nn.Module, example_input: Any = None) -> set[str]:
 
     Width-scaling rules need them: such a weight's fan_in is the data's dimension, which
     does not grow with the model's width, so μP treats it like an embedding. Found with one
-    eval-mode, no-grad forward of the model (hooks see which module receives the input
-    tensor object); training flags and RNG states are restored, nothing else is touched.
+    eval-mode, no-grad forward of a replica of the model sharing its tensors (hooks see
+    which module receives the input tensor object); the caller's model is not run.
     """
+    from wdlab._probe import Probe, is_layer
+
     inner = _unwrap(model)
-    if example_input is None and callable(getattr(inner, "example_input", None)):
-        example_input = inner.example_input()
-    elif example_input is None:
-        example_input, _ = _infer_input(inner)
-    leaves = [(n, m) for n, m in inner.named_modules() if _is_layer(m)]
-    flat = list(_tensors(example_input))
-    fed: set[str] = set()
-
-    def pre_hook(name: str) -> Any:
-        def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            for a in (*args, *kwargs.values()):
-                if isinstance(a, torch.Tensor) and any(a is t for t in flat):
-                    fed.add(name)
-
-        return hook
-
-    modes = {m: m.training for m in inner.modules()}
-    handles = [m.register_forward_pre_hook(pre_hook(n), with_kwargs=True) for n, m in leaves]
-    try:
-        with torch.random.fork_rng(devices=_rng_devices(inner)), torch.no_grad():
-            py_state, np_state = random.getstate(), np.random.get_state()
-            inner.eval()
-            try:
-                _call(inner, example_input)
-            except Exception as exc:
-                raise ValueError(
-                    f"could not run the model on the example input to find its input weights "
-                    f"({type(exc).__name__}: {exc}); pass example_input=... the model accepts"
-                ) from exc
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
+    with torch.random.fork_rng(devices=_rng_devices(inner)):
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            fed = Probe(inner, example_input, screen=False).modules_fed_by_input()
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
     names = set()
-    for prefix, module in leaves:
-        if prefix in fed and not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+    for prefix, module in inner.named_modules():
+        if is_layer(module) and id(module) in fed and not isinstance(
+            module, (nn.Embedding, nn.EmbeddingBag)
+        ):
             for local, p in module.named_parameters(recurse=True):
                 if p.ndim >= 2 and p.requires_grad:
                     names.add(f"{prefix}.{local}" if prefix else local)
@@ -580,6 +430,17 @@ def input_weights(model: nn.Module, example_input: Any = None) -> set[str]:
 
 
 # --------------------------------------------------------------------------- param groups
+
+
+def scaled_settings(
+    infos: list[ParamInfo], inputs: set[str], scales: Mapping[str, RoleScale]
+) -> dict[str, RoleScale]:
+    """The RoleScale of each parameter name (input weights are matrices fed by the data)."""
+    out = {}
+    for info in infos:
+        role = "input" if info.role == "matrix" and info.name in inputs else info.role
+        out[info.name] = scales[role]
+    return out
 
 
 def _check_number(field: str, value: Any) -> float:
@@ -678,18 +539,16 @@ def param_groups(
 
     per_param = {}
     if scaling is not None:
-        from wdlab import scaling as rules  # scaling builds on this module
-
         width = width if width is not None else getattr(inner, "width", None)
         if width is None:
             raise ValueError(
                 f"scaling needs the model's width: pass width=... ({type(inner).__name__} has "
                 "no .width; the workload's width is Workload.width)"
             )
-        m = rules.check_scaling(scaling, base_width, width)
-        scales = rules.role_scales(scaling, m, decay_mode=decay_mode)
+        m = check_scaling(scaling, base_width, width)
+        scales = role_scales(scaling, m, decay_mode=decay_mode)
         inputs = input_weights(inner, example_input) if scaling != "sp" and probe else set()
-        per_param = rules.scaled_settings(infos, inputs, scales)
+        per_param = scaled_settings(infos, inputs, scales)
 
     matched = dict.fromkeys(checked, False)
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}

@@ -1,0 +1,24 @@
+"""Names shared across rooms, torch-free so that config validation and the CLI can import
+them without loading torch (DESIGN.md "Layout, wave 2")."""
+
+from __future__ import annotations
+
+ROLES = ("matrix", "embedding", "output", "vector", "bias")
+"""What a parameter does (wdlab.groups): decides its decay and its width scaling."""
+
+RULES = ("sp", "mup", "mup-wd", "fan", "timescale", "sp-lr", "sp-lr-all")
+"""Width-scaling rules (wdlab.scaling)."""
+
+INIT_RULES = ("mup", "mup-wd", "fan", "timescale")
+"""Rules that change init, the readout multiplier and the attention scale (apply_init)."""
+
+SCALE_ROLES = ("matrix", "input", "embedding", "output", "vector", "bias", "attention")
+"""Roles a rule scales: classify's roles plus "input" (a matrix applied to the raw input:
+its fan_in does not grow with width, so μP treats it like an embedding) and "attention"
+(the logit multiplier; no parameter)."""
+
+DECAY_MODES = ("decoupled", "independent", "l2")
+"""How an optimizer applies weight decay (REFERENCE.md: decoupled, independent, L2)."""
+
+SP_INITS = ("constant", "fan_in")
+"""How a standard-parametrized model's own init depends on width (wdlab.scaling)."""

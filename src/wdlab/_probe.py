@@ -1,0 +1,696 @@
+"""The scale-invariance probe behind wdlab.groups.classify, cheap at real model sizes.
+
+A weight w is scale-invariant when f(c·w) = f(w) for all c > 0. Deciding that by rerunning
+a float64 copy of the whole model per weight and scale cost 30 s and 2.7 GB on GPT-2 124M.
+Here:
+
+1. The probe runs a *replica* of the model: new module objects that share the caller's
+   parameter storage (so nothing is copied; DTensor shards are gathered, meta tensors get
+   random values), with their own buffers, training flags and norm eps. FSDP2 hooks and
+   classes are left out, so a sharded model is probed like the plain one.
+2. Screen: one train-mode forward with hooks that keep each parameter owner's inputs and
+   outputs, one backward of a random projection s of the output with respect to those
+   outputs only (no weight gradients). For weight w of module M, the derivative of s along
+   c·w is D = Σ_calls <∂s/∂y_M, ∂y_M/∂c>, the second factor a forward-mode jvp of M alone.
+   An invariant weight has D = 0 up to round-off; |D| > SCREEN_TOL · Σ|terms| proves the
+   output moves, and that settles almost every weight.
+3. Exact test for the rest: scale w by 2, 1/2 and 2**20 in a float64, jittered, eps-shrunk
+   replica of the smallest module containing all of w's uses, run on that module's inputs
+   captured in the screen; if its output does not move (relative change <= PROBE_TOL), the
+   model's output cannot; else climb to the parent, up to the whole model (the old test).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+# Each weight is scaled by each factor. 2 and 1/2 are the plain test; 2**20 exposes weights
+# whose effect is only second order at init (q/k when the attention logits are ~0: scaling by
+# 2 moved a post-LN GPT's output by 1.6e-8, scaling by 2**20 by 1e-3). Upward scaling cannot
+# create an eps effect, so it costs invariant weights nothing. Powers of two keep w·c exact.
+PROBE_SCALES = (2.0, 0.5, 2.0**20)
+# Largest relative output change (max|Δy| / max|y|) still called invariant. In float64 with
+# norm eps shrunk (_EPS_SHRINK) invariant weights moved the output by <= 1e-11 and the others
+# by >= 1e-3 in the models measured (docs/grouping.md); a norm with a hard-coded eps leaves
+# ~eps/variance.
+PROBE_TOL = 1e-6
+# The first-order screen: a weight whose directional derivative D exceeds this fraction of
+# the sum of its terms' magnitudes moves the output; an invariant weight's terms cancel to
+# float32 round-off (~1e-6 of their sum).
+SCREEN_TOL = 1e-3
+# Norm layers' `eps` attribute is multiplied by this in the replicas so that the
+# invariance up to eps (the property that matters for training) shows cleanly.
+_EPS_SHRINK = 1e-12
+# Relative size of the noise added to every parameter of the float64 replicas: init values
+# such as zero biases or zero gains make weights look invariant by accident.
+_JITTER = 0.1
+_SEED = 0
+_WRAPPER_ATTRS = ("module", "_orig_mod")  # DDP / DataParallel, torch.compile
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+_NOT_COPIED = ("_wdlab_classify_cache", "_compiled_call_impl")
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed
+    DTensor = ()  # type: ignore[assignment,misc]
+
+
+# --------------------------------------------------------------------------- walking
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip DDP/DataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers: a module
+    with no parameters or buffers of its own whose only child is one of those attributes."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    while True:
+        children = dict(model.named_children())
+        inner = next((children[a] for a in _WRAPPER_ATTRS if a in children), None)
+        if inner is None or len(children) != 1 or model._parameters or model._buffers:
+            return model
+        model = inner
+
+
+def plain_class(m: nn.Module) -> type:
+    """The module's own class: FSDP2 swaps it for a generated FSDP<Name> subclass."""
+    cls = type(m)
+    index = getattr(cls, "_orig_cls_mro_index", None)
+    if index is not None and cls.__module__.startswith("torch.distributed"):
+        return cls.__mro__[index]
+    return cls
+
+
+def is_layer(m: nn.Module) -> bool:
+    """A leaf with parameters; a parametrized module (child `parametrizations`) counts as leaf."""
+    if isinstance(m, parametrize.ParametrizationList):
+        return False
+    children = [n for n, _ in m.named_children() if n != "parametrizations"]
+    return not children and any(True for _ in m.parameters())
+
+
+def _is_distributed_hook(fn: Any) -> bool:
+    f = getattr(fn, "func", fn)  # functools.partial
+    f = getattr(f, "__func__", f)  # bound method
+    module = getattr(f, "__module__", None) or type(f).__module__ or ""
+    return module.startswith("torch.distributed")
+
+
+def float_tensors(out: Any) -> Iterator[torch.Tensor]:
+    """Every floating tensor in a tensor / tuple / list / dict output, in a fixed order."""
+    if isinstance(out, torch.Tensor):
+        if out.is_floating_point():
+            yield out
+    elif isinstance(out, Mapping):
+        for key in out:
+            yield from float_tensors(out[key])
+    elif isinstance(out, (tuple, list)):
+        for item in out:
+            yield from float_tensors(item)
+
+
+def _map_tensors(x: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, dict):
+        return {k: _map_tensors(v, fn) for k, v in x.items()}
+    if isinstance(x, (tuple, list)) and not hasattr(x, "_fields"):
+        return type(x)(_map_tensors(v, fn) for v in x)
+    return x
+
+
+def call(model: nn.Module, x: Any, kwargs: Mapping[str, Any] | None = None) -> Any:
+    if kwargs is not None:
+        return model(*x, **kwargs)
+    if isinstance(x, Mapping):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
+
+
+def relative_change(base: list[torch.Tensor], new: list[torch.Tensor]) -> float:
+    """max over outputs of max|new - base| / max|base|; inf when shape or finiteness differ."""
+    if len(base) != len(new):
+        return math.inf
+    worst = 0.0
+    for a, b in zip(base, new, strict=True):
+        if a.shape != b.shape or not bool(torch.isfinite(b).all()):
+            return math.inf
+        if a.numel() == 0:
+            continue
+        scale = float(a.abs().max())
+        diff = float((b - a).abs().max())
+        worst = max(worst, diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf))
+    return worst
+
+
+def infer_input(model: nn.Module) -> tuple[Any, str]:
+    """An example input built from the first leaf module with parameters, and a description."""
+    first = next((m for m in model.modules() if is_layer(m)), None)
+    if isinstance(first, (nn.Embedding, nn.EmbeddingBag)):
+        return torch.randint(0, first.num_embeddings, (2, 8)), "Embedding -> ints (2, 8)"
+    if isinstance(first, nn.Linear):
+        return torch.randn(4, first.in_features), f"Linear -> randn(4, {first.in_features})"
+    spatial = {nn.Conv1d: (64,), nn.Conv2d: (32, 32), nn.Conv3d: (8, 8, 8)}
+    for cls, size in spatial.items():
+        if isinstance(first, cls):
+            shape = (4, first.in_channels, *size)
+            return torch.randn(*shape), f"{cls.__name__} -> randn{shape}"
+    what = type(first).__name__ if first is not None else "no leaf module with parameters"
+    raise ValueError(
+        f"example_input could not be inferred (first layer: {what}); pass example_input=... "
+        "(a tensor, a tuple of positional args or a dict of kwargs), define "
+        "model.example_input(), or pass probe=False"
+    )
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+class _Replicator:
+    """Builds plain copies of a model's modules whose tensors come from `param_of` /
+    `buffer_of`. Module objects, hooks (minus torch.distributed's) and other attributes are
+    copied, so running a replica never touches the original's state."""
+
+    def __init__(
+        self,
+        param_of: Callable[[torch.Tensor], torch.Tensor],
+        buffer_of: Callable[[torch.Tensor], torch.Tensor],
+        params: dict[int, nn.Parameter],
+    ) -> None:
+        self.param_of, self.buffer_of = param_of, buffer_of
+        self.params = params  # id(original parameter) -> replica parameter (shared)
+        self.modules: dict[int, nn.Module] = {}  # id(original module) -> replica
+        self.memo: dict[int, Any] = {}
+
+    def param(self, p: torch.Tensor) -> nn.Parameter:
+        rep = self.params.get(id(p))
+        if rep is None:
+            rep = self.params[id(p)] = nn.Parameter(self.param_of(p), requires_grad=False)
+        self.memo[id(p)] = rep
+        return rep
+
+    def __call__(self, m: nn.Module) -> nn.Module:
+        done = self.modules.get(id(m))
+        if done is not None:
+            return done
+        if type(m).__name__ == "OptimizedModule" and isinstance(
+            getattr(m, "_orig_mod", None), nn.Module
+        ):  # a torch.compile'd submodule: its forward is bound to the original
+            rep = self.modules[id(m)] = self(m._orig_mod)
+            return rep
+        cls = plain_class(m)
+        rep = cls.__new__(cls)
+        self.modules[id(m)] = self.memo[id(m)] = rep
+        state: dict[str, Any] = {}
+        for key, value in m.__dict__.items():
+            if key in _NOT_COPIED:
+                continue
+            if key == "_parameters":
+                state[key] = {n: None if p is None else self.param(p) for n, p in value.items()}
+            elif key == "_buffers":
+                state[key] = {}
+                for n, b in value.items():
+                    state[key][n] = None if b is None else self.buffer_of(b)
+                    if b is not None:
+                        self.memo[id(b)] = state[key][n]
+            elif key == "_modules":
+                state[key] = {n: None if c is None else self(c) for n, c in value.items()}
+            elif key in _HOOK_DICTS:
+                state[key] = OrderedDict(
+                    (h, fn) for h, fn in value.items() if not _is_distributed_hook(fn)
+                )
+            else:
+                try:
+                    state[key] = copy.deepcopy(value, self.memo)
+                except Exception:  # an object that refuses copying: share it
+                    state[key] = value
+        rep.__dict__.update(state)
+        return rep
+
+
+def _plain_value(t: torch.Tensor) -> torch.Tensor:
+    """The full, plain value of a parameter or buffer (no copy for a plain tensor)."""
+    with torch.no_grad():
+        if isinstance(t, DTensor):
+            return t.detach().full_tensor()
+        return t.detach()
+
+
+def _materialize(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random stand-in for a meta tensor: N(0, 1/fan_in) matrices, ones for 0/1-D."""
+    out = torch.zeros(t.shape, dtype=t.dtype, device="cpu")
+    if out.is_floating_point() and out.ndim >= 2:
+        fan_in = max(1, out[0].numel())
+        out.normal_(0.0, fan_in**-0.5, generator=gen)
+    elif out.is_floating_point():
+        out.fill_(1.0)
+    return out
+
+
+def _shrink_eps(model: nn.Module) -> None:
+    for m in model.modules():
+        eps = getattr(m, "eps", None)
+        if isinstance(eps, float) and eps > 0:
+            m.eps = eps * _EPS_SHRINK
+
+
+def _reseed() -> None:
+    torch.manual_seed(_SEED)
+    random.seed(_SEED)
+    np.random.seed(_SEED)
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+class Probe:
+    """Replicas of one model and what one screen forward/backward learned about it."""
+
+    def __init__(self, model: nn.Module, example_input: Any, *, screen: bool = True) -> None:
+        self.model = model
+        self._collect_values()
+        self.f64: dict[int, nn.Parameter] = {}
+        self.replica = self._replica(model, float64=False)
+        device = next((v.device for v in self.values.values()), torch.device("cpu"))
+        self.device = device
+        self.dtype = next(
+            (v.dtype for v in self.screen_params.values() if v.is_floating_point()),
+            torch.float32,
+        )
+        _reseed()
+        if example_input is None and callable(getattr(self.replica, "example_input", None)):
+            example_input, self.source = self.replica.example_input(), "model.example_input()"
+        elif example_input is None:
+            example_input, source = infer_input(self.replica)
+            self.source = f"inferred ({source})"
+        else:
+            self.source = "the given"
+        self.input = _map_tensors(
+            example_input,
+            lambda t: t.detach().to(self.device, self.dtype if t.is_floating_point() else None),
+        )
+        if screen:
+            self._screen()
+
+    # ---- tensors
+
+    def _collect_values(self) -> None:
+        """Plain values of every parameter and buffer, in a fixed order (gathering DTensor
+        shards is a collective: every rank walks the same order)."""
+        self.values: dict[int, torch.Tensor] = {}
+        self.order: dict[int, int] = {}
+        gen = torch.Generator().manual_seed(_SEED)
+        meta: list[nn.Module] = []
+        tensors = [
+            *self.model.named_parameters(remove_duplicate=False),
+            *self.model.named_buffers(remove_duplicate=False),
+        ]
+        for _, t in tensors:
+            if id(t) in self.values:
+                continue
+            self.order[id(t)] = len(self.order)
+            self.values[id(t)] = _materialize(t, gen) if t.is_meta else _plain_value(t)
+        for m in self.model.modules():
+            own = [t for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+            if own and all(t.is_meta for t in own) and callable(
+                getattr(m, "reset_parameters", None)
+            ):
+                meta.append(m)
+        self.screen_params: dict[int, nn.Parameter] = {}
+        self._meta_modules = meta
+
+    def _screen_value(self, t: torch.Tensor) -> torch.Tensor:
+        v = self.values[id(t)]
+        if v.is_floating_point() and v.element_size() < 4:  # bf16/fp16: screen in fp32
+            return v.float()
+        return v
+
+    def _f64_value(self, t: torch.Tensor) -> torch.Tensor:
+        v = self.values[id(t)].to(torch.float64)
+        if not v.is_floating_point() or v.numel() == 0:
+            return v
+        gen = torch.Generator().manual_seed(_SEED + self.order[id(t)])
+        rms = float(v.pow(2).mean().sqrt())
+        noise = torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.device)
+        return v + noise * (_JITTER * (rms if rms > 0 else 1.0))
+
+    def _replica(self, module: nn.Module, *, float64: bool) -> nn.Module:
+        if float64:
+            rep = _Replicator(
+                self._f64_value,
+                lambda b: (self.values[id(b)].to(torch.float64) if b.is_floating_point()
+                           else self.values[id(b)].clone()),
+                self.f64,
+            )(module)
+        else:
+            rep = _Replicator(
+                self._screen_value, lambda b: self._screen_value(b).clone(), self.screen_params
+            )
+            self.rep_of = rep.modules
+            rep = rep(module)
+            with torch.no_grad():  # meta models: each module's own init on the stand-ins
+                for m in self._meta_modules:
+                    rep_m = self.rep_of[id(m)]
+                    rep_m.reset_parameters()
+        _shrink_eps(rep)
+        return rep.train()
+
+    # ---- the screen
+
+    def _forward(self, model: nn.Module, x: Any) -> Any:
+        try:
+            return call(model, x)
+        except Exception as exc:
+            raise ValueError(
+                f"classify could not run the model on {self.source} example input "
+                f"({type(exc).__name__}: {exc}); pass example_input=... that the model accepts "
+                "or probe=False"
+            ) from exc
+
+    def _screen(self) -> None:
+        """One forward (capturing inputs, keeping owners' outputs), one backward of a
+        random projection with respect to those outputs, one more forward to check the
+        model is deterministic."""
+        rep = self.replica
+        self.calls: dict[int, list[tuple[Any, Any, torch.Tensor]]] = {}
+        self.kept: dict[int, list[list[torch.Tensor]]] = {}
+        self.finished: list[tuple[int, list[Any]]] = []
+        z = torch.zeros((), dtype=self.dtype, device=self.device, requires_grad=True)
+        capturing = [True]
+
+        def pre(orig: int) -> Any:
+            def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                if capturing[0]:
+                    detach = lambda t: t.detach().clone()  # noqa: E731
+                    state = torch.get_rng_state()
+                    entry = (_map_tensors(args, detach), _map_tensors(kwargs, detach), state)
+                    self.calls.setdefault(orig, []).append(entry)
+
+            return hook
+
+        def post(orig: int, owner: bool) -> Any:
+            def hook(_m: nn.Module, _a: Any, _k: Any, out: Any) -> Any:
+                kept: list[torch.Tensor] = []
+
+                def add_zero(t: torch.Tensor) -> torch.Tensor:
+                    if not t.is_floating_point():
+                        return t
+                    k = t + z.to(t.dtype)  # joins the graph; exact (x + 0 == x)
+                    kept.append(k)
+                    return k.clone()  # in-place edits downstream must not reach `k`
+
+                if owner and isinstance(out, torch.Tensor):
+                    out = add_zero(out)
+                elif owner and isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+                    out = type(out)(add_zero(t) if isinstance(t, torch.Tensor) else t for t in out)
+                if capturing[0]:
+                    self.kept.setdefault(orig, []).append(kept)
+                    fns = [t.grad_fn for t in float_tensors(out) if t.grad_fn is not None]
+                    self.finished.append((orig, fns))
+                return out
+
+            return hook
+
+        handles = []
+        for orig_id, m in self.rep_of.items():
+            owner = any(p is not None for p in m._parameters.values())
+            handles.append(m.register_forward_pre_hook(pre(orig_id), with_kwargs=True))
+            handles.append(m.register_forward_hook(post(orig_id, owner), with_kwargs=True))
+        buffers = {
+            (m, k): b.clone() for m in rep.modules() for k, b in m._buffers.items() if b is not None
+        }
+
+        def reset() -> None:
+            with torch.no_grad():
+                for (m, k), saved in buffers.items():
+                    m._buffers[k].copy_(saved)
+            _reseed()
+
+        try:
+            reset()
+            with torch.enable_grad():
+                outputs = list(float_tensors(self._forward(rep, self.input)))
+            if not outputs:
+                raise ValueError(
+                    f"the model returned no floating-point tensor on {self.source} example "
+                    "input; classify compares outputs, so pass example_input=... or probe=False"
+                )
+            self.outputs = outputs
+            gen = torch.Generator().manual_seed(_SEED)
+            s = sum(
+                (torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.device) * y).sum()
+                for y in outputs
+            )
+            flat = [k for per_call in self.kept.values() for ks in per_call for k in ks]
+            need = [k for k in flat if k.requires_grad]
+            grads: dict[int, torch.Tensor | None] = {}
+            if need and isinstance(s, torch.Tensor) and s.requires_grad:
+                got = torch.autograd.grad(s, need, allow_unused=True)
+                grads = {id(k): g for k, g in zip(need, got, strict=True)}
+            self.grads = grads
+            capturing[0] = False
+            reset()
+            with torch.no_grad():
+                again = list(float_tensors(self._forward(rep, self.input)))
+        finally:
+            for h in handles:
+                h.remove()
+        noise = relative_change([y.detach() for y in outputs], again)
+        limit = PROBE_TOL / 100 if self.dtype == torch.float64 else 1e-5
+        if noise > limit:
+            raise ValueError(
+                f"the model's output changed by {noise:.1e} (relative) between two identical "
+                "train-mode forwards; make it deterministic under torch.manual_seed or pass "
+                "probe=False"
+            )
+
+    def output_modules(self, candidates: list[nn.Module]) -> list[nn.Module]:
+        """The output layer: the last-finishing candidate whose output feeds the output."""
+        if not candidates:
+            return []
+        wanted = {id(m): m for m in candidates}
+        finished = [(wanted[o], fns) for o, fns in self.finished if o in wanted]
+        reachable: set[int] = set()
+        stack = [t.grad_fn for t in self.outputs if t.grad_fn is not None]
+        while stack:
+            fn = stack.pop()
+            if fn is None or id(fn) in reachable:
+                continue
+            reachable.add(id(fn))
+            stack.extend(nxt for nxt, _ in fn.next_functions)
+        connected = [m for m, fns in finished if any(id(f) in reachable for f in fns)]
+        if connected:
+            return [connected[-1]]
+        return [finished[-1][0]] if finished else []
+
+    def _derivative(self, param: torch.Tensor, owners: list[tuple[nn.Module, str]]) -> float | None:
+        """|D| / Σ|terms| for scaling `param` (see the module docstring), None if unknown."""
+        from torch.func import functional_call, jvp
+
+        w = self.screen_params[id(param)]
+        total = torch.zeros((), dtype=torch.float64)
+        size = torch.zeros((), dtype=torch.float64)
+        for module, rel in owners:
+            rep = self.rep_of[id(module)]
+            for (args, kwargs, state), kept in zip(
+                self.calls.get(id(module), []), self.kept.get(id(module), []), strict=True
+            ):
+                grads = [self.grads.get(id(k)) for k in kept]
+                if all(g is None for g in grads):
+                    continue
+                torch.set_rng_state(state)
+                try:
+                    _, tangent = jvp(
+                        lambda t, rep=rep, rel=rel, a=args, k=kwargs: functional_call(
+                            rep, {rel: t}, a, k
+                        ),
+                        (w,),
+                        (w,),
+                    )
+                except Exception:  # an op without forward-mode AD: decide exactly
+                    return None
+                tangents = list(float_tensors(tangent))
+                if len(tangents) != len(grads):
+                    return None
+                for g, t in zip(grads, tangents, strict=True):
+                    if g is not None:
+                        g, t = g.double(), t.double()
+                        total += (g * t).sum().cpu()
+                        size += (g.abs() * t.abs()).sum().cpu()
+        if not (size > 0 and bool(torch.isfinite(size)) and bool(torch.isfinite(total))):
+            return None
+        return float(total.abs() / size)
+
+    # ---- exact tests
+
+    def _exact(self, module: nn.Module, param: torch.Tensor, root: bool) -> float | None:
+        """Largest relative change of `module`'s output over PROBE_SCALES when `param` is
+        scaled, in a float64 replica run on the module's captured inputs; None if the
+        module cannot be rerun alone (raises, or is not deterministic)."""
+        cache = self._exact_cache.get(id(module))
+        if cache is None:
+            rep = self._replica(module, float64=True)
+            calls = [(self.input, None, None)] if root else self.calls[id(module)]
+            to64 = lambda t: t.to(torch.float64) if t.is_floating_point() else t  # noqa: E731
+            calls = [(_map_tensors(a, to64), _map_tensors(k, to64), s) for a, k, s in calls]
+            buffers = {
+                (m, k): b.clone()
+                for m in rep.modules()
+                for k, b in m._buffers.items()
+                if b is not None
+            }
+            cache = self._exact_cache[id(module)] = (rep, calls, buffers)
+        rep, calls, buffers = cache
+        w = self.f64[id(param)]
+
+        def run() -> list[torch.Tensor]:
+            with torch.no_grad():
+                for (m, k), saved in buffers.items():
+                    m._buffers[k] = saved.clone()
+                outs: list[torch.Tensor] = []
+                for args, kwargs, state in calls:
+                    _reseed()
+                    if state is not None:
+                        torch.set_rng_state(state)
+                    clone = lambda t: t.clone()  # noqa: E731
+                    a = _map_tensors(args, clone)
+                    out = self._forward(rep, a) if root else call(
+                        rep, a, _map_tensors(kwargs, clone)
+                    )
+                    outs.extend(t.detach() for t in float_tensors(out))
+                return outs
+
+        try:
+            base = run()
+            again = run()
+        except Exception:
+            if root:
+                raise
+            return None
+        if relative_change(base, again) > PROBE_TOL / 100:
+            if root:
+                raise ValueError(
+                    "the model's output changed between two identical train-mode forwards; "
+                    "make it deterministic under torch.manual_seed or pass probe=False"
+                )
+            return None
+        saved = w.detach().clone()
+        worst = 0.0
+        try:
+            for c in PROBE_SCALES:
+                with torch.no_grad():
+                    w.mul_(c)
+                try:
+                    new = run()
+                except Exception:  # the module refuses the scaled weight: not invariant
+                    return math.inf
+                worst = max(worst, relative_change(base, new))
+                with torch.no_grad():
+                    w.copy_(saved)
+        finally:
+            with torch.no_grad():
+                w.copy_(saved)
+        return worst
+
+    def changes(
+        self, specs: list[tuple[torch.Tensor, list[tuple[tuple[nn.Module, str], str, str]]] | None]
+    ) -> list[float | None]:
+        """probe_change for each (param, [((owner, local), owner path, name)]), None where
+        the spec is None (not probed)."""
+        self._exact_cache: dict[int, tuple[nn.Module, list[Any], dict[Any, torch.Tensor]]] = {}
+        out: list[float | None] = []
+        try:
+            for spec in specs:
+                if spec is None:
+                    out.append(None)
+                    continue
+                param, owners = spec
+                rels = [
+                    (m, name[len(path) + 1:] if path else name)
+                    for (m, _), path, name in owners
+                ]
+                ratio = self._derivative(param, rels)
+                if ratio is not None and ratio > SCREEN_TOL:
+                    out.append(ratio)
+                    continue
+                out.append(self._climb(param, [path for _, path, _ in owners]))
+        finally:
+            self._exact_cache.clear()
+        return out
+
+    def _climb(self, param: torch.Tensor, paths: list[str]) -> float:
+        """The exact test from the smallest module holding every use of `param` upwards."""
+        parts = [p.split(".") if p else [] for p in paths]
+        common: list[str] = []
+        for level in zip(*parts, strict=False):
+            if len(set(level)) > 1:
+                break
+            common.append(level[0])
+        for depth in range(len(common), -1, -1):
+            path = ".".join(common[:depth])
+            module = self.model.get_submodule(path)
+            root = depth == 0
+            if not root and not self.calls.get(id(module)):
+                continue
+            change = self._exact(module, param, root)
+            if change is None:
+                continue
+            if change <= PROBE_TOL or root:
+                return change
+        raise AssertionError("unreachable: the root always decides")
+
+    # ---- input weights
+
+    def modules_fed_by_input(self) -> set[int]:
+        """id of every original leaf module that receives an example-input tensor itself."""
+        flat = [t for t in _iter_tensors(self.input)]
+        fed: set[int] = set()
+        handles = []
+        for orig_id, m in self.rep_of.items():
+            if not is_layer(m):
+                continue
+
+            def hook(_m: nn.Module, args: Any, kwargs: Any, orig_id: int = orig_id) -> None:
+                for a in (*args, *kwargs.values()):
+                    if isinstance(a, torch.Tensor) and any(a is t for t in flat):
+                        fed.add(orig_id)
+
+            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+        self.replica.eval()
+        try:
+            _reseed()
+            with torch.no_grad():
+                try:
+                    call(self.replica, self.input)
+                except Exception as exc:
+                    raise ValueError(
+                        "could not run the model on the example input to find its input "
+                        f"weights ({type(exc).__name__}: {exc}); pass example_input=... the "
+                        "model accepts"
+                    ) from exc
+        finally:
+            for h in handles:
+                h.remove()
+        return fed
+
+
+def _iter_tensors(x: Any) -> Iterator[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, Mapping):
+        for v in x.values():
+            yield from _iter_tensors(v)
+    elif isinstance(x, (tuple, list)):
+        for v in x:
+            yield from _iter_tensors(v)
