@@ -12,8 +12,9 @@ Here:
    outputs, one backward of a random projection s of the output with respect to those
    outputs only (no weight gradients). For weight w of module M, the derivative of s along
    c·w is D = Σ_calls <∂s/∂y_M, ∂y_M/∂c>, the second factor a forward-mode jvp of M alone.
-   An invariant weight has D = 0 up to round-off; |D| > SCREEN_TOL · Σ|terms| proves the
-   output moves, and that settles almost every weight.
+   For Linear, Conv and Embedding the second factor is y_M minus the bias, free. An
+   invariant weight has D = 0 up to round-off; a D well above round-off proves the output
+   moves, and that settles almost every weight.
 3. Exact test for the rest: scale w by 2, 1/2 and 2**20 in a float64, jittered, eps-shrunk
    replica of the smallest module containing all of w's uses, run on that module's inputs
    captured in the screen; if its output does not move (relative change <= PROBE_TOL), the
@@ -44,10 +45,13 @@ PROBE_SCALES = (2.0, 0.5, 2.0**20)
 # by >= 1e-3 in the models measured (docs/grouping.md); a norm with a hard-coded eps leaves
 # ~eps/variance.
 PROBE_TOL = 1e-6
-# The first-order screen: a weight whose directional derivative D exceeds this fraction of
-# the sum of its terms' magnitudes moves the output; an invariant weight's terms cancel to
-# float32 round-off (~1e-6 of their sum).
-SCREEN_TOL = 1e-3
+# The first-order screen: a weight whose directional derivative D = Σ terms exceeds
+# SCREEN_TOL · Σ|terms| moves the output (10x the worst case of float32 round-off, to which
+# an invariant weight's terms cancel). A random projection makes D small by chance for
+# about 1 weight in 100; _ROUNDS projections in turn leave that to chance ~1e-6.
+SCREEN_TOL = 1e-5
+_ROUNDS = 3
+_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 # Norm layers' `eps` attribute is multiplied by this in the replicas so that the
 # invariance up to eps (the property that matters for training) shows cleanly.
 _EPS_SHRINK = 1e-12
@@ -379,25 +383,25 @@ class Probe:
             ) from exc
 
     def _screen(self) -> None:
-        """One forward (capturing inputs, keeping owners' outputs), one backward of a
-        random projection with respect to those outputs, one more forward to check the
-        model is deterministic."""
+        """One forward (capturing inputs, keeping owners' outputs) and one backward of a
+        random projection with respect to those outputs. Nothing here compares two runs, so
+        the screen needs no determinism; the exact test checks its own."""
         rep = self.replica
         self.calls: dict[int, list[tuple[Any, Any, torch.Tensor]]] = {}
         self.kept: dict[int, list[list[torch.Tensor]]] = {}
         self.finished: list[tuple[int, list[Any]]] = []
-        z = torch.zeros((), dtype=self.dtype, device=self.device, requires_grad=True)
-        capturing = [True]
+        z = self._z = torch.zeros((), dtype=self.dtype, device=self.device, requires_grad=True)
+        versions: dict[int, int] = {}
+        self._affine: dict[int, torch.Tensor | None] = {}  # id(kept) -> the owner's bias
+        pre_ids: dict[int, int] = {}
 
         def pre(orig: int) -> Any:
-            def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                if capturing[0]:
-                    detach = lambda t: t.detach().clone()  # noqa: E731
-                    state = torch.get_rng_state()
-                    entry = (_map_tensors(args, detach), _map_tensors(kwargs, detach), state)
-                    self.calls.setdefault(orig, []).append(entry)
-
-            return hook
+            rep = self.rep_of[orig]
+            # Inputs are kept only where a jvp may need them (memory): affine owners'
+            # derivatives come from their outputs alone.
+            affine = type(rep) in _AFFINE or type(rep).__name__ == "Conv1D"  # HF's Conv1D
+            owner = any(p is not None for p in rep._parameters.values())
+            return _capture_hook(orig, self.calls, keep=owner and not affine)
 
         def post(orig: int, owner: bool) -> Any:
             def hook(_m: nn.Module, _a: Any, _k: Any, out: Any) -> Any:
@@ -408,37 +412,40 @@ class Probe:
                         return t
                     k = t + z.to(t.dtype)  # joins the graph; exact (x + 0 == x)
                     kept.append(k)
-                    return k.clone()  # in-place edits downstream must not reach `k`
+                    versions[id(k)] = k._version
+                    return k
 
                 if owner and isinstance(out, torch.Tensor):
                     out = add_zero(out)
+                    rep = self.rep_of[orig]
+                    hooked = len(rep._forward_hooks) > 1 or rep._forward_pre_hooks.keys() - {
+                        pre_ids[orig]
+                    }
+                    if kept and not hooked and (
+                        type(rep) in _AFFINE or type(rep).__name__ == "Conv1D"  # HF's Conv1D
+                    ):
+                        bias = getattr(rep, "bias", None)
+                        if isinstance(rep, nn.modules.conv._ConvNd) and bias is not None:
+                            bias = bias.view(-1, *([1] * (out.ndim - 2)))
+                        self._affine[id(kept[0])] = bias
                 elif owner and isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
                     out = type(out)(add_zero(t) if isinstance(t, torch.Tensor) else t for t in out)
-                if capturing[0]:
-                    self.kept.setdefault(orig, []).append(kept)
-                    fns = [t.grad_fn for t in float_tensors(out) if t.grad_fn is not None]
-                    self.finished.append((orig, fns))
+                self.kept.setdefault(orig, []).append(kept)
+                fns = [t.grad_fn for t in float_tensors(out) if t.grad_fn is not None]
+                self.finished.append((orig, fns))
                 return out
 
             return hook
 
         handles = []
         for orig_id, m in self.rep_of.items():
-            owner = any(p is not None for p in m._parameters.values())
+            if not any(p is not None for p in m._parameters.values()):
+                continue  # only parameter owners are looked at (output candidates are owners)
             handles.append(m.register_forward_pre_hook(pre(orig_id), with_kwargs=True))
-            handles.append(m.register_forward_hook(post(orig_id, owner), with_kwargs=True))
-        buffers = {
-            (m, k): b.clone() for m in rep.modules() for k, b in m._buffers.items() if b is not None
-        }
-
-        def reset() -> None:
-            with torch.no_grad():
-                for (m, k), saved in buffers.items():
-                    m._buffers[k].copy_(saved)
-            _reseed()
-
+            pre_ids[orig_id] = handles[-1].id
+            handles.append(m.register_forward_hook(post(orig_id, True), with_kwargs=True))
         try:
-            reset()
+            _reseed()
             with torch.enable_grad():
                 outputs = list(float_tensors(self._forward(rep, self.input)))
             if not outputs:
@@ -447,33 +454,74 @@ class Probe:
                     "input; classify compares outputs, so pass example_input=... or probe=False"
                 )
             self.outputs = outputs
-            gen = torch.Generator().manual_seed(_SEED)
-            s = sum(
-                (torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.device) * y).sum()
-                for y in outputs
-            )
             flat = [k for per_call in self.kept.values() for ks in per_call for k in ks]
-            need = [k for k in flat if k.requires_grad]
-            grads: dict[int, torch.Tensor | None] = {}
-            if need and isinstance(s, torch.Tensor) and s.requires_grad:
-                got = torch.autograd.grad(s, need, allow_unused=True)
-                grads = {id(k): g for k, g in zip(need, got, strict=True)}
-            self.grads = grads
-            capturing[0] = False
-            reset()
-            with torch.no_grad():
-                again = list(float_tensors(self._forward(rep, self.input)))
+            # An output edited in place downstream has lost the value the gradient is for.
+            self.edited = {id(k) for k in flat if k._version != versions[id(k)]}
+            self._need = [k for k in flat if k.requires_grad and id(k) not in self.edited]
+            self._rounds: list[dict[int, torch.Tensor | None]] = []
+            self._gen = torch.Generator().manual_seed(_SEED)
         finally:
             for h in handles:
                 h.remove()
-        noise = relative_change([y.detach() for y in outputs], again)
-        limit = PROBE_TOL / 100 if self.dtype == torch.float64 else 1e-5
-        if noise > limit:
-            raise ValueError(
-                f"the model's output changed by {noise:.1e} (relative) between two identical "
-                "train-mode forwards; make it deterministic under torch.manual_seed or pass "
-                "probe=False"
+
+    def _recapture(self, wanted: set[int]) -> None:
+        """Inputs of the `wanted` modules (by id of the original), from one more no-grad
+        forward of the screen replica (same seed and input as the screen)."""
+        self.anc_calls: dict[int, list[Any]] = {}
+        handles = [
+            m.register_forward_pre_hook(_capture_hook(o, self.anc_calls), with_kwargs=True)
+            for o, m in self.rep_of.items()
+            if o in wanted
+        ]
+        try:
+            _reseed()
+            with torch.no_grad():
+                self._forward(self.replica, self.input)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _grads(self, round_: int) -> dict[int, Any]:
+        """For the round_-th random projection s = <v, output>: per kept output, the three
+        sums (Σ terms, Σ terms², Σ|terms|) of an affine owner's weight, else ∂s/∂output.
+        Computed on first use by one backward (the graph is kept for the next round); the
+        sums are taken in tensor hooks so that affine owners' gradients are never stored."""
+        while len(self._rounds) <= round_:
+            found: dict[int, Any] = {}
+            s = sum(  # a random projection: E<v, Δy>² ∝ |Δy|² for any change Δy
+                torch.dot(
+                    torch.rand(y.shape, generator=self._gen, dtype=y.dtype)
+                    .to(y.device).sub_(0.5).view(-1),
+                    y.reshape(-1),
+                )
+                for y in self.outputs
             )
+            if self._need and isinstance(s, torch.Tensor) and s.requires_grad:
+                handles = [k.register_hook(self._grad_hook(k, found)) for k in self._need]
+                try:
+                    torch.autograd.grad(s, [self._z], allow_unused=True, retain_graph=True)
+                finally:
+                    for h in handles:
+                        h.remove()
+            self._rounds.append(found)
+        return self._rounds[round_]
+
+    def _grad_hook(self, k: torch.Tensor, found: dict[int, Any]) -> Callable[[Any], None]:
+        def hook(g: torch.Tensor) -> None:
+            if id(k) not in self._affine:
+                found[id(k)] = g
+                return
+            bias = self._affine[id(k)]  # y = op(x, w) + b, op linear in w: ∂y/∂c = y - b
+            terms = g * k.detach()
+            if bias is not None:
+                terms -= g * bias
+            found[id(k)] = (
+                float(terms.sum(dtype=torch.float64)),
+                float(torch.linalg.vector_norm(terms, dtype=torch.float64)) ** 2,
+                float(terms.abs_().sum(dtype=torch.float64)),
+            )
+
+        return hook
 
     def output_modules(self, candidates: list[nn.Module]) -> list[nn.Module]:
         """The output layer: the last-finishing candidate whose output feeds the output."""
@@ -494,43 +542,63 @@ class Probe:
             return [connected[-1]]
         return [finished[-1][0]] if finished else []
 
-    def _derivative(self, param: torch.Tensor, owners: list[tuple[nn.Module, str]]) -> float | None:
-        """|D| / Σ|terms| for scaling `param` (see the module docstring), None if unknown."""
+    def _tangent(
+        self, module: nn.Module, rel: str, w: torch.Tensor, call_: tuple[Any, Any, Any],
+        kept: list[torch.Tensor],
+    ) -> list[torch.Tensor] | None:
+        """∂y/∂c of one call of `module` when its parameter `rel` (= w) is scaled by c."""
         from torch.func import functional_call, jvp
 
+        rep = self.rep_of[id(module)]
+        if call_ is None or not _intact(call_):
+            return None
+        args, kwargs, state, _ = call_
+        torch.set_rng_state(state)
+        try:
+            _, tangent = jvp(lambda t: functional_call(rep, {rel: t}, args, kwargs), (w,), (w,))
+        except Exception:  # an op without forward-mode AD: decide exactly
+            return None
+        tangents = list(float_tensors(tangent))
+        return tangents if len(tangents) == len(kept) else None
+
+    def _derivative(
+        self, param: torch.Tensor, owners: list[tuple[nn.Module, str]], round_: int
+    ) -> tuple[float | None, bool]:
+        """(|D| / sqrt(Σ terms²), False) for scaling `param` (the module docstring) when |D|
+        clears round-off; (None, retry) when this projection cannot tell, retry False when
+        no projection can (an op without forward-mode AD, an output edited in place)."""
         w = self.screen_params[id(param)]
-        total = torch.zeros((), dtype=torch.float64)
-        size = torch.zeros((), dtype=torch.float64)
+        found = self._grads(round_)
+        total = size = square = 0.0
         for module, rel in owners:
-            rep = self.rep_of[id(module)]
-            for (args, kwargs, state), kept in zip(
-                self.calls.get(id(module), []), self.kept.get(id(module), []), strict=True
+            for call_, kept in zip(
+                self.calls.get(id(module), []), self.kept.get(id(module), []), strict=False
             ):
-                grads = [self.grads.get(id(k)) for k in kept]
+                if any(id(k) in self.edited for k in kept):
+                    return None, False
+                grads = [found.get(id(k)) for k in kept]
                 if all(g is None for g in grads):
                     continue
-                torch.set_rng_state(state)
-                try:
-                    _, tangent = jvp(
-                        lambda t, rep=rep, rel=rel, a=args, k=kwargs: functional_call(
-                            rep, {rel: t}, a, k
-                        ),
-                        (w,),
-                        (w,),
-                    )
-                except Exception:  # an op without forward-mode AD: decide exactly
-                    return None
-                tangents = list(float_tensors(tangent))
-                if len(tangents) != len(grads):
-                    return None
+                if rel == "weight" and len(kept) == 1 and id(kept[0]) in self._affine:
+                    t_sum, t_square, t_size = grads[0]
+                    total, square, size = total + t_sum, square + t_square, size + t_size
+                    continue
+                if any(isinstance(g, tuple) for g in grads):  # only the weight's sums kept
+                    return None, False
+                tangents = self._tangent(module, rel, w, call_, kept)
+                if tangents is None:
+                    return None, False
                 for g, t in zip(grads, tangents, strict=True):
                     if g is not None:
-                        g, t = g.double(), t.double()
-                        total += (g * t).sum().cpu()
-                        size += (g.abs() * t.abs()).sum().cpu()
-        if not (size > 0 and bool(torch.isfinite(size)) and bool(torch.isfinite(total))):
-            return None
-        return float(total.abs() / size)
+                        terms = g * t.to(g.dtype)  # the one temporary
+                        total += float(terms.sum(dtype=torch.float64))
+                        square += float(torch.linalg.vector_norm(terms, dtype=torch.float64)) ** 2
+                        size += float(terms.abs_().sum(dtype=torch.float64))
+        if not (size > 0 and math.isfinite(size) and math.isfinite(total)):
+            return None, size > 0
+        if abs(total) <= SCREEN_TOL * size:  # within 10x worst-case float32 round-off
+            return None, True
+        return abs(total) / math.sqrt(square), False
 
     # ---- exact tests
 
@@ -538,10 +606,18 @@ class Probe:
         """Largest relative change of `module`'s output over PROBE_SCALES when `param` is
         scaled, in a float64 replica run on the module's captured inputs; None if the
         module cannot be rerun alone (raises, or is not deterministic)."""
+        if id(module) in self._exact_cache and self._exact_cache[id(module)] is None:
+            return None
         cache = self._exact_cache.get(id(module))
         if cache is None:
             rep = self._replica(module, float64=True)
-            calls = [(self.input, None, None)] if root else self.calls[id(module)]
+            if root:
+                calls = [(self.input, None, None)]
+            elif all(_intact(c) for c in self.anc_calls[id(module)]):
+                calls = [c[:3] for c in self.anc_calls[id(module)]]
+            else:  # an input was edited in place after the call: cannot rerun it
+                self._exact_cache[id(module)] = None
+                return None
             to64 = lambda t: t.to(torch.float64) if t.is_floating_point() else t  # noqa: E731
             calls = [(_map_tensors(a, to64), _map_tensors(k, to64), s) for a, k, s in calls]
             buffers = {
@@ -608,41 +684,51 @@ class Probe:
     ) -> list[float | None]:
         """probe_change for each (param, [((owner, local), owner path, name)]), None where
         the spec is None (not probed)."""
-        self._exact_cache: dict[int, tuple[nn.Module, list[Any], dict[Any, torch.Tensor]]] = {}
+        self._exact_cache: dict[int, Any] = {}
         out: list[float | None] = []
-        try:
-            for spec in specs:
-                if spec is None:
-                    out.append(None)
-                    continue
+        pending: list[int] = []
+        for spec in specs:
+            ratio = None
+            if spec is not None:
                 param, owners = spec
                 rels = [
                     (m, name[len(path) + 1:] if path else name)
                     for (m, _), path, name in owners
                 ]
-                ratio = self._derivative(param, rels)
-                if ratio is not None and ratio > SCREEN_TOL:
-                    out.append(ratio)
-                    continue
-                out.append(self._climb(param, [path for _, path, _ in owners]))
+                for round_ in range(_ROUNDS):
+                    ratio, retry = self._derivative(param, rels, round_)
+                    if not retry:
+                        break
+                if ratio is None:
+                    pending.append(len(out))
+            out.append(ratio)
+        if not pending:
+            return out
+        chains = {i: self._chain([path for _, path, _ in specs[i][1]]) for i in pending}
+        self._recapture({id(m) for chain in chains.values() for m in chain[:-1]})
+        try:
+            for i in pending:
+                out[i] = self._climb(specs[i][0], chains[i])
         finally:
             self._exact_cache.clear()
         return out
 
-    def _climb(self, param: torch.Tensor, paths: list[str]) -> float:
-        """The exact test from the smallest module holding every use of `param` upwards."""
+    def _chain(self, paths: list[str]) -> list[nn.Module]:
+        """The smallest module holding every owner path, then its ancestors up to the root."""
         parts = [p.split(".") if p else [] for p in paths]
         common: list[str] = []
         for level in zip(*parts, strict=False):
             if len(set(level)) > 1:
                 break
             common.append(level[0])
-        for depth in range(len(common), -1, -1):
-            path = ".".join(common[:depth])
-            module = self.model.get_submodule(path)
-            root = depth == 0
-            if not root and not self.calls.get(id(module)):
-                continue
+        return [self.model.get_submodule(".".join(common[:d])) for d in range(len(common), -1, -1)]
+
+    def _climb(self, param: torch.Tensor, chain: list[nn.Module]) -> float:
+        """The exact test from the smallest module holding every use of `param` upwards."""
+        for module in chain:
+            root = module is self.model
+            if not root and not self.anc_calls.get(id(module)):
+                continue  # never called as a module (a ModuleList): nothing to rerun
             change = self._exact(module, param, root)
             if change is None:
                 continue
@@ -683,6 +769,31 @@ class Probe:
             for h in handles:
                 h.remove()
         return fed
+
+
+def _capture_hook(orig: int, store: dict[int, list[Any]], keep: bool = True) -> Any:
+    """A forward pre-hook appending (args, kwargs, rng state, versions) of each call to
+    store[orig] (None where not `keep`, so call indices stay aligned). References, not
+    copies: a tensor edited in place later is noticed by its version counter (_intact)."""
+
+    def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not keep:
+            store.setdefault(orig, []).append(None)
+            return
+        args, kwargs = _map_tensors(args, _detach), _map_tensors(kwargs, _detach)
+        versions = [(t, t._version) for t in _iter_tensors((args, kwargs))]
+        store.setdefault(orig, []).append((args, kwargs, torch.get_rng_state(), versions))
+
+    return hook
+
+
+def _detach(t: torch.Tensor) -> torch.Tensor:
+    return t.detach()  # shares storage and version counter
+
+
+def _intact(call_: tuple[Any, Any, Any, list[tuple[torch.Tensor, int]]]) -> bool:
+    """Whether no captured input of this call was edited in place since."""
+    return all(t._version == v for t, v in call_[3])
 
 
 def _iter_tensors(x: Any) -> Iterator[torch.Tensor]:

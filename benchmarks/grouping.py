@@ -1,0 +1,89 @@
+"""Seconds and peak memory of wdlab.classify on HF GPT-2 small (124M, random init).
+
+Each measurement runs in a fresh process: build the model (transformers' GPT2 config at its
+default sizes, no download), reset the kernel's peak-RSS counter, time classify(model), read
+the peak RSS. "extra" is the peak above the RSS just before classify; the model's own
+parameters are 475 MiB in float32. A tiny GPT-2 is classified first to warm up imports. `--src DIR` measures the wdlab found under DIR (e.g.
+/work/main/src at b98efe8 for the old probe) instead of the one installed.
+
+    python benchmarks/grouping.py                      # this tree, twice (cold, cached)
+    python benchmarks/grouping.py --src /work/main/src # another wdlab, for before/after
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import json, resource, time, torch
+torch.manual_seed(0)
+from transformers import GPT2Config, GPT2LMHeadModel
+import wdlab
+from wdlab.groups import classify
+
+def rss_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+# Warm up once on a tiny GPT-2 so that one-time costs (lazy imports, first autograd use)
+# are not counted as the probe's: the old probe's warm-up is the same call.
+classify(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64)))
+model = GPT2LMHeadModel(GPT2Config())
+params_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+runs = []
+for _ in range(REPEAT):
+    before = rss_mb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    except OSError:
+        pass
+    t = time.perf_counter()
+    infos = classify(model)
+    seconds = time.perf_counter() - t
+    runs.append({"seconds": seconds, "extra_mb": rss_mb("VmHWM") - before})
+invariant = sum(i.scale_invariant for i in infos)
+print(json.dumps({"wdlab": wdlab.__file__, "params_mb": params_mb, "runs": runs,
+                  "n_params": len(infos), "n_invariant": invariant}))
+"""
+
+
+def measure(src: str | None, repeat: int, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    if src:
+        env["PYTHONPATH"] = src
+    code = f"import torch; torch.set_num_threads({threads})\n" + CHILD.replace(
+        "REPEAT", str(repeat)
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--src", help="directory holding the wdlab package to measure")
+    ap.add_argument("--repeat", type=int, default=2, help="classify calls per process")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    t = time.perf_counter()
+    res = measure(args.src, args.repeat, args.threads)
+    print(f"wdlab: {res['wdlab']}")
+    print(f"GPT-2 124M: {res['n_params']} tensors, {res['params_mb']:.0f} MB of parameters, "
+          f"{res['n_invariant']} scale-invariant")
+    for i, run in enumerate(res["runs"]):
+        share = 100 * run["extra_mb"] / res["params_mb"]
+        print(f"classify call {i + 1}: {run['seconds']:.3f} s, peak RSS +{run['extra_mb']:.0f} MB"
+              f" ({share:.1f}% of the parameters)")
+    print(f"(whole measurement {time.perf_counter() - t:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
