@@ -231,3 +231,58 @@ if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
         print(zoo_name, len(out[zoo_name]), flush=True)
     VERDICTS.parent.mkdir(exist_ok=True)
     VERDICTS.write_text(json.dumps(out, indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------- distributed
+
+DISTRIBUTED = ("tiny_gpt_qknorm", "resnet_bn", "hf_gpt2")
+
+
+def _shard(model: nn.Module, mesh: Any) -> nn.Module:
+    """FSDP2 the way people do it: every block of a ModuleList / Sequential, then the root."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    for module in list(model.modules()):
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and module is not model:
+            for block in module:
+                params = list(block.parameters())
+                if params and not any(isinstance(p, DTensor) for p in params):
+                    fully_shard(block, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def distributed_worker(rank: int, world: int, init_file: str) -> None:
+    """On each of `world` gloo ranks: classify, input_weights, param_groups and
+    create_optimizer on FSDP2- and DDP-wrapped zoo models must give the recorded verdicts."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import wdlab
+    from wdlab.groups import classify, input_weights, param_groups
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        expected = recorded()
+        for name in DISTRIBUTED:
+            plain_inputs = input_weights(build(name))
+            sharded = _shard(build(name), mesh)
+            assert any(isinstance(p, DTensor) for p in sharded.parameters()), name
+            got = verdicts(classify(sharded))
+            assert got == expected[name], (name, "fsdp2", got)
+            assert input_weights(sharded) == plain_inputs, name
+            groups = param_groups(sharded, 1e-3, 0.1)
+            ids = sorted(id(p) for g in groups for p in g["params"])
+            assert ids == sorted(id(p) for p in sharded.parameters()), name
+            opt = wdlab.create_optimizer(sharded, "adamw", lr=1e-3, weight_decay=0.1)
+            named = [n for g in opt.param_groups for n in g["param_names"]]
+            assert sorted(named) == sorted(i["name"] for i in expected[name]), name
+            if name == DISTRIBUTED[0]:
+                ddp = DDP(build(name))
+                assert verdicts(classify(ddp)) == expected[name], (name, "ddp")
+    finally:
+        dist.destroy_process_group()

@@ -45,9 +45,10 @@ PROBE_SCALES = (2.0, 0.5, 2.0**20)
 # by >= 1e-3 in the models measured (docs/grouping.md); a norm with a hard-coded eps leaves
 # ~eps/variance.
 PROBE_TOL = 1e-6
-# The first-order screen: a weight whose directional derivative D = Σ terms exceeds
-# SCREEN_TOL · Σ|terms| moves the output (10x the worst case of float32 round-off, to which
-# an invariant weight's terms cancel). A random projection makes D small by chance for
+# The first-order screen: a weight whose directional derivative D = Σ_i g_i·ẏ_i exceeds
+# SCREEN_TOL · Σ_i |g_i|(|ẏ_i| + |y_i|) moves the output (10x the worst case of float32
+# round-off, to which an invariant weight's terms cancel, or which is all a weight
+# normalized inside its module leaves in ẏ). A random projection makes D small by chance for
 # about 1 weight in 100; _ROUNDS projections in turn leave that to chance ~1e-6.
 SCREEN_TOL = 1e-5
 _ROUNDS = 3
@@ -483,7 +484,7 @@ class Probe:
 
     def _grads(self, round_: int) -> dict[int, Any]:
         """For the round_-th random projection s = <v, output>: per kept output, the three
-        sums (Σ terms, Σ terms², Σ|terms|) of an affine owner's weight, else ∂s/∂output.
+        sums (Σ terms, Σ terms², Σ|terms| + Σ|g·y|) of an affine owner's weight, else ∂s/∂output.
         Computed on first use by one backward (the graph is kept for the next round); the
         sums are taken in tensor hooks so that affine owners' gradients are never stored."""
         while len(self._rounds) <= round_:
@@ -513,12 +514,13 @@ class Probe:
                 return
             bias = self._affine[id(k)]  # y = op(x, w) + b, op linear in w: ∂y/∂c = y - b
             terms = g * k.detach()
+            scale = float(terms.abs().sum(dtype=torch.float64))  # Σ|g·y|
             if bias is not None:
                 terms -= g * bias
             found[id(k)] = (
                 float(terms.sum(dtype=torch.float64)),
                 float(torch.linalg.vector_norm(terms, dtype=torch.float64)) ** 2,
-                float(terms.abs_().sum(dtype=torch.float64)),
+                float(terms.abs_().sum(dtype=torch.float64)) + scale,
             )
 
         return hook
@@ -588,8 +590,11 @@ class Probe:
                 tangents = self._tangent(module, rel, w, call_, kept)
                 if tangents is None:
                     return None, False
-                for g, t in zip(grads, tangents, strict=True):
+                for g, t, y in zip(grads, tangents, kept, strict=True):
                     if g is not None:
+                        # Σ|g·y| joins the scale: a tangent that is round-off of y (the
+                        # weight is normalized inside the module) must not pass as signal.
+                        size += float((g * y.detach()).abs_().sum(dtype=torch.float64))
                         terms = g * t.to(g.dtype)  # the one temporary
                         total += float(terms.sum(dtype=torch.float64))
                         square += float(torch.linalg.vector_norm(terms, dtype=torch.float64)) ** 2

@@ -14,7 +14,7 @@ from torch import nn
 
 from wdlab import optim
 from wdlab.groups import classify, param_groups
-from wdlab.scaling import apply_init
+from wdlab.scaling.init import apply_init
 
 __all__ = ["create_optimizer"]
 
@@ -70,4 +70,43 @@ def create_optimizer(
         width=width,
         decay_mode=hparams.get("decay", "decoupled"),
     )
-    return optim.create(name, groups, lr=lr, weight_decay=weight_decay, **hparams)
+    opt = optim.create(name, groups, lr=lr, weight_decay=weight_decay, **hparams)
+    # Groups are named (torch's param_names), and torch refuses an unnamed group next to
+    # named ones: name the groups users add later.
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    opt.add_param_group = _NamedGroupAdder(opt, names)
+    return opt
+
+
+class _NamedGroupAdder:
+    """torch's add_param_group, with `param_names` filled in when the caller gives none (the
+    parameter's name in the model, frozen ones included, else "added.<group>.<i>"), and
+    `role` (matrix for >= 2-D, else vector) and `scale_invariant` (False) defaulted."""
+
+    def __init__(self, opt: torch.optim.Optimizer, names: dict[int, str]) -> None:
+        self.opt, self.names = opt, names
+
+    def __call__(self, param_group: dict[str, Any]) -> None:
+        _add_named_group(self.opt, self.names, param_group)
+
+
+def _add_named_group(
+    opt: torch.optim.Optimizer, names: dict[int, str], param_group: dict[str, Any]
+) -> None:
+    group = dict(param_group)
+    params = group.get("params")
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    elif params is not None and not isinstance(params, (set, dict)):
+        params = list(params)  # a generator is read once; torch rejects sets itself
+    group["params"] = params
+    named = bool(opt.param_groups) and "param_names" in opt.param_groups[0]
+    if named and "param_names" not in group and isinstance(params, list):
+        index = len(opt.param_groups)
+        group["param_names"] = [
+            names.get(id(p), f"added.{index}.{i}") for i, p in enumerate(params)
+        ]
+    if isinstance(params, list) and params and all(isinstance(p, torch.Tensor) for p in params):
+        group.setdefault("role", "matrix" if all(p.ndim >= 2 for p in params) else "vector")
+        group.setdefault("scale_invariant", False)
+    type(opt).add_param_group(opt, group)
