@@ -3,11 +3,12 @@
 Each measurement runs in a fresh process: build the model (transformers' GPT2 config at its
 default sizes, no download), reset the kernel's peak-RSS counter, time classify(model), read
 the peak RSS. "extra" is the peak above the RSS just before classify; the model's own
-parameters are 475 MiB in float32. A tiny GPT-2 is classified first to warm up imports. `--src DIR` measures the wdlab found under DIR (e.g.
-/work/main/src at b98efe8 for the old probe) instead of the one installed.
+parameters are 475 MiB in float32. A tiny GPT-2 is classified first to warm up imports.
+`--src DIR` measures the wdlab found under DIR (e.g. a checkout of main at b98efe8 for the
+old probe) instead of the one installed.
 
-    python benchmarks/grouping.py                      # this tree, twice (cold, cached)
-    python benchmarks/grouping.py --src /work/main/src # another wdlab, for before/after
+    python benchmarks/grouping.py                    # installed wdlab: 1st call, cached call
+    python benchmarks/grouping.py --src OLD/src      # another wdlab, for before/after
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
 
 # --------------------------------------------------------------------------- distributed
 
-DISTRIBUTED = ("tiny_gpt_qknorm", "resnet_bn", "hf_gpt2")
+DISTRIBUTED = ("tiny_gpt_qknorm", "resnet_bn")
 
 
 def _shard(model: nn.Module, mesh: Any) -> nn.Module:

@@ -211,3 +211,25 @@ def test_the_config_accepts_exactly_the_rules() -> None:
     annotation = OptimizerConfig.model_fields["scaling"].annotation
     literal = next(a for a in typing.get_args(annotation) if a is not type(None))
     assert typing.get_args(literal) == RULES
+
+
+def test_rules_are_torch_free_and_no_import_circle() -> None:
+    """DESIGN.md "Layout, wave 2": _names and scaling.rules load without torch; groups
+    imports scaling.rules only; scaling.init (needs groups) loads first or last alike."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import wdlab._names, wdlab.scaling\n"
+        "from wdlab.scaling import RULES, role_scales, transfer_table\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert RULES == wdlab._names.RULES\n"
+        "from wdlab.scaling import apply_init\n"  # lazily: init.py -> groups -> rules
+        "import wdlab.scaling.init as init, wdlab.groups as groups\n"
+        "assert apply_init is init.apply_init\n"
+        "assert groups.role_scales is role_scales\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import wdlab.scaling.init\nimport wdlab.factory\n"  # init first: no circle
+    subprocess.run([sys.executable, "-c", code], check=True)
