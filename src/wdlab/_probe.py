@@ -354,8 +354,8 @@ class Probe:
         if float64:
             rep = _Replicator(
                 self._f64_value,
-                lambda b: (self.values[id(b)].to(torch.float64) if b.is_floating_point()
-                           else self.values[id(b)].clone()),
+                lambda b: (self.values[id(b)].to(torch.float64, copy=True)
+                           if b.is_floating_point() else self.values[id(b)].clone()),
                 self.f64,
             )(module)
         else:
