@@ -513,10 +513,10 @@ class Probe:
                 found[id(k)] = g
                 return
             bias = self._affine[id(k)]  # y = op(x, w) + b, op linear in w: ∂y/∂c = y - b
-            terms = g * k.detach()
-            scale = float(terms.abs().sum(dtype=torch.float64))  # Σ|g·y|
+            terms = g * k.detach()  # the one temporary
+            scale = float(torch.linalg.vector_norm(terms, ord=1, dtype=torch.float64))  # Σ|g·y|
             if bias is not None:
-                terms -= g * bias
+                terms.addcmul_(g, bias.expand_as(g), value=-1)
             found[id(k)] = (
                 float(terms.sum(dtype=torch.float64)),
                 float(torch.linalg.vector_norm(terms, dtype=torch.float64)) ** 2,
