@@ -458,6 +458,10 @@ class Probe:
             flat = [k for per_call in self.kept.values() for ks in per_call for k in ks]
             # An output edited in place downstream has lost the value the gradient is for.
             self.edited = {id(k) for k in flat if k._version != versions[id(k)]}
+            # A custom autograd.Function may have an approximate backward (PowerNorm's,
+            # straight-through estimators): gradients that passed one are not derivatives.
+            behind = _behind_custom_functions(outputs)
+            self.edited |= {id(k) for k in flat if k.grad_fn is not None and k.grad_fn in behind}
             self._need = [k for k in flat if k.requires_grad and id(k) not in self.edited]
             self._rounds: list[dict[int, torch.Tensor | None]] = []
             self._gen = torch.Generator().manual_seed(_SEED)
@@ -568,7 +572,8 @@ class Probe:
     ) -> tuple[float | None, bool]:
         """(|D| / sqrt(Σ terms²), False) for scaling `param` (the module docstring) when |D|
         clears round-off; (None, retry) when this projection cannot tell, retry False when
-        no projection can (an op without forward-mode AD, an output edited in place)."""
+        no projection can (an op without forward-mode AD, an output edited in place or
+        whose gradient passed a custom autograd.Function)."""
         w = self.screen_params[id(param)]
         found = self._grads(round_)
         total = size = square = 0.0
@@ -774,6 +779,29 @@ class Probe:
             for h in handles:
                 h.remove()
         return fed
+
+
+def _behind_custom_functions(outputs: list[torch.Tensor]) -> set[Any]:
+    """Autograd nodes upstream of a custom autograd.Function's node in the outputs' graph."""
+    custom, seen = [], set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if isinstance(fn, torch.autograd.function.BackwardCFunction):
+            custom.append(fn)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    behind: set[Any] = set()
+    stack = [nxt for fn in custom for nxt, _ in fn.next_functions]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in behind:
+            continue
+        behind.add(fn)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return behind
 
 
 def _capture_hook(orig: int, store: dict[int, list[Any]], keep: bool = True) -> Any:
