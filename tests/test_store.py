@@ -608,3 +608,15 @@ def test_export_tensorboard_without_tensorboard(
         rid = _logged_run(s)
         with pytest.raises(WdlabError, match="pip install 'tensorboard"):
             s.export_tensorboard(rid, tmp_path / "tb")
+
+
+def test_foreign_sqlite_file_is_refused_unchanged(tmp_path: Path) -> None:
+    """Another program's SQLite file is refused before any pragma could rewrite its header."""
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE foo (x)")
+    before = path.read_bytes()
+    with pytest.raises(WdlabError, match="not a wdlab store"):
+        Store(path).conn  # noqa: B018 - opening is the point
+    assert path.read_bytes() == before  # still in rollback-journal mode: header byte 18 == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]

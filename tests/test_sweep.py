@@ -729,3 +729,13 @@ def test_importing_the_sweep_package_leaves_torch_out() -> None:
     # anything else: it must stay torch-free.
     code = "import sys, wdlab.sweep, wdlab.sweep.worker; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_invalid_axis_creates_no_store(tmp_path: Path) -> None:
+    """Every trial's config is validated before the store is opened: nothing on disk."""
+    from wdlab.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(workload="teacher", axes={"optimizer.lr": [1e-3, -1.0]}, tiny=True)
+    with pytest.raises(ConfigError, match="lr"):
+        run_sweep(spec, tmp_path / "s.db", progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -29,3 +29,42 @@ def total_norm(tensors: Iterable[Any], norm_type: float = 2.0) -> Any:
     norms = [torch.linalg.vector_norm(t.detach(), norm_type) for t in tensors]
     return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]),
                                     norm_type)
+
+
+# ---- torch's fused optimizer kernels (private: torch._fused_*) -----------------------------
+_FUSED = ("_fused_adam_", "_fused_adamw_", "_fused_sgd_")
+
+
+def fused_kernel_devices() -> list[str]:
+    """Device types on which torch's fused Adam/AdamW/SGD kernels run; empty on a torch that
+    lacks any of them (or the private query), so every caller takes its unfused path."""
+    import torch
+
+    if not all(hasattr(torch, name) for name in _FUSED):
+        return []
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return ["cpu", "cuda"]  # torch 2.4+ has the kernels on both
+    return list(_get_fused_kernels_supported_devices())
+
+
+def fused_adam(decoupled: bool) -> Any:
+    """torch's fused AdamW (decoupled) or Adam (l2) kernel; check fused_kernel_devices first."""
+    import torch
+
+    return torch._fused_adamw_ if decoupled else torch._fused_adam_
+
+
+def fused_sgd() -> Any:
+    """torch's fused SGD kernel; check fused_kernel_devices first."""
+    import torch
+
+    return torch._fused_sgd_
+
+
+def dispatch_mode_class() -> type:
+    """torch's TorchDispatchMode (private module path), for counting ops and host syncs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    return TorchDispatchMode

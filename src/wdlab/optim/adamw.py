@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from wdlab import _compat
 from wdlab.optim import foreach
 from wdlab.optim._dispatch import choose, impl_from, pick
 from wdlab.optim.base import WdOptimizer, check_betas, check_range, decay_factors, group_lr
@@ -22,16 +23,12 @@ from wdlab.optim.functional import adamw_step
 def _fused_ok(params: list[torch.Tensor]) -> bool:
     """Whether torch's fused Adam kernels take these params (floating point, on a device
     torch has them for: CPU, CUDA and others)."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    devices = _get_fused_kernels_supported_devices()
+    devices = _compat.fused_kernel_devices()
     return all(p.device.type in devices and p.is_floating_point() for p in params)
 
 
 def _why_not_fused() -> str:
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    devices = ", ".join(_get_fused_kernels_supported_devices())
+    devices = ", ".join(_compat.fused_kernel_devices()) or "no device (this torch lacks them)"
     return f"torch's fused Adam kernel needs floating-point params on one of {devices}"
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from wdlab import _compat
 from wdlab.optim import native
 from wdlab.optim.distributed import gathered_update, is_dtensor, scalar
 
@@ -129,9 +130,7 @@ def _use_fused(params: Sequence[torch.Tensor], fused: bool | None) -> bool:
     """Whether torch's fused Adam kernels run on these tensors (fused=None: whenever they can)."""
     if fused is False or not params:
         return False
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    devices = _get_fused_kernels_supported_devices()
+    devices = _compat.fused_kernel_devices()
     ok = all(p.device.type in devices and p.is_floating_point() for p in params)
     if fused and not ok:
         raise ValueError(
@@ -200,7 +199,7 @@ def adamw_step(
             for s, p in zip(state_steps, params, strict=True)
         ]
         torch._foreach_add_(steps, 1)
-        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+        kernel = _compat.fused_adam(decoupled)
         kernel(
             params,
             grads,
@@ -304,7 +303,7 @@ def _sgdw_update_fused(
     # while it is still in cache: two passes per block instead of five.
     if keep != 1.0:
         param.mul_(keep)
-    torch._fused_sgd_(
+    _compat.fused_sgd()(
         [param],
         [grad],
         [] if buf is None else [buf],
@@ -704,10 +703,14 @@ def _projection_view(
     return scale_invariant_view(param, grad, delta, eps)
 
 
+# Where torch's fused Adam/SGD kernels run, as wdlab uses them: CPU and CUDA (read once).
+_FUSED_DEVICES = frozenset(_compat.fused_kernel_devices()) & {"cpu", "cuda"}
+
+
 def _fusable(*tensors: torch.Tensor) -> bool:
     """Whether torch's fused CPU/CUDA Adam/SGD kernels can take these tensors (same layout)."""
     first = tensors[0]
-    return first.device.type in ("cpu", "cuda") and all(
+    return first.device.type in _FUSED_DEVICES and all(
         t.is_contiguous() and t.dtype == first.dtype and t.device == first.device for t in tensors
     )
 
@@ -855,7 +858,7 @@ def _adamp_projected_fused(
     if l2:
         grad = grad.add(param, alpha=l2)
     work = torch.zeros_like(param)
-    torch._fused_adam_([work], [grad], [exp_avg], [exp_avg_sq], [], [step_t], lr=1.0,
+    _compat.fused_adam(False)([work], [grad], [exp_avg], [exp_avg_sq], [], [step_t], lr=1.0,
                        beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False,
                        maximize=False)
     _step_projected(param, work, view, norms, eps, keep, lr)
@@ -922,7 +925,7 @@ def sgdp_step(
             torch._foreach_mul_(p, 1 - decay_rate / (1 - momentum))
         # Without momentum torch ignores dampening; clovaai scales g by (1 - dampening).
         step_lr = lr if momentum else lr * (1 - dampening)
-        torch._fused_sgd_(p, g, bufs, weight_decay=l2, momentum=momentum, lr=step_lr,
+        _compat.fused_sgd()(p, g, bufs, weight_decay=l2, momentum=momentum, lr=step_lr,
                           dampening=dampening, nesterov=nesterov, maximize=False,
                           is_first_step=False)
 
@@ -955,7 +958,7 @@ def _novograd_update(
     if decays:
         param.mul_(keep)
     if beta1 > 0 and _sgd_fusable(param, grad, exp_avg):
-        torch._fused_sgd_(
+        _compat.fused_sgd()(
             [param],
             [grad],
             [exp_avg],

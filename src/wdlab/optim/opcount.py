@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from wdlab._compat import dispatch_mode_class
+
+TorchDispatchMode = dispatch_mode_class()
 
 aten = torch.ops.aten
 VALUE_READS = {

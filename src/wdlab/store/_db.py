@@ -149,6 +149,9 @@ class Database:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Read-only first: another program's SQLite file is refused before the WAL pragma
+            # below would rewrite its header.
+            schema.version(conn, self.path)
             self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
             # NORMAL in WAL: a crash of the process loses nothing committed; power loss may
             # lose the last commits but never corrupts. FULL would fsync every metric batch.

@@ -53,6 +53,7 @@ from wdlab.sweep.spec import (
     run_name,
     trial_config,
     trial_cost,
+    validated_trials,
 )
 from wdlab.sweep.worker import HEARTBEAT_SECONDS, STALE_SECONDS, Job, recover_trials
 
@@ -160,6 +161,7 @@ def run_sweep(
             f"--max-trials must be an integer >= 1, got {max_trials!r}", field="max_trials"
         )
     spec.check_size(max_trials)  # before the store is touched
+    prepared = validated_trials(spec)  # every trial's config: a bad axis creates no store
     if backend == "ray":
         import_ray()  # fail before touching the store
     from wdlab.progress import make_progress
@@ -171,7 +173,7 @@ def run_sweep(
         if pool is not None:
             pool.prewarm(workers)  # the workers import torch while the sweep is set up
         with Store(store_path) as store:
-            sweep_id, created = find_or_create_sweep(store, spec)
+            sweep_id, created = find_or_create_sweep(store, spec, prepared)
             if on_start is not None:
                 on_start(sweep_id, created)
             record = store.get_sweep(sweep_id)

@@ -382,18 +382,31 @@ def longest_first(base: dict[str, Any], trials: dict[int, dict[str, Any]]) -> li
     return sorted(trials, key=lambda i: (-trial_cost(base, trials[i]), i))
 
 
-def find_or_create_sweep(store: Store, spec: SweepSpec) -> tuple[str, bool]:
-    """The id of the sweep with this spec's identity (created with its trials if new) and
-    whether it was created now. Every trial's config is validated before anything runs.
+Prepared = tuple[str, str, dict[str, Any], list[dict[str, Any]]]
+"""identity, sweep name, base config, trials: what validated_trials returns."""
 
-    Find-or-create is one store transaction on a UNIQUE identity, so two identical commands
-    started together share one sweep; a found sweep gains the trials of seeds it lacks."""
+
+def validated_trials(spec: SweepSpec) -> Prepared:
+    """The spec's identity, sweep name, base config and trials, each trial's config validated:
+    run before the store is opened, so an invalid axis fails in one line with nothing created."""
     ident = spec.identity()
     name = spec.name or f"{spec.workload}-{ident[:8]}"
     base = _base_tree(spec)
     params = spec.trials()
     for index, trial in enumerate(params):
-        trial_config(base, trial, run_name(name, index))  # fail now, in one line, if invalid
+        trial_config(base, trial, run_name(name, index))
+    return ident, name, base, params
+
+
+def find_or_create_sweep(
+    store: Store, spec: SweepSpec, prepared: Prepared | None = None
+) -> tuple[str, bool]:
+    """The id of the sweep with this spec's identity (created with its trials if new) and
+    whether it was created now. Every trial's config is validated before anything runs.
+
+    Find-or-create is one store transaction on a UNIQUE identity, so two identical commands
+    started together share one sweep; a found sweep gains the trials of seeds it lacks."""
+    ident, name, base, params = prepared or validated_trials(spec)
     stored = {
         "format": SPEC_FORMAT,
         "identity": ident,
