@@ -495,9 +495,8 @@ def test_claim_trial_follows_the_given_order(tmp_path: Path) -> None:
 def _params_of(store_path: Path, run_id: str) -> dict:
     import torch
 
-    payload = torch.load(
-        runs_root_for(store_path) / run_id / "last.pt", map_location="cpu", weights_only=True
-    )
+    path = runs_root_for(store_path) / run_id / "last.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     return payload["model"]
 
 
