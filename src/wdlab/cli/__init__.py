@@ -1,5 +1,5 @@
 """The `wdlab` command line: run | sweep | sweeps | bench | report | runs | show | export |
-inspect | transfer | coordcheck.
+inspect | transfer | coordcheck | claims.
 
 One subcommand per module (wdlab.cli.<command>: HELP, add_arguments, main). `main` here is
 the one error boundary: every error a user can cause ends in one line on stderr naming the
@@ -34,6 +34,7 @@ COMMANDS = {
     "inspect": "inspect",
     "transfer": "transfer",
     "coordcheck": "coordcheck",
+    "claims": "claims",
 }
 
 

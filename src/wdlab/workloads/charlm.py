@@ -83,6 +83,9 @@ class DataConfig(Section):
     batch_size: int = Field(default=32, ge=1)
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     eval_windows: int = Field(default=256, ge=1)  # fixed validation windows per evaluation
+    # > 0: also report val_loss_freq0..k-1, the loss per character-frequency bucket (equal
+    # shares of the training characters, freq0 the most frequent; wdlab.monitor.probes)
+    frequency_buckets: int = Field(default=0, ge=0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -186,6 +189,7 @@ class CharLM(Workload):
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         total, count = 0.0, 0
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         for chunk in self.eval_starts.split(128):
             x, y = self._windows(self.val_ids, chunk)
             logits = model(x)
@@ -193,8 +197,22 @@ class CharLM(Workload):
                 logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
             ).item()
             count += y.numel()
+            if self.data_config.frequency_buckets:
+                kept.append((logits, y))
         val_loss = total / count
-        return {"val_loss": val_loss, "val_bits_per_char": val_loss / math.log(2)}
+        out = {"val_loss": val_loss, "val_bits_per_char": val_loss / math.log(2)}
+        if kept:
+            from wdlab.monitor.probes import loss_by_frequency_bucket
+
+            counts = torch.bincount(self.train_ids, minlength=self.vocab_size)
+            buckets = loss_by_frequency_bucket(
+                torch.cat([lg.reshape(-1, lg.shape[-1]) for lg, _ in kept]),
+                torch.cat([y.reshape(-1) for _, y in kept]),
+                counts,
+                self.data_config.frequency_buckets,
+            )
+            out.update({f"val_loss_{name}": value for name, value in buckets.items()})
+        return out
 
     def data_hash(self) -> str:
         digest = hashlib.sha256(self.text.encode("utf-8"))
