@@ -67,12 +67,12 @@ def test_tests_that_cannot_run_say_why():
 def test_one_sided_interval_covers_the_mean_95_percent():
     rng = np.random.default_rng(0)
     covered = 0
-    trials = 2000
+    trials = 500  # binomial sd of the coverage: 0.01
     for _ in range(trials):
         x = rng.normal(1.0, 2.0, size=5)
         res = stats.one_sample(x, 0.0, "greater")
         covered += res.ci[0] <= 1.0  # the true effect is 1.0 - 0
-    assert 0.93 <= covered / trials <= 0.97
+    assert 0.92 <= covered / trials <= 0.98
 
 
 def test_holm_by_hand():
@@ -267,3 +267,34 @@ def test_claim_data_selects_trials_by_params():
     assert math.isnan(data.by_seed("arm", value, {"x": 2})[0])
     assert data.by_seed("arm", value, {"x": 2}, diverged=True) == {0: 9.0}
     assert data.grid("arm", "x", value)[0] == {1: 0.0, 2: pytest.approx(math.nan, nan_ok=True)}
+
+
+def test_rotational_wrapper_from_a_run_config_keeps_row_norms(tmp_path):
+    """optimizer.wrapper=rotational (the hook rotational-warmup needs): every neuron of a
+    scale-invariant weight keeps its initial norm, which plain AdamW with decay does not."""
+    import torch
+
+    from wdlab import checkpoint, train
+    from wdlab.config import build_config
+    from wdlab.store import Store
+    from wdlab.workloads import from_config
+
+    norms = {}
+    for wrapper in ("rotational", None):
+        sets = ["steps=20", "train.monitor=off", "optimizer.weight_decay=1.0"]
+        if wrapper:
+            sets.append(f"optimizer.wrapper={wrapper}")
+        config = build_config("digits", tiny=True, assignments=sets)
+        with Store(tmp_path / "s.db") as store:
+            result = train.run(config, store, tmp_path / "runs")
+        assert result.status == "finished"
+        weights = checkpoint.read(tmp_path / "runs" / result.run_id / "last.pt",
+                                  result.run_id)["model"]  # fmt: skip
+        torch.manual_seed(config.seed)
+        init = from_config(config).build_model().state_dict()
+        # "0.weight": the first Linear, in front of BatchNorm (scale-invariant)
+        norms[wrapper] = (weights["0.weight"].norm(dim=1), init["0.weight"].norm(dim=1))
+    after, before = norms["rotational"]
+    assert torch.allclose(after, before, rtol=1e-4)
+    after, before = norms[None]
+    assert not torch.allclose(after, before, rtol=1e-2)

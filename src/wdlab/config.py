@@ -51,6 +51,9 @@ class OptimizerConfig(BaseModel):
     # base_width and carried to the workload's width by this rule.
     scaling: Literal[RULES] | None = None  # type: ignore[valid-type]
     base_width: int | None = Field(default=None, ge=1)
+    # A wdlab.optim.wrappers wrapper around the optimizer: "rotational" is REQ's rotational
+    # variant (RotationalWrapper: scale-invariant weights rotate by the equilibrium angle).
+    wrapper: Literal["rotational"] | None = None
 
     @model_validator(mode="after")
     def _scaling_needs_base_width(self) -> OptimizerConfig:

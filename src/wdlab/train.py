@@ -228,6 +228,10 @@ def run(
             width=workload.width if config.optimizer.scaling else None,
             **config.optimizer.hyperparameters(),
         )
+        if config.optimizer.wrapper == "rotational":
+            from wdlab.optim.wrappers import RotationalWrapper
+
+            optimizer = RotationalWrapper(optimizer)
     except (ValueError, TypeError) as err:  # bad name or hyperparameter: the user's to fix
         raise ConfigError(f"config error: optimizer: {err}", field="optimizer") from None
     for group in optimizer.param_groups:
