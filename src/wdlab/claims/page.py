@@ -109,6 +109,25 @@ def claim_page(outcome: Outcome, store: Any, out_dir: Path) -> Path:
     return _write_atomic(path, _page(f"wdlab claim {claim.name}", body))
 
 
+README_HEAD = """# Claims
+
+Every claim about weight decay, normalization and LR scale that wdlab implements, re-run in
+one command and judged over seeds (wdlab.claims; `wdlab claims list` shows the budgets).
+
+    wdlab claims run NAME            # train its sweeps (resumable: the same command continues)
+    wdlab claims run all --quick     # every claim at a CI-sized budget (checks the machinery)
+    wdlab claims report -o DIR       # this table, index.html and one page per claim
+
+Seeds are the samples; each comparison is a one-sided t-test (paired where the arms share
+seeds) with its effect and one-sided 95% confidence interval, Holm-corrected where a claim
+compares several arms. Verdict: *reproduces* (every comparison significant at 0.05 after
+Holm), *does not reproduce* (a comparison significant in the opposite direction) or
+*inconclusive at this budget*; the p-value column is the largest Holm-adjusted p. A claim
+whose feature is not in wdlab yet says what it needs.
+
+"""
+
+
 def _md(text: Any) -> str:
     """A Markdown table cell: pipes escaped, one line."""
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -143,5 +162,5 @@ def write_report(outcomes: Sequence[Outcome], store: Any, out_dir: Path) -> list
         f"<th>verdict</th></tr></thead><tbody>{''.join(rows)}</tbody></table>",
     ]
     written.append(_write_atomic(out_dir / "index.html", _page("wdlab claims", index)))
-    written.append(_write_atomic(out_dir / "README.md", "# Claims\n\n" + "\n".join(md) + "\n"))
+    written.append(_write_atomic(out_dir / "README.md", README_HEAD + "\n".join(md) + "\n"))
     return written
