@@ -9,6 +9,10 @@ old probe) instead of the one installed.
 
     python benchmarks/grouping.py                    # installed wdlab: 1st call, cached call
     python benchmarks/grouping.py --src OLD/src      # another wdlab, for before/after
+
+It also measures the floor any one-forward probe pays: in another fresh process, one
+train-mode forward of the same (2, 8)-token input with the parameters frozen and one backward
+to a zero scalar added to the embedding output (what classify's screen must do at least).
 """
 
 from __future__ import annotations
@@ -55,11 +59,39 @@ print(json.dumps({"wdlab": wdlab.__file__, "params_mb": params_mb, "runs": runs,
 """
 
 
-def measure(src: str | None, repeat: int, threads: int) -> dict:
+FLOOR = r"""
+import json, torch
+torch.manual_seed(0)
+from transformers import GPT2Config, GPT2LMHeadModel
+from wdlab.groups import classify
+
+def rss_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+classify(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64)))
+model = GPT2LMHeadModel(GPT2Config()).requires_grad_(False)
+x = torch.randint(0, model.config.vocab_size, (2, 8))
+before = rss_mb("VmRSS")
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+z = torch.zeros((), requires_grad=True)
+model.transformer.wte.register_forward_hook(lambda m, a, out: out + z)
+logits = model(x).logits
+torch.autograd.grad((logits * torch.rand_like(logits)).sum(), [z])
+print(json.dumps({"extra_mb": rss_mb("VmHWM") - before}))
+"""
+
+
+def measure(src: str | None, repeat: int, threads: int, child: str = CHILD) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if src:
         env["PYTHONPATH"] = src
-    code = f"import torch; torch.set_num_threads({threads})\n" + CHILD.replace(
+    code = f"import torch; torch.set_num_threads({threads})\n" + child.replace(
         "REPEAT", str(repeat)
     )
     out = subprocess.run(
@@ -83,6 +115,9 @@ def main() -> None:
         share = 100 * run["extra_mb"] / res["params_mb"]
         print(f"classify call {i + 1}: {run['seconds']:.3f} s, peak RSS +{run['extra_mb']:.0f} MB"
               f" ({share:.1f}% of the parameters)")
+    floor = measure(args.src, 1, args.threads, FLOOR)["extra_mb"]
+    print(f"floor (one frozen train-mode forward + backward, same input): peak RSS "
+          f"+{floor:.0f} MB ({100 * floor / res['params_mb']:.1f}% of the parameters)")
     print(f"(whole measurement {time.perf_counter() - t:.0f} s)")
 
 

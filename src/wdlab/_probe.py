@@ -411,7 +411,10 @@ class Probe:
                 def add_zero(t: torch.Tensor) -> torch.Tensor:
                     if not t.is_floating_point():
                         return t
-                    k = t + z.to(t.dtype)  # joins the graph; exact (x + 0 == x)
+                    # An output already in the graph is kept as it is (no copy: memory);
+                    # one that is not (fed by the input alone), or that another owner
+                    # returned too, joins the graph as t + 0, which is exact.
+                    k = t if t.requires_grad and id(t) not in versions else t + z.to(t.dtype)
                     kept.append(k)
                     versions[id(k)] = k._version
                     return k
@@ -493,18 +496,20 @@ class Probe:
         sums are taken in tensor hooks so that affine owners' gradients are never stored."""
         while len(self._rounds) <= round_:
             found: dict[int, Any] = {}
-            s = sum(  # a random projection: E<v, Δy>² ∝ |Δy|² for any change Δy
-                torch.dot(
-                    torch.rand(y.shape, generator=self._gen, dtype=y.dtype)
-                    .to(y.device).sub_(0.5).view(-1),
-                    y.reshape(-1),
-                )
+            # A random projection s = Σ<v, y>: E<v, Δy>² ∝ |Δy|² for any change Δy. Its
+            # gradient is v itself, handed to autograd as grad_outputs (no product, no copy).
+            vs = [
+                torch.rand(y.shape, generator=self._gen, dtype=y.dtype).to(y.device).sub_(0.5)
                 for y in self.outputs
-            )
-            if self._need and isinstance(s, torch.Tensor) and s.requires_grad:
+            ]
+            pairs = [(y, v) for y, v in zip(self.outputs, vs, strict=True) if y.requires_grad]
+            if self._need and pairs:
                 handles = [k.register_hook(self._grad_hook(k, found)) for k in self._need]
                 try:
-                    torch.autograd.grad(s, [self._z], allow_unused=True, retain_graph=True)
+                    torch.autograd.grad(
+                        [y for y, _ in pairs], [self._z], grad_outputs=[v for _, v in pairs],
+                        allow_unused=True, retain_graph=True,
+                    )
                 finally:
                     for h in handles:
                         h.remove()
@@ -518,14 +523,12 @@ class Probe:
                 return
             bias = self._affine[id(k)]  # y = op(x, w) + b, op linear in w: ∂y/∂c = y - b
             terms = g * k.detach()  # the one temporary
-            scale = float(torch.linalg.vector_norm(terms, ord=1, dtype=torch.float64))  # Σ|g·y|
+            sums = _sums(terms)
+            scale = sums[2]  # Σ|g·y|
             if bias is not None:
                 terms.addcmul_(g, bias.expand_as(g), value=-1)
-            found[id(k)] = (
-                float(terms.sum(dtype=torch.float64)),
-                float(torch.linalg.vector_norm(terms, dtype=torch.float64)) ** 2,
-                float(terms.abs_().sum(dtype=torch.float64)) + scale,
-            )
+                sums = _sums(terms)
+            found[id(k)] = (sums[0], sums[1], sums[2] + scale)
 
         return hook
 
@@ -599,11 +602,9 @@ class Probe:
                     if g is not None:
                         # Σ|g·y| joins the scale: a tangent that is round-off of y (the
                         # weight is normalized inside the module) must not pass as signal.
-                        size += float((g * y.detach()).abs_().sum(dtype=torch.float64))
-                        terms = g * t.to(g.dtype)  # the one temporary
-                        total += float(terms.sum(dtype=torch.float64))
-                        square += float(torch.linalg.vector_norm(terms, dtype=torch.float64)) ** 2
-                        size += float(terms.abs_().sum(dtype=torch.float64))
+                        size += _sums(g * y.detach())[2]
+                        t_sum, t_square, t_size = _sums(g * t.to(g.dtype))
+                        total, square, size = total + t_sum, square + t_square, size + t_size
         if not (size > 0 and math.isfinite(size) and math.isfinite(total)):
             return None, size > 0
         if abs(total) <= SCREEN_TOL * size:  # within 10x worst-case float32 round-off
@@ -802,6 +803,18 @@ def _behind_custom_functions(outputs: list[torch.Tensor]) -> set[Any]:
         behind.add(fn)
         stack.extend(nxt for nxt, _ in fn.next_functions)
     return behind
+
+
+def _sums(terms: torch.Tensor, chunk: int = 1 << 16) -> tuple[float, float, float]:
+    """(Σt, Σt², Σ|t|) accumulated in float64 a chunk at a time: a float64 copy of a whole
+    output as large as GPT-2's logits would cost more memory than the screen's graph."""
+    total = square = size = 0.0
+    for part in terms.detach().reshape(-1).split(chunk):
+        wide = part.to(torch.float64)
+        total += float(wide.sum())
+        square += float(torch.dot(wide, wide))
+        size += float(wide.abs_().sum())
+    return total, square, size
 
 
 def _capture_hook(orig: int, store: dict[int, list[Any]], keep: bool = True) -> Any:
