@@ -90,7 +90,7 @@ class TrainConfig(_Strict):
     stop_at_target: bool = True
     max_seconds: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
-    monitor: Literal["off", "light", "full"] = "light"
+    monitor: Literal["off", "light", "full", "summary"] = "light"
     monitor_every: int = Field(default=10, gt=0)
     log_every: int = Field(default=1, gt=0)
 
@@ -98,6 +98,20 @@ class TrainConfig(_Strict):
     @classmethod
     def _zero_is_off(cls, value: float | None) -> float | None:
         return None if value == 0 else value
+
+
+class LogConfig(_Strict):
+    """Live loggers the run's metrics are mirrored to (the store stays the record); paths
+    and defaults: wdlab.monitor.sinks and docs/integrations.md. Not part of what a run
+    computes, so --resume may change this section."""
+
+    sinks: list[Literal["tensorboard", "mlflow", "wandb"]] = []
+    tensorboard_dir: str | None = None
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "wdlab"
+    wandb_project: str = "wdlab"
+    wandb_dir: str | None = None
+    wandb_mode: Literal["offline", "online", "disabled"] | None = None
 
 
 MAX_SEED = 2**63 - 1  # the store keeps seeds as SQLite integers (signed 64-bit)
@@ -112,6 +126,7 @@ class RunConfig(_Strict):
     optimizer: OptimizerConfig
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
+    log: LogConfig = LogConfig()
     model: dict[str, Any] = {}
     data: dict[str, Any] = {}
 
@@ -243,7 +258,7 @@ def _recipe_optimizer(recipe: dict[str, Any], user: dict[str, Any]) -> dict[str,
     return {key: value for key, value in recipe.items() if key in CORE_OPTIMIZER_KEYS}
 
 
-SECTIONS = ("optimizer", "schedule", "train", "model", "data")
+SECTIONS = ("optimizer", "schedule", "train", "log", "model", "data")
 
 
 def _check_tree(tree: Any) -> None:

@@ -180,7 +180,7 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 def _check_resume_config(run_id: str, stored: dict[str, Any], config: RunConfig) -> None:
     """A resumed run keeps its settings; only the step budget may grow."""
     changed = _changed_keys(validate(stored).to_dict(), config.to_dict())
-    changed = [key for key in changed if key != "steps"]
+    changed = [key for key in changed if key != "steps" and not key.startswith("log.")]
     if changed:
         raise ConfigError(
             f"--resume continues run {run_id} with its own settings, but "
@@ -238,6 +238,10 @@ def run(
         group.setdefault("initial_lr", group["lr"])
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
+    if config.log.sinks:  # live loggers mirror the store's rows (wdlab.monitor.sinks)
+        from wdlab.monitor.sinks import LiveRunSink
+
+        store = LiveRunSink(store, config.log, runs_root, config.to_dict())
     owner = current_owner()
     result = RunResult(run_id="", status="running", step=0, target=target, metric=workload.metric)
     start_step, skipped = 0, 0
@@ -463,6 +467,8 @@ def run(
             release=owner,
         )
         store.flush()
+        if config.log.sinks:
+            store.close()
     return result
 
 

@@ -38,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any setting, e.g. --set model.placement=peri (repeatable)")
     p.add_argument("--tiny", action="store_true", help="the workload's tiny test configuration")
-    p.add_argument("--monitor", choices=["off", "light", "full"])
+    p.add_argument("--monitor", choices=["off", "light", "full", "summary"])
+    p.add_argument("--log", metavar="LOGGERS",
+                   help="also log live to tensorboard,mlflow,wandb (comma-separated; where "
+                        "they write: docs/integrations.md)")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], dest="on_nonfinite")
     p.add_argument("--threads", type=positive_int, help="torch threads")
     p.add_argument("--resume", metavar="RUN",
@@ -66,7 +69,14 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "train.monitor": args.monitor,
         "train.on_nonfinite": args.on_nonfinite,
         "train.threads": args.threads,
+        "log.sinks": _log_sinks(args),
     }
+
+
+def _log_sinks(args: argparse.Namespace) -> list[str] | None:
+    from wdlab.monitor.sinks import parse_names
+
+    return parse_names(args.log) if getattr(args, "log", None) else None
 
 
 def _new_config(args: argparse.Namespace) -> Any:

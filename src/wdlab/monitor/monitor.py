@@ -26,6 +26,10 @@ Per-tensor probes: w_norm, grad_norm, upd_norm, upd_ratio, angle (radians), eff_
 (scale-invariant only), angle_pred, angle_ratio, norm_pred, norm_ratio (scale-invariant
 tensors under an optimizer equilibrium.py can predict), lion_bound (Lion: max|w|·λ);
 in "full" also angle_row, upd_radial, upd_tangential, sigma_max.
+
+Level "summary" (for hosted loggers, where every metric name is a chart): the "light"
+probes, reported only as aggregates over tensors (wdlab.monitor.summary has the names and
+the count: 37 for a 12-layer GPT under AdamW, where "light" gives 573).
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from wdlab.monitor import equilibrium, probes
+from wdlab.monitor import equilibrium, probes, summary
 from wdlab.optim import distributed
 
-LEVELS = ("light", "full")
+LEVELS = ("light", "full", "summary")
 Sink = Callable[[int, dict[str, float]], Any]
 
 # probes summarized per role (and per layer for the first four)
@@ -350,6 +354,9 @@ class Monitor:
         metrics = dict(zip(keys, values, strict=True))
         metrics.update(floats)
         metrics.update(self._summaries(metrics, per_tensor))
+        if self.level == "summary":
+            return summary.aggregate(metrics, [(t.name, t.role, t.scale_invariant, probe)
+                                               for t, probe in per_tensor])
         return metrics
 
     def _predict(self, t, h, numel, angle, w_norm, prev_norm, grad_norm, put, floats, per_tensor):
