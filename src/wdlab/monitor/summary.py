@@ -5,7 +5,7 @@ Hosted loggers (W&B, MLflow) draw a chart per metric name, and the "light" level
 reports only:
 
   mon/<probe>/role:<role>        mean over the tensors of that role (as in "light")
-  mon/<probe>/role:<role>/max    largest value over those tensors
+  mon/<probe>/role_max:<role>    largest value over those tensors
       roles: matrix | embedding | output | vector | bias, and si (all scale-invariant ones);
       probes: every per-tensor probe of "light" (w_norm, grad_norm, upd_norm, upd_ratio,
       angle, eff_lr, angle_pred, angle_ratio, norm_pred, norm_ratio, lion_bound)
@@ -13,10 +13,11 @@ reports only:
   mon/attn_max_logit/layers:mean, mon/attn_max_logit/layers:max
   mon/logz_mean, mon/logz_max, mon/logit_max                        unchanged
 
-No per-tensor and no per-layer names, so the count depends on which roles and probes the
-model has, not on its depth: 37 for a 12-layer pre-norm wdlab GPT under AdamW (where
-"light" gives 573; no tensor there is scale-invariant), at most 6 roles x 11 probes x 2 +
-4 + 3 = 139 for any model.
+(role_max, not role:<role>/max: a name is never another name's folder, which MLflow's
+file store needs.) No per-tensor and no per-layer names, so the count depends on which
+roles and probes the model has, not on its depth: 37 for a 12-layer pre-norm wdlab GPT
+under AdamW (where "light" gives 573; no tensor there is scale-invariant), at most
+6 roles x 11 probes x 2 + 4 + 3 = 139 for any model.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def aggregate(
     out: dict[str, float] = {}
     for key, values in groups.items():
         out[key] = sum(values) / len(values)
-        out[f"{key}/max"] = max(values)
+        out[key.replace("/role:", "/role_max:")] = max(values)
     layers: dict[str, list[float]] = defaultdict(list)
     for key, value in metrics.items():
         match = _LAYER_KEY.match(key)

@@ -99,9 +99,7 @@ def open_logger(name: str, settings: Any, target: Target) -> Logger:
     if name == "mlflow":
         from wdlab.monitor.sinks.mlflow import MLflowLogger
 
-        uri = (settings.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
-               or f"sqlite:///{target.store_dir / 'wdlab-mlflow.db'}")
-        return MLflowLogger(uri, settings.mlflow_experiment, target)
+        return MLflowLogger(mlflow_uri(settings, target), settings.mlflow_experiment, target)
     if name == "wandb":
         from wdlab.monitor.sinks.wandb import WandbLogger
 
@@ -110,6 +108,12 @@ def open_logger(name: str, settings: Any, target: Target) -> Logger:
         mode = settings.wandb_mode or os.environ.get("WANDB_MODE") or "offline"
         return WandbLogger(settings.wandb_project, directory, mode, target)
     raise ConfigError(f"unknown logger {name!r}; choose from {', '.join(NAMES)}")
+
+
+def mlflow_uri(settings: Any, target: Target) -> str:
+    """log.mlflow_uri, else $MLFLOW_TRACKING_URI, else a sqlite file beside the store."""
+    return (settings.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{target.store_dir / 'wdlab-mlflow.db'}")
 
 
 class LiveRunSink:
