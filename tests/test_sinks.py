@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import glob
 import json
+import shlex
 import struct
 
 import pytest
 import torch
+from doc_snippets import snippet
 
 from wdlab.cli import main
 from wdlab.store import Store
@@ -75,15 +77,18 @@ def _wandb_history(path) -> list[dict]:
 
 
 def test_every_sink_holds_the_stores_rows(tmp_path, monkeypatch) -> None:
+    """docs/integrations.md's command, with a 6-step budget and MLflow's file store (the
+    sqlite default runs ~50 schema migrations on first use, too slow for the suite)."""
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    store = tmp_path / "w.db"
-    argv = ["run", "teacher", "--tiny", "--quiet", "--steps", "6", "--store", str(store),
-            "--log", "tensorboard,mlflow,wandb", "--monitor", "summary",
-            "--set", "train.monitor_every=2", "--set", "train.eval_every=3",
-            # MLflow's file store: the sqlite default runs ~50 schema migrations on first
-            # use, too slow for the suite (the default URI is checked below)
+    monkeypatch.chdir(tmp_path)
+    (command,) = snippet("cli-log").strip().splitlines()
+    argv = shlex.split(command)
+    assert argv[:2] == ["wdlab", "run"] and "--log" in argv
+    argv = [*argv[1:], "--quiet", "--steps", "6", "--set", "train.monitor_every=2",
+            "--set", "train.eval_every=3",
             "--set", f"log.mlflow_uri='file:{tmp_path / 'mlruns'}'"]
     assert main(argv) == 0
+    store = tmp_path / "wdlab.db"
     run_id = _run_id(store)
     loss = _rows(store, run_id, "train_loss")
     assert [s for s, _ in loss] == [1, 2, 3, 4, 5, 6]
