@@ -113,6 +113,14 @@ class LogConfig(_Strict):
     wandb_dir: str | None = None
     wandb_mode: Literal["offline", "online", "disabled"] | None = None
 
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """--set log.sinks=tensorboard,mlflow as well as a TOML list."""
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
 
 MAX_SEED = 2**63 - 1  # the store keeps seeds as SQLite integers (signed 64-bit)
 
