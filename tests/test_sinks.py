@@ -208,3 +208,31 @@ def test_summary_level_aggregates_the_light_probes() -> None:
     layers = [v for k, v in light.items() if k.startswith("mon/attn_entropy/layer:")]
     assert summary["mon/attn_entropy/layers:mean"] == pytest.approx(sum(layers) / len(layers))
     assert summary["mon/logit_max"] == light["mon/logit_max"]
+
+
+def test_mlflow_resume_continues_the_run_without_duplicate_steps(tmp_path, monkeypatch) -> None:
+    """A resumed run finds its MLflow run by tag and skips the steps MLflow already holds
+    (sent by a process killed after its last checkpoint)."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    from wdlab.monitor.sinks import Target
+    from wdlab.monitor.sinks.mlflow import MLflowLogger
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    first = MLflowLogger(uri, "wdlab", Target("ab12cd34", "r", "teacher", {"seed": 0},
+                                              tmp_path, None))
+    for step in (1, 2, 3):
+        first.log(step, {"train_loss": float(step)})
+    first.flush()  # then the process dies: the checkpoint was at step 1
+    resumed = MLflowLogger(uri, "wdlab", Target("ab12cd34", "r", "teacher", {"seed": 0},
+                                                tmp_path, 1))
+    assert resumed.run_id == first.run_id
+    for step in (2, 3, 4):
+        resumed.log(step, {"train_loss": float(step)})
+    resumed.close("finished")
+    client = MlflowClient(tracking_uri=uri)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(resumed.run_id,
+                                                                          "train_loss"))
+    assert history == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
