@@ -236,3 +236,12 @@ def test_mlflow_resume_continues_the_run_without_duplicate_steps(tmp_path, monke
                                                                           "train_loss"))
     assert history == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
+
+
+def test_monitor_snippet_writes_tensorboard(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(snippet("monitor-tensorboard"), "monitor-tensorboard", "exec"), ns)
+    got = _tensorboard(tmp_path / "tb" / "plain-loop", "mon/angle/role:matrix")
+    assert [s for s, _ in got] == [5, 10, 15, 20]
+    assert got[-1][1] == pytest.approx(ns["monitor"].latest["mon/angle/role:matrix"], rel=1e-6)
