@@ -31,7 +31,6 @@ def _names_by_decay(optimizer) -> dict[str, float]:
 
 
 def test_hf_trainer_snippets(tmp_path, monkeypatch, capsys) -> None:
-    pytest.importorskip("accelerate")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from wdlab.integrations import hf
@@ -77,7 +76,6 @@ def test_hf_trainer_snippets(tmp_path, monkeypatch, capsys) -> None:
 
 
 def test_lightning_snippet(tmp_path, monkeypatch) -> None:
-    pytest.importorskip("lightning.pytorch")
     from wdlab.train import lr_multiplier
 
     monkeypatch.chdir(tmp_path)
