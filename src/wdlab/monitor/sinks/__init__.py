@@ -168,7 +168,10 @@ class LiveRunSink:
             logger.flush()
 
     def __getattr__(self, attr: str) -> Any:  # anything else the wrapped store offers
-        return getattr(self._store, attr)
+        store = self.__dict__.get("_store")
+        if store is None:
+            raise AttributeError(attr)
+        return getattr(store, attr)
 
     # ---- the loggers -------------------------------------------------------------------------
 
