@@ -60,6 +60,7 @@ REGISTRY: dict[str, Entry] = {
               ("optimizer.betas=[0.9, 0.99]",)),  # Lion's paper betas, not the recipe's AdamW's
         # match_rms_adamw: the update RMS is AdamW's, so AdamW's ranges apply
         Entry("muon", "wdlab.optim.muon", "Muon", "muon", None),
+        Entry("normuon", "wdlab.optim.muon", "NorMuon", "muon", None),
         Entry("adamp", "wdlab.optim.adamp", "AdamP", "adam", "adamp"),
         Entry("sgdp", "wdlab.optim.adamp", "SGDP", "momentum", "sgdp", **_SGD_RANGES),
         Entry("novograd", "wdlab.optim.novograd", "NovoGrad", "novograd", None, **_SGD_RANGES),
@@ -73,6 +74,7 @@ __all__ = [
     "SGDW",
     "Lion",
     "Muon",
+    "NorMuon",
     "AdamP",
     "SGDP",
     "NovoGrad",

@@ -19,12 +19,14 @@ Three gaps, handled here and at the call sites:
 Under DDP every rank holds full plain replicas with all-reduced gradients: nothing changes.
 
 Muon is the one update that is not a reduction of local pieces: Newton-Schulz needs the
-full matrix. `gathered_update` gathers the matrices, runs the function on one owner rank
-each (round robin, in parallel) and hands every rank its shards back.
+full matrix. `gathered_update` gives each matrix one owner rank (balanced by Newton-Schulz
+cost), gathers its shards there, runs the function once, and scatters the rows back (FSDP2);
+under DDP (replicas) the owner computes and broadcasts. Optimizer state never moves.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,10 +34,11 @@ import torch
 import torch.distributed as dist
 
 try:  # torch.distributed can be built without DTensor (some platforms): then nothing is one.
-    from torch.distributed.tensor import DTensor, Replicate
+    from torch.distributed.tensor import DTensor, Replicate, Shard
 except ImportError:  # pragma: no cover - torch builds without distributed
     DTensor = None  # type: ignore[assignment,misc]
     Replicate = None  # type: ignore[assignment,misc]
+    Shard = None  # type: ignore[assignment,misc]
 
 
 def is_dtensor(t: object) -> bool:
@@ -103,45 +106,164 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
+def owners(costs: Sequence[float], world: int) -> list[int]:
+    """The rank (0..world-1) that computes each item: largest cost first, each to the rank
+    with the least cost so far (ties: the lower rank). Deterministic from the costs alone,
+    so every rank derives the same assignment without communicating."""
+    load = [0.0] * world
+    out = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        out[i] = rank
+        load[rank] += costs[i]
+    return out
+
+
+def ns_cost(shape: Sequence[int]) -> float:
+    """Newton-Schulz's work on a tensor of `shape` as its (size(0), -1) matrix: ~rows*cols*
+    min(rows, cols) per iteration (the Gram matrix is built on the short side)."""
+    rows = shape[0] if shape else 1
+    cols = math.prod(shape[1:]) if len(shape) > 1 else 1
+    return float(rows * cols * min(rows, cols))
+
+
 def gathered_update(
-    tensors: Sequence[torch.Tensor], fn: Callable[[torch.Tensor, int], torch.Tensor]
+    tensors: Sequence[torch.Tensor],
+    fn: Callable[[torch.Tensor, int], torch.Tensor],
+    *,
+    replicated: bool = False,
 ) -> list[torch.Tensor]:
     """fn(whole_tensor, index) for every tensor, each computed once, placed like the input.
 
-    Plain tensors are handed to fn directly (every rank computes its own, as under DDP where
-    each rank holds the same replica). A sharded DTensor on a 1-D mesh (FSDP2) is owned by
-    rank i % world of its mesh: every rank all-gathers the tensors (the collective needs every
-    rank), each rank runs fn on the ones it owns (so the work is split and runs in parallel),
-    then each owner broadcasts its results (cast to the input's dtype) and every rank keeps its
-    own shard (a local slice). A replicated DTensor, or one on a 2-D mesh (HSDP, FSDP x TP),
-    is gathered and computed on every rank. Returns tensors placed like the inputs.
-
-    Memory: the whole tensors of one call are held at once on every rank (as Moonlight's
-    ZeRO-1 Muon does); call it per bucket of params to bound that.
+    Work split: each tensor has one owner rank (`owners` by ns_cost, so the ranks get about
+    equal Newton-Schulz work), and only the owner runs fn on it. Per kind of input:
+      FSDP2 (a DTensor Shard(0) on a 1-D mesh): every rank sends its row shard to the owner
+        (gather), the owner runs fn on the whole matrix and sends every rank its rows of the
+        result back (scatter). Each matrix crosses the wire twice, as shards: 2(W-1)/W of its
+        size in all, where all-gather + broadcast would move 2(W-1) times it.
+      DDP replicas (plain tensors, `replicated=True`, a default process group of size > 1):
+        the owner runs fn on its replica and broadcasts the result; every rank gets it.
+      Plain tensors otherwise (one process, or not replicas): fn runs here on each.
+      Other DTensors (replicated, sharded on another dim or on a 2-D mesh): all-gathered,
+        then computed by the owner and broadcast (Shard(d != 0)), or by every rank.
+    Collectives are issued in the same order on every rank and overlap (async); the owner's
+    whole matrices exist only on it, one call's worth at once (bucket calls to bound that).
+    Returns tensors placed like the inputs, in the input's dtype.
     """
     out: list[torch.Tensor | None] = [None] * len(tensors)
-    owned: list[tuple[int, torch.Tensor, int, Any]] = []  # (index, whole, owner rank, group)
+    rank, world = rank_and_world()
+    plan = _owners_by_group(tensors, replicated, world)
+    gathers: list[tuple[int, Any, list[torch.Tensor] | None, Any]] = []
     for i, t in enumerate(tensors):
-        if not is_dtensor(t):
+        kind, owner, group = plan[i]
+        if kind == "local":
             out[i] = fn(t, i)
-            continue
-        whole = t.full_tensor()
-        if not is_sharded(t) or t.device_mesh.ndim != 1:
-            out[i] = _placed_like(fn(whole, i).to(t.dtype), t)
-            continue
-        group = t.device_mesh.get_group()
-        ranks = dist.get_process_group_ranks(group)
-        owned.append((i, whole, ranks[i % len(ranks)], group))
-    me = dist.get_rank() if owned else -1
-    results = {i: fn(whole, i).to(whole.dtype).contiguous() if owner == me else whole
-               for i, whole, owner, _ in owned}
-    works = [dist.broadcast(results[i], src=owner, group=group, async_op=True)
-             for i, _, owner, group in owned]
-    for work in works:
+        elif kind == "every":
+            out[i] = _placed_like(fn(t.full_tensor(), i).to(t.dtype), t)
+        elif kind == "rows":
+            piece = _padded_rows(t)
+            bucket = [torch.empty_like(piece) for _ in dist.get_process_group_ranks(group)] \
+                if rank == owner else None
+            work = dist.gather(piece, bucket, dst=owner, group=group, async_op=True)
+            gathers.append((i, work, bucket, group))
+    whole: dict[int, torch.Tensor] = {}
+    for i, work, bucket, _ in gathers:
         work.wait()
-    for i, _, _, _ in owned:
-        out[i] = _placed_like(results[i], tensors[i])
+        if bucket is not None:
+            whole[i] = torch.cat(bucket)[: tensors[i].size(0)]
+    sends: list[tuple[int, Any, torch.Tensor]] = []
+    for i, t in enumerate(tensors):
+        kind, owner, group = plan[i]
+        if kind == "rows":
+            mine = torch.empty_like(_padded_rows(t))
+            chunks = None
+            if rank == owner:
+                result = fn(whole.pop(i), i).to(t.dtype)
+                chunks = list(_padded_rows_of(result, len(dist.get_process_group_ranks(group))))
+            sends.append((i, dist.scatter(mine, chunks, src=owner, group=group,
+                                          async_op=True), mine))
+        elif kind in ("broadcast", "gathered"):
+            source = t.full_tensor() if kind == "gathered" else t
+            if rank == owner:
+                result = fn(source, i).to(t.dtype).contiguous()
+            else:
+                result = torch.empty(source.shape, dtype=t.dtype, device=source.device)
+            sends.append((i, dist.broadcast(result, src=owner, group=group, async_op=True),
+                          result))
+    for i, work, result in sends:
+        work.wait()
+        t = tensors[i]
+        if plan[i][0] == "rows":
+            rows = t.to_local().size(0)
+            out[i] = DTensor.from_local(result[:rows], t.device_mesh, t.placements,
+                                        run_check=False, shape=t.shape, stride=t.stride())
+        elif plan[i][0] == "gathered":
+            out[i] = _placed_like(result, t)
+        else:
+            out[i] = result
     return out  # type: ignore[return-value]
+
+
+def _owners_by_group(
+    tensors: Sequence[torch.Tensor], replicated: bool, world: int
+) -> list[tuple[str, int, Any]]:
+    """(kind, owner rank, process group) of each tensor for gathered_update; the kinds are
+    "local", "every" (gathered, computed everywhere), "rows" (gather/scatter of Shard(0)
+    rows), "gathered" (all-gathered, owner computes, broadcast), "broadcast" (DDP replica)."""
+    kinds: list[tuple[str, Any]] = []
+    for t in tensors:
+        if not is_dtensor(t):
+            split = replicated and world > 1
+            kinds.append(("broadcast" if split else "local", dist.group.WORLD if split else None))
+        elif not is_sharded(t) or t.device_mesh.ndim != 1:
+            kinds.append(("every", None))
+        else:
+            group = t.device_mesh.get_group()
+            rows = (list(t.placements) == [Shard(0)]
+                    and t.to_local().size(0) == _row_counts(t.size(0), t.device_mesh.size())[
+                        t.device_mesh.get_local_rank()])
+            kinds.append(("rows" if rows else "gathered", group))
+    out: list[tuple[str, int, Any]] = [(k, -1, g) for k, g in kinds]
+    by_group: dict[Any, list[int]] = {}
+    for i, (kind, group) in enumerate(kinds):
+        if kind in ("rows", "gathered", "broadcast"):
+            by_group.setdefault(group, []).append(i)
+    for group, idx in by_group.items():
+        ranks = dist.get_process_group_ranks(group)
+        assigned = owners([ns_cost(tensors[i].shape) for i in idx], len(ranks))
+        for i, r in zip(idx, assigned, strict=True):
+            out[i] = (kinds[i][0], ranks[r], group)
+    return out
+
+
+def _row_counts(rows: int, world: int) -> list[int]:
+    """Rows of each rank's Shard(0) piece: torch.chunk's cut (ceil(rows/world) each, the last
+    ones shorter or empty), which is how DTensor and FSDP2 shard."""
+    size = -(-rows // world)
+    return [max(0, min(size, rows - r * size)) for r in range(world)]
+
+
+def _padded_rows(t: torch.Tensor) -> torch.Tensor:
+    """This rank's Shard(0) rows, padded with zero rows to ceil(rows/world) (collectives
+    need equal sizes)."""
+    piece = t.to_local()
+    size = -(-t.size(0) // t.device_mesh.size())
+    if piece.size(0) == size:
+        return piece.contiguous()
+    pad = piece.new_zeros((size - piece.size(0), *piece.shape[1:]))
+    return torch.cat([piece, pad])
+
+
+def _padded_rows_of(whole: torch.Tensor, world: int) -> list[torch.Tensor]:
+    """`whole` cut into `world` row pieces as Shard(0) cuts it, each padded like _padded_rows."""
+    size = -(-whole.size(0) // world)
+    out = []
+    for r, count in enumerate(_row_counts(whole.size(0), world)):
+        piece = whole[r * size: r * size + count]
+        if count < size:
+            piece = torch.cat([piece, whole.new_zeros((size - count, *whole.shape[1:]))])
+        out.append(piece.contiguous())
+    return out
 
 
 def _placed_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,14 @@ from collections.abc import Sequence
 import torch
 
 from wdlab.optim._dispatch import by_device_and_dtype
-from wdlab.optim.functional import muon_scale
+from wdlab.optim.functional import (
+    NsCoefficients,
+    Split,
+    muon_scale,
+    newton_schulz,
+    normuon_normalize,
+    orthogonalize,
+)
 
 Tensors = list[torch.Tensor]
 
@@ -145,19 +152,10 @@ def lion(
 
 
 def newton_schulz_batched(
-    x: torch.Tensor, steps: int, coefficients: tuple[float, float, float], eps: float
+    x: torch.Tensor, steps: int, coefficients: NsCoefficients, eps: float
 ) -> torch.Tensor:
     """functional.newton_schulz on a (k, rows, cols) stack, in x's dtype, as batched matmuls."""
-    a, b, c = coefficients
-    tall = x.size(-2) > x.size(-1)
-    if tall:
-        x = x.mT
-    x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
-        gram = torch.bmm(x, x.mT)
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.baddbmm(x, poly, x, beta=a)
-    return x.mT if tall else x
+    return newton_schulz(x, steps, coefficients, eps, x.dtype)
 
 
 def muon(
@@ -169,29 +167,57 @@ def muon(
     momentum: float,
     nesterov: bool,
     ns_steps: int,
-    ns_coefficients: tuple[float, float, float],
+    ns_coefficients: NsCoefficients,
     eps: float,
     update_scale: str,
     ns_dtype: torch.dtype,
     decay_rate: float,
     l2: float,
+    splits: Sequence[Split | None] | None = None,
+    row_sqs: Sequence[torch.Tensor] | None = None,
+    normuon_beta2: float = 0.95,
+    normuon_eps: float = 1e-8,
 ) -> None:
-    """Muon on matrix-like params, Newton-Schulz batched over each (rows, cols) shape."""
+    """Muon on matrix-like params, Newton-Schulz batched over each (rows, cols) shape.
+
+    Params with a `split` are orthogonalized one by one (functional.orthogonalize, which
+    batches their equal blocks); NorMuon's normalization runs per tensor. No host sync."""
+    splits = list(splits) if splits is not None else [None] * len(params)
+    position = {id(p): i for i, p in enumerate(params)}
     for p, g, b in by_device_and_dtype(params, grads, bufs):
+        where = [position[id(q)] for q in p]
         g = _l2(g, p, l2)
         torch._foreach_lerp_(b, g, 1 - momentum)
         direction = list(torch._foreach_lerp(g, b, momentum)) if nesterov else b
         if decay_rate:
             torch._foreach_mul_(p, 1 - decay_rate)
-        for idx in _by_shape(p):
-            rows, cols = p[idx[0]].size(0), math.prod(p[idx[0]].shape[1:])
+        plain = [i for i, k in enumerate(where) if splits[k] is None]
+        updates: dict[int, torch.Tensor] = {}
+        for idx in _by_shape([p[i] for i in plain]):
+            idx = [plain[i] for i in idx]
             stacked = torch.stack([_matrix(direction[i]) for i in idx]).to(ns_dtype)
             ortho = newton_schulz_batched(stacked, ns_steps, ns_coefficients, eps)
             ortho = ortho.to(p[idx[0]].dtype)
-            updates = [o if p[i].ndim == 2 else o.view(p[i].shape)
-                       for i, o in zip(idx, ortho.unbind(0), strict=True)]
-            scale = muon_scale(rows, cols, update_scale)
-            torch._foreach_add_([p[i] for i in idx], updates, alpha=-lr * scale)
+            for i, o in zip(idx, ortho.unbind(0), strict=True):
+                updates[i] = o if p[i].ndim == 2 else o.view(p[i].shape)
+        for i, k in enumerate(where):
+            if splits[k] is not None:
+                updates[i] = orthogonalize(
+                    direction[i], ns_steps=ns_steps, ns_coefficients=ns_coefficients, eps=eps,
+                    ns_dtype=ns_dtype, split=splits[k], update_scale=update_scale,
+                ).to(p[i].dtype)
+            if row_sqs is not None:
+                batched = splits[k] is not None and splits[k].kind == "batch"
+                updates[i] = normuon_normalize(updates[i], row_sqs[k], beta2=normuon_beta2,
+                                               eps=normuon_eps, batched=batched)
+        by_scale: dict[float, list[int]] = {}
+        for i in range(len(p)):
+            rows = p[i].size(0)
+            by_scale.setdefault(muon_scale(rows, p[i].numel() // max(rows, 1), update_scale),
+                                []).append(i)
+        for scale, idx in by_scale.items():
+            torch._foreach_add_([p[i] for i in idx], [updates[i] for i in idx],
+                                alpha=-lr * scale)
 
 
 # ---- AdamP / SGDP: the scale-invariance test and projection as masks -----------------------

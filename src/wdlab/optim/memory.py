@@ -30,7 +30,13 @@ def _adam(p: torch.Tensor, group: dict[str, Any], cls: type) -> int:
 
 
 def _muon(p: torch.Tensor, group: dict[str, Any], cls: type) -> int:
-    return _nbytes(p) if cls.uses_muon(p, group) else _adam(p, group, cls)
+    if not cls.uses_muon(p, group):
+        return _adam(p, group, cls)
+    rows = 0
+    if group.get("normuon"):  # NorMuon: one second moment per row (per expert and row)
+        split = cls.split_of(p, group)
+        rows = p[..., 0].numel() if split is not None and split.kind == "batch" else p.size(0)
+    return _nbytes(p) + rows * p.element_size()
 
 
 def _scale(p: torch.Tensor, group: dict[str, Any], cls: type) -> int:

@@ -27,10 +27,21 @@ from wdlab.optim.base import (
     decay_factors,
     group_lr,
 )
-from wdlab.optim.functional import NS_COEFFICIENTS, UPDATE_SCALES, muon_step
+from wdlab.optim.distributed import settled
+from wdlab.optim.functional import (
+    NS_COEFFICIENTS,
+    UPDATE_SCALES,
+    NsCoefficients,
+    Split,
+    check_ns_coefficients,
+    muon_step,
+    normuon_state_like,
+    parse_split,
+)
 
 NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ADAMW_ROLES = ("embedding", "output")
+WORK_SPLITS = ("auto", "replicated")
 
 
 def _as_ns_dtype(value: Any) -> torch.dtype | str:
@@ -65,6 +76,22 @@ class Muon(WdOptimizer):
     within ~2e-2. impl="foreach" (auto off the CPU) batches Newton-Schulz over same-shape
     matrices (torch.bmm) and runs the AdamW part with torch._foreach_* ops.
 
+    ns_coefficients: "jordan" (the fixed (3.4445, -4.7750, 2.0315), the default), "polar_express"
+    (one minimax quintic per iteration, Amsel et al. 2025: singular values much closer to 1
+    in the same ns_steps), one (a, b, c) or a list of them (one per iteration).
+    normuon=True (Li et al. 2025, NorMuon): after orthogonalization each row (neuron) is
+    divided by sqrt of an EMA (normuon_beta2) of its mean squared update, then the update is
+    rescaled to its Frobenius norm before (state "normuon_v", one number per row).
+    Per-parameter split (group key "muon_split", or a `muon_split` attribute on the parameter,
+    which wins): "batch" orthogonalizes each matrix of an [E, m, n] (expert) tensor; "rows:K"
+    / "cols:K" / "rows:s1,s2,..." cut the matrix into blocks orthogonalized one by one (fused
+    QKV: "rows:3"; per head: "rows:n_head" on W_q, W_k, W_v, "cols:n_head" on W_o), each
+    scaled by update_scale as a matrix of its own shape.
+    Distributed: FSDP2 (DTensor) matrices are each orthogonalized once, on one owner rank
+    (shards gathered there, rows scattered back; state stays sharded). Under DDP pass
+    work_split="replicated" to do the same with replicas (the owner computes, broadcasts);
+    the default "auto" lets every process compute its own plain tensors (always safe).
+
     AdamW params: wdlab's shared AdamW step (torch's fused kernel where it runs, i.e.
     torch.optim.AdamW(fused=True) bit for bit) with adamw_betas and adamw_eps.
     State: "momentum_buffer" (torch Muon's name) or "step"/"exp_avg"/"exp_avg_sq" (torch
@@ -78,7 +105,7 @@ class Muon(WdOptimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+        ns_coefficients: NsCoefficients = NS_COEFFICIENTS,
         eps: float = 1e-7,
         weight_decay: float = 0.1,
         decay: str = "decoupled",
@@ -87,6 +114,10 @@ class Muon(WdOptimizer):
         adamw_eps: float = 1e-8,
         ns_dtype: torch.dtype | str = "auto",
         *,
+        normuon: bool = False,
+        normuon_beta2: float = 0.95,
+        normuon_eps: float = 1e-8,
+        work_split: str = "auto",
         impl: str = "auto",
     ) -> None:
         defaults = dict(
@@ -105,6 +136,10 @@ class Muon(WdOptimizer):
             adamw_betas=adamw_betas,
             adamw_eps=adamw_eps,
             ns_dtype=_as_ns_dtype(ns_dtype),
+            normuon=normuon,
+            normuon_beta2=normuon_beta2,
+            normuon_eps=normuon_eps,
+            work_split=work_split,
         )
         super().__init__(params, defaults)
 
@@ -115,15 +150,14 @@ class Muon(WdOptimizer):
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps < 100:
             raise ValueError(f"ns_steps must be an integer in [1, 100), got {steps!r}")
         coefs = group["ns_coefficients"]
-        if (
-            not isinstance(coefs, (tuple, list))
-            or len(coefs) != 3
-            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefs)
-        ):
-            raise ValueError(
-                f"ns_coefficients must be three numbers (a, b, c), e.g. {NS_COEFFICIENTS}, "
-                f"got {coefs!r}"
-            )
+        check_ns_coefficients(coefs)
+        if isinstance(coefs, list):  # hashable and stable in a state_dict
+            group["ns_coefficients"] = coefs = tuple(
+                tuple(c) if isinstance(c, list) else c for c in coefs)
+        check_bool(group, "normuon")
+        check_range("normuon_beta2", group["normuon_beta2"], 0.0, 1.0)
+        check_range("normuon_eps", group["normuon_eps"], 0.0)
+        check_choice("work_split", group["work_split"], WORK_SPLITS)
         check_range("eps", group["eps"], 0.0, low_open=True)
         check_choice("update_scale", group["update_scale"], UPDATE_SCALES)
         check_betas(group["adamw_betas"], "adamw_betas")
@@ -139,6 +173,18 @@ class Muon(WdOptimizer):
                         f"use_muon=True needs parameters with ndim >= 2, got shape "
                         f"{tuple(p.shape)}; leave use_muon unset to send it to AdamW"
                     )
+        for p in group["params"]:
+            if self.uses_muon(p, group):
+                self.split_of(p, group)  # a split that does not fit the shape fails here
+
+    @staticmethod
+    def split_of(param: torch.Tensor, group: dict[str, Any]) -> Split | None:
+        """How `param` is cut for Newton-Schulz: its `muon_split` attribute, else the group's
+        "muon_split" key, else None (the whole (size(0), -1) matrix)."""
+        value = getattr(param, "muon_split", None)
+        if value is None:
+            value = group.get("muon_split")
+        return parse_split(value, param.shape)
 
     @staticmethod
     def uses_muon(param: torch.Tensor, group: dict[str, Any]) -> bool:
@@ -154,19 +200,34 @@ class Muon(WdOptimizer):
         muon_p: list[torch.Tensor] = []
         muon_g: list[torch.Tensor] = []
         bufs: list[torch.Tensor] = []
+        splits: list[Split | None] = []
+        row_sqs: list[torch.Tensor] = []
         adam: AdamColumns = ([], [], [], [], [])
         for p, g in zip(params, grads, strict=True):
             if self.uses_muon(p, group):
                 muon_p.append(p)
                 muon_g.append(g)
                 bufs.append(self._buffer(p))
+                splits.append(self.split_of(p, group))
+                if group["normuon"]:
+                    row_sqs.append(self._row_sq(p, splits[-1]))
             else:
                 self._add_to_adamw(adam, p, g)
         decay = decay_factors(group)
         for impl, idx in choose(group, [muon_p], None) if muon_p else []:
             ps = pick(muon_p, idx)
             ns_dtype = group["ns_dtype"]
-            step = foreach.muon if impl == "foreach" else muon_step
+            extra: dict[str, Any] = dict(
+                splits=pick(splits, idx),
+                row_sqs=pick(row_sqs, idx) if group["normuon"] else None,
+                normuon_beta2=group["normuon_beta2"],
+                normuon_eps=group["normuon_eps"],
+            )
+            if impl == "foreach":
+                step = foreach.muon
+            else:
+                step = muon_step
+                extra["replicated"] = group["work_split"] == "replicated"
             step(
                 ps,
                 pick(muon_g, idx),
@@ -175,11 +236,28 @@ class Muon(WdOptimizer):
                 momentum=group["momentum"],
                 nesterov=group["nesterov"],
                 ns_steps=group["ns_steps"],
-                ns_coefficients=tuple(group["ns_coefficients"]),
+                ns_coefficients=group["ns_coefficients"],
                 eps=group["eps"],
                 update_scale=group["update_scale"],
                 ns_dtype=matmul_dtype(ps[0].device) if ns_dtype == "auto" else ns_dtype,
                 decay_rate=decay.rate,
                 l2=decay.l2,
+                **extra,
             )
         self._adamw_fallback(group, adam, decay.rate, decay.l2)
+
+    def _row_sq(self, p: torch.Tensor, split: Split | None) -> torch.Tensor:
+        """p's NorMuon second moment (one per row), created on first use."""
+        state = self.state[p]
+        if "normuon_v" not in state:
+            state["normuon_v"] = settled(normuon_state_like(p, split))
+        return state["normuon_v"]
+
+
+class NorMuon(Muon):
+    """Muon with NorMuon's neuron-wise normalization on (normuon=True by default); every other
+    option is Muon's. Its own registry name ("normuon") so `wdlab bench` can compare it."""
+
+    def __init__(self, params: Iterable[Any], *args: Any, normuon: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(params, *args, normuon=normuon, **kwargs)
