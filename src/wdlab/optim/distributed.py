@@ -106,11 +106,12 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def owners(costs: Sequence[float], world: int) -> list[int]:
+def owners(costs: Sequence[float], world: int, load: list[float] | None = None) -> list[int]:
     """The rank (0..world-1) that computes each item: largest cost first, each to the rank
     with the least cost so far (ties: the lower rank). Deterministic from the costs alone,
-    so every rank derives the same assignment without communicating."""
-    load = [0.0] * world
+    so every rank derives the same assignment without communicating. `load` (updated in
+    place) carries the ranks' costs over from earlier calls of the same step."""
+    load = [0.0] * world if load is None else load
     out = [0] * len(costs)
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
         rank = min(range(world), key=lambda r: (load[r], r))
@@ -132,6 +133,7 @@ def gathered_update(
     fn: Callable[[torch.Tensor, int], torch.Tensor],
     *,
     replicated: bool = False,
+    loads: dict[Any, list[float]] | None = None,
 ) -> list[torch.Tensor]:
     """fn(whole_tensor, index) for every tensor, each computed once, placed like the input.
 
@@ -148,11 +150,12 @@ def gathered_update(
         then computed by the owner and broadcast (Shard(d != 0)), or by every rank.
     Collectives are issued in the same order on every rank and overlap (async); the owner's
     whole matrices exist only on it, one call's worth at once (bucket calls to bound that).
-    Returns tensors placed like the inputs, in the input's dtype.
+    `loads` (per process group, updated in place) balances the work over several calls, e.g.
+    one per param group of a step. Returns tensors placed like the inputs, in their dtype.
     """
     out: list[torch.Tensor | None] = [None] * len(tensors)
     rank, world = rank_and_world()
-    plan = _owners_by_group(tensors, replicated, world)
+    plan = _owners_by_group(tensors, replicated, world, {} if loads is None else loads)
     gathers: list[tuple[int, Any, list[torch.Tensor] | None, Any]] = []
     for i, t in enumerate(tensors):
         kind, owner, group = plan[i]
@@ -205,7 +208,7 @@ def gathered_update(
 
 
 def _owners_by_group(
-    tensors: Sequence[torch.Tensor], replicated: bool, world: int
+    tensors: Sequence[torch.Tensor], replicated: bool, world: int, loads: dict[Any, list[float]]
 ) -> list[tuple[str, int, Any]]:
     """(kind, owner rank, process group) of each tensor for gathered_update; the kinds are
     "local", "every" (gathered, computed everywhere), "rows" (gather/scatter of Shard(0)
@@ -230,7 +233,8 @@ def _owners_by_group(
             by_group.setdefault(group, []).append(i)
     for group, idx in by_group.items():
         ranks = dist.get_process_group_ranks(group)
-        assigned = owners([ns_cost(tensors[i].shape) for i in idx], len(ranks))
+        load = loads.setdefault(group, [0.0] * len(ranks))
+        assigned = owners([ns_cost(tensors[i].shape) for i in idx], len(ranks), load)
         for i, r in zip(idx, assigned, strict=True):
             out[i] = (kinds[i][0], ranks[r], group)
     return out

@@ -726,6 +726,7 @@ def muon_step(
     normuon_beta2: float = 0.95,
     normuon_eps: float = 1e-8,
     replicated: bool = False,
+    loads: dict[Any, list[float]] | None = None,
 ) -> None:
     """One Muon step on matrix-like params: W <- W*(1 - decay_rate) - lr*s*O.
 
@@ -735,7 +736,7 @@ def muon_step(
     one per param) turn on normuon_normalize. Sharded (DTensor) params, and plain ones with
     `replicated=True` (DDP replicas): the momentum and the update stay where they are, and
     Newton-Schulz runs on each full matrix once, on its owner rank
-    (wdlab.optim.distributed.gathered_update).
+    (wdlab.optim.distributed.gathered_update; `loads` balances owners across calls).
     """
     splits = list(splits) if splits is not None else [None] * len(params)
 
@@ -747,8 +748,8 @@ def muon_step(
     def apply(i: int, ortho: torch.Tensor) -> None:
         if row_sqs is not None:
             batched = splits[i] is not None and splits[i].kind == "batch"
-            ortho = normuon_normalize(ortho, row_sqs[i], beta2=normuon_beta2, eps=normuon_eps,
-                                      batched=batched)
+            ortho = normuon_normalize(ortho.to(params[i].dtype), row_sqs[i],
+                                      beta2=normuon_beta2, eps=normuon_eps, batched=batched)
         _muon_apply(params[i], ortho, lr, update_scale, decay_rate)
 
     together = replicated or any(is_dtensor(p) for p in params)
@@ -762,7 +763,8 @@ def muon_step(
         else:  # one at a time: a single direction in memory
             apply(i, ortho_of(direction, i))
     if together:
-        for i, ortho in enumerate(gathered_update(directions, ortho_of, replicated=replicated)):
+        for i, ortho in enumerate(gathered_update(directions, ortho_of, replicated=replicated,
+                                                     loads=loads)):
             apply(i, ortho)
 
 

@@ -228,6 +228,7 @@ class Muon(WdOptimizer):
             else:
                 step = muon_step
                 extra["replicated"] = group["work_split"] == "replicated"
+                extra["loads"] = self._ns_loads
             step(
                 ps,
                 pick(muon_g, idx),
@@ -245,6 +246,13 @@ class Muon(WdOptimizer):
                 **extra,
             )
         self._adamw_fallback(group, adam, decay.rate, decay.l2)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """WdOptimizer.step; the owner ranks of Newton-Schulz are balanced over the whole step
+        (all groups), not group by group."""
+        self._ns_loads: dict[Any, list[float]] = {}
+        return super().step(closure)
 
     def _row_sq(self, p: torch.Tensor, split: Split | None) -> torch.Tensor:
         """p's NorMuon second moment (one per row), created on first use."""
