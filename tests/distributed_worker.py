@@ -30,7 +30,19 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from wdlab.monitor import Monitor
-from wdlab.optim import SCALE, SGDP, SGDW, AdamP, AdamW, FAdam, Lion, Muon, NovoGrad, functional
+from wdlab.optim import (
+    SCALE,
+    SGDP,
+    SGDW,
+    AdamP,
+    AdamW,
+    FAdam,
+    Lion,
+    Muon,
+    NorMuon,
+    NovoGrad,
+    functional,
+)
 from wdlab.optim.distributed import full, is_dtensor
 from wdlab.optim.functional import scale_invariant_view
 from wdlab.optim.wrappers import (
@@ -82,12 +94,26 @@ def groups(net: Net, wd: float = 0.1) -> list[dict[str, Any]]:
     ]
 
 
+def split_groups(net: Net) -> list[dict[str, Any]]:
+    """groups() with mid's 9 rows orthogonalized as 3 blocks of 3 (a fused-QKV-like split)."""
+    out = groups(net)
+    out[2]["muon_split"] = "rows:3"
+    return out
+
+
 Build = Callable[[Net], torch.optim.Optimizer]
 CASES: dict[str, Build] = {
     "adamw": lambda n: AdamW(groups(n), lr=1e-2, weight_decay=0.1),
     "sgdw": lambda n: SGDW(groups(n), lr=0.1, momentum=0.9, weight_decay=0.01),
     "lion": lambda n: Lion(groups(n), lr=1e-3, weight_decay=0.5),
-    "muon": lambda n: Muon(groups(n), lr=0.02, weight_decay=0.1, ns_dtype=torch.float32),
+    # work_split="replicated": under DDP too each matrix is orthogonalized on one owner rank
+    "muon": lambda n: Muon(groups(n), lr=0.02, weight_decay=0.1, ns_dtype=torch.float32,
+                           work_split="replicated"),
+    # NorMuon's sharded row state, Polar Express, and mid cut into 3 row blocks, which FSDP2's
+    # 5 | 4 row shards cut across: the split must see the whole matrix
+    "normuon-pe-split": lambda n: NorMuon(split_groups(n), lr=0.02, weight_decay=0.1,
+                                          ns_dtype=torch.float32, work_split="replicated",
+                                          ns_coefficients="polar_express", ns_steps=6),
     "adamp": lambda n: AdamP(groups(n), lr=1e-2, weight_decay=0.1),
     "sgdp": lambda n: SGDP(groups(n), lr=0.1, momentum=0.9, weight_decay=0.01),
     "novograd": lambda n: NovoGrad(groups(n), lr=1e-2, weight_decay=0.01),

@@ -83,13 +83,27 @@ def test_monitor_reports_one_process_values(measured: dict[str, Any], mode: str)
     assert r[f"{mode}_sink_calls"] == [measured_steps, 0], "only rank 0 may write to the sink"
 
 
-def test_muon_orthogonalizes_each_matrix_once_on_its_owner(measured: dict[str, Any]) -> None:
-    """3 Muon matrices (hidden, wn, mid), STEPS steps plus the resumed STEPS - SAVE_AT: under
-    FSDP2 matrix i runs Newton-Schulz only on rank i % 2 (2 + 1 per step), under DDP every
-    rank runs all of them on its replica."""
+@pytest.mark.parametrize("case", ["muon", "normuon-pe-split"])
+def test_muon_orthogonalizes_each_matrix_once_on_its_owner(measured: dict[str, Any],
+                                                           case: str) -> None:
+    """3 Muon matrices (hidden 7x6, wn 6x7, mid 9x6), STEPS steps plus the resumed STEPS -
+    SAVE_AT: under FSDP2 and under DDP with work_split="replicated" each runs Newton-Schulz
+    once per step, on its owner. Owners are picked group by group, largest first, onto the
+    rank with the least work so far in the step: hidden -> 0, wn -> 1 (first group), mid -> 0
+    (tie), so rank 0 runs 2 per step and rank 1 runs 1."""
     steps = 2 * worker.STEPS - worker.SAVE_AT
-    assert measured["muon"]["fsdp_ns_calls"] == [2 * steps, steps]
-    assert measured["muon"]["ddp_ns_calls"] == [3 * steps, 3 * steps]
+    for mode in worker.MODES:
+        assert measured[case][f"{mode}_ns_calls"] == [2 * steps, steps], mode
+
+
+def test_muon_owner_assignment_balances_cost() -> None:
+    from wdlab.optim.distributed import ns_cost, owners
+
+    costs = [ns_cost(s) for s in [(64, 64), (64, 64), (128, 64), (8, 8), (8, 8)]]
+    assert owners(costs, 2) == [1, 1, 0, 0, 1]  # 128x64 alone on 0 against the two 64x64
+    load = [0.0, 0.0]
+    assert owners(costs[2:3], 2, load) == [0] and owners(costs[:2], 2, load) == [1, 1]
+    assert owners(costs, 1) == [0] * 5
 
 
 def test_native_kernels_refuse_dtensors(measured: dict[str, Any]) -> None:
