@@ -354,6 +354,9 @@ def run(
             result.message += f" (last good checkpoint: {checkpoint_path})"
 
     monitor = _make_monitor(config, model, optimizer, log)
+    from wdlab.nn.qk_clip import apply_qk_clip, clipped_modules
+
+    qk_clipped = clipped_modules(model)  # model.qk_clip > 0: QK-Clip after every step
     sched, tcfg = config.schedule, config.train
     step, last_eval, consecutive_skips = start_step, -1, 0
     if resumed_done:
@@ -404,6 +407,8 @@ def run(
                     continue
                 consecutive_skips = 0
                 optimizer.step()
+                if qk_clipped:
+                    apply_qk_clip(qk_clipped)
                 if monitor is not None:
                     monitor.step()
                 step += 1

@@ -21,6 +21,8 @@ Metric names (all start with "mon/"):
   mon/attn_entropy/layer:<k>      attention entropy (nats), mean over heads, k-th attention
   mon/attn_max_logit/layer:<k>    largest attention logit over heads
   mon/attn_entropy/layer:<k>/head:<h>, mon/attn_max_logit/layer:<k>/head:<h>   (full)
+  mon/qk_clip_max_logit/layer:<k>, mon/qk_clip_clipped/layer:<k>   QK-Clip (model.qk_clip > 0):
+                                  the step's max logit before clipping, heads rescaled
   mon/logz_mean, mon/logz_max, mon/logit_max   output logits of the measured forward
 Per-tensor probes: w_norm, grad_norm, upd_norm, upd_ratio, angle (radians), eff_lr
 (scale-invariant only), angle_pred, angle_ratio, norm_pred, norm_ratio (scale-invariant
@@ -390,6 +392,12 @@ class Monitor:
                 if isinstance(stats, dict):
                     entropy, max_logit = stats.get("entropy"), stats.get("max_logit")
                     m.stats = None  # never report the same forward twice
+            clip = getattr(m, "qk_clip_stats", None)
+            if isinstance(clip, dict):  # wdlab.nn.qk_clip: already the max over the ranks
+                put("qk_clip_max_logit", None, clip["max_logit"].max(),
+                    key=f"mon/qk_clip_max_logit/layer:{k}")
+                put("qk_clip_clipped", None, clip["clipped"], key=f"mon/qk_clip_clipped/layer:{k}")
+                m.qk_clip_stats = None
             for probe, v, reduce, across in (
                 ("attn_entropy", entropy, torch.mean, "mean"),
                 ("attn_max_logit", max_logit, torch.max, "max"),

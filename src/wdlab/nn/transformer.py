@@ -60,6 +60,7 @@ class GPTConfig:
     bias: bool = False
     dropout: float = 0.0
     attn_scale: str = "sqrt"  # sqrt -> 1/sqrt(d_head); mup -> 1/d_head
+    qk_clip: float = 0.0  # > 0: record each head's max logit, wdlab.nn.qk_clip rescales W_q, W_k
 
     def __post_init__(self) -> None:
         for field in ("vocab_size", "context", "n_layer", "n_head", "d_model"):
@@ -91,6 +92,13 @@ class GPTConfig:
             _fail("dropout", "a number in [0, 1)", self.dropout)
         if self.attn_scale not in ATTN_SCALES:
             _fail("attn_scale", f"one of {', '.join(ATTN_SCALES)}", self.attn_scale)
+        if not _is_number(self.qk_clip) or self.qk_clip < 0:
+            _fail("qk_clip", "a number >= 0 (the max logit tau; 0 turns QK-Clip off)",
+                  self.qk_clip)
+        if self.qk_clip and (self.qk_norm or self.sigma_reparam):
+            field = "qk_norm" if self.qk_norm else "sigma_reparam"
+            _fail(field, "false with qk_clip > 0 (rescaling W_q and W_k would not change the "
+                  "logits it normalizes; use one of the two)", True)
 
     @property
     def d_residual(self) -> int:
@@ -138,6 +146,10 @@ class CausalSelfAttention(nn.Module):
     `stats = {"entropy": [n_head], "max_logit": [n_head]}` (detached): entropy is
     -sum_j A_ij log A_ij averaged over queries and batch; max_logit is the largest
     pre-softmax logit (scale included, future positions excluded) per head.
+
+    With config.qk_clip > 0, every training forward also keeps `max_logit_seen` ([n_head],
+    the running max since the last clip, no grad): one extra q k^T per layer, computed in
+    query blocks, which wdlab.nn.qk_clip.apply_qk_clip reads after the optimizer step.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -159,6 +171,9 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.record_stats = False
         self.stats: dict[str, torch.Tensor] | None = None
+        self.qk_clip = float(config.qk_clip)
+        self.max_logit_seen: torch.Tensor | None = None
+        self.qk_clip_stats: dict[str, torch.Tensor] | None = None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -176,8 +191,28 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=p, is_causal=True, scale=self.scale
             )
+        if self.qk_clip and self.training:
+            seen = self.stats["max_logit"] if self.record_stats else self._max_logits(q, k)
+            prev = self.max_logit_seen
+            self.max_logit_seen = seen if prev is None else torch.maximum(prev, seen)
         y = y.transpose(1, 2).reshape(b, t, self.n_head * self.d_head)
         return self.resid_dropout(self.o_proj(y))
+
+    @torch.no_grad()
+    def _max_logits(self, q: torch.Tensor, k: torch.Tensor, block: int = 256) -> torch.Tensor:
+        """Per head, the largest causal logit q_i . k_j * scale (j <= i) of this forward, in
+        blocks of `block` queries so memory stays O(block * T)."""
+        t = q.shape[-2]
+        out = None
+        for start in range(0, t, block):
+            stop = min(start + block, t)
+            logits = (q[:, :, start:stop] @ k[:, :, :stop].transpose(-2, -1)).float() * self.scale
+            rows = torch.arange(start, stop, device=q.device)[:, None]
+            future = torch.arange(stop, device=q.device)[None, :] > rows
+            part = logits.masked_fill(future, float("-inf")).amax(dim=(0, 2, 3))
+            out = part if out is None else torch.maximum(out, part)
+        assert out is not None
+        return out
 
     def _explicit_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float

@@ -53,6 +53,7 @@ class GPTOptions(Section):
     tie_embeddings: bool = True
     bias: bool = False
     attn_scale: Literal["sqrt", "mup"] = "sqrt"
+    qk_clip: float = Field(default=0.0, ge=0)  # QK-Clip's tau (wdlab.nn.qk_clip); 0 = off
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GPTOptions:
@@ -63,6 +64,12 @@ class GPTOptions(Section):
             )
         if self.ln_scaling and self.norm == "none":
             raise ValueError("ln_scaling needs a norm; set model.ln_scaling=false or model.norm")
+        if self.qk_clip and (self.qk_norm or self.sigma_reparam):
+            other = "qk_norm" if self.qk_norm else "sigma_reparam"
+            raise ValueError(
+                f"model.qk_clip rescales W_q and W_k, which model.{other} normalizes away; "
+                f"set model.{other}=false or model.qk_clip=0"
+            )
         return self
 
     def gpt_config(self, vocab_size: int, context: int) -> Any:
