@@ -296,3 +296,33 @@ def test_bad_splits_name_the_field(split, shape) -> None:
         parse_split(split, shape)
     with pytest.raises(ValueError, match="muon_split"):
         Muon([{"params": [torch.zeros(*shape, requires_grad=True)], "muon_split": split}])
+
+
+def test_gpt_marks_its_heads_and_the_registry_selects_the_variants() -> None:
+    """GPTConfig(muon_per_head=True) (recipe: model.muon_per_head=true) gives W_q/W_k/W_v
+    "rows:n_head" and W_o "cols:n_head", which Muon follows; "muon-pe" and "normuon" are
+    registry names (for wdlab bench) with their options on."""
+    from wdlab.nn.transformer import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=11, context=8, n_layer=1, n_head=4, d_model=16,
+                          muon_per_head=True))
+    attn = model.blocks[0].attn
+    opt = Muon([{"params": [attn.q_proj.weight, attn.o_proj.weight], "role": "matrix"}])
+    group = opt.param_groups[0]
+    assert Muon.split_of(attn.q_proj.weight, group) == parse_split("rows:4,4,4,4", (16, 16))
+    assert Muon.split_of(attn.o_proj.weight, group).kind == "cols"
+    q0 = attn.q_proj.weight.detach().double()
+    g = torch.randn(16, 16, dtype=torch.float64)
+    manual = torch.cat([scale(4, 16) * ref_ns(b, [JORDAN] * 5) for b in g.split(4)])
+    w = q0.clone().requires_grad_()
+    w.muon_split = attn.q_proj.weight.muon_split
+    step = Muon([w], lr=0.02, weight_decay=0.0, nesterov=False, ns_dtype=torch.float32)
+    w.grad = g
+    step.step()
+    torch.testing.assert_close(w.detach(), q0 - 0.02 * manual, rtol=0, atol=1e-6)
+    pe = create("muon-pe", [torch.zeros(2, 2, requires_grad=True)])
+    assert pe.param_groups[0]["ns_coefficients"] == "polar_express"
+    explicit = create("muon-pe", [torch.zeros(2, 2, requires_grad=True)],
+                      ns_coefficients="jordan")
+    assert explicit.param_groups[0]["ns_coefficients"] == "jordan"
+    assert create("normuon", [torch.zeros(2, 2, requires_grad=True)]).param_groups[0]["normuon"]

@@ -61,6 +61,7 @@ class GPTConfig:
     dropout: float = 0.0
     attn_scale: str = "sqrt"  # sqrt -> 1/sqrt(d_head); mup -> 1/d_head
     qk_clip: float = 0.0  # > 0: record each head's max logit, wdlab.nn.qk_clip rescales W_q, W_k
+    muon_per_head: bool = False  # mark W_q, W_k, W_v, W_o for per-head Muon orthogonalization
 
     def __post_init__(self) -> None:
         for field in ("vocab_size", "context", "n_layer", "n_head", "d_model"):
@@ -81,7 +82,8 @@ class GPTConfig:
             _fail("placement", f"one of {', '.join(PLACEMENTS)}", self.placement)
         if not _is_number(self.mix_ratio) or not 0 <= self.mix_ratio <= 1:
             _fail("mix_ratio", "a number in [0, 1]", self.mix_ratio)
-        for field in ("qk_norm", "ln_scaling", "sigma_reparam", "tie_embeddings", "bias"):
+        for field in ("qk_norm", "ln_scaling", "sigma_reparam", "tie_embeddings", "bias",
+                      "muon_per_head"):
             if not isinstance(getattr(self, field), bool):
                 _fail(field, "true or false", getattr(self, field))
         if self.ln_scaling and self.norm == "none":
@@ -147,6 +149,10 @@ class CausalSelfAttention(nn.Module):
     -sum_j A_ij log A_ij averaged over queries and batch; max_logit is the largest
     pre-softmax logit (scale included, future positions excluded) per head.
 
+    With config.muon_per_head, the projection weights carry `muon_split` metadata that
+    wdlab.optim.Muon reads: W_q, W_k, W_v "rows:n_head" (one d_head-row block per head), W_o
+    "cols:n_head", so each head's block is orthogonalized on its own.
+
     With config.qk_clip > 0, every training forward also keeps `max_logit_seen` ([n_head],
     the running max since the last clip, no grad): one extra q k^T per layer, computed in
     query blocks, which wdlab.nn.qk_clip.apply_qk_clip reads after the optimizer step.
@@ -160,6 +166,10 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = _linear(config, d_in, d)
         self.v_proj = _linear(config, d_in, d)
         self.o_proj = _linear(config, d, d_in)
+        if config.muon_per_head:
+            for proj in (self.q_proj, self.k_proj, self.v_proj):
+                proj.weight.muon_split = f"rows:{config.n_head}"
+            self.o_proj.weight.muon_split = f"cols:{config.n_head}"
         if config.qk_norm:  # per head, over d_head; RMSNorm when the model uses RMS norms
             norm_cls = RMSNorm if config.norm in ("rmsnorm", "crmsnorm") else nn.LayerNorm
             self.q_norm: nn.Module = norm_cls(self.d_head, eps=1e-5, bias=config.bias)

@@ -61,6 +61,8 @@ REGISTRY: dict[str, Entry] = {
         # match_rms_adamw: the update RMS is AdamW's, so AdamW's ranges apply
         Entry("muon", "wdlab.optim.muon", "Muon", "muon", None),
         Entry("normuon", "wdlab.optim.muon", "NorMuon", "muon", None),
+        Entry("muon-pe", "wdlab.optim.muon", "PolarExpressMuon", "muon", None),
+        Entry("normuon", "wdlab.optim.muon", "NorMuon", "muon", None),
         Entry("adamp", "wdlab.optim.adamp", "AdamP", "adam", "adamp"),
         Entry("sgdp", "wdlab.optim.adamp", "SGDP", "momentum", "sgdp", **_SGD_RANGES),
         Entry("novograd", "wdlab.optim.novograd", "NovoGrad", "novograd", None, **_SGD_RANGES),

@@ -269,3 +269,12 @@ class NorMuon(Muon):
     def __init__(self, params: Iterable[Any], *args: Any, normuon: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(params, *args, normuon=normuon, **kwargs)
+
+
+class PolarExpressMuon(Muon):
+    """Muon with the Polar Express coefficients (ns_coefficients="polar_express" by default);
+    registry name "muon-pe", so `wdlab bench` can compare it with "muon"."""
+
+    def __init__(self, params: Iterable[Any], *args: Any,
+                 ns_coefficients: NsCoefficients = "polar_express", **kwargs: Any) -> None:
+        super().__init__(params, *args, ns_coefficients=ns_coefficients, **kwargs)

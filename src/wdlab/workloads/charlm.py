@@ -54,6 +54,7 @@ class GPTOptions(Section):
     bias: bool = False
     attn_scale: Literal["sqrt", "mup"] = "sqrt"
     qk_clip: float = Field(default=0.0, ge=0)  # QK-Clip's tau (wdlab.nn.qk_clip); 0 = off
+    muon_per_head: bool = False  # Muon orthogonalizes each attention head's block on its own
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GPTOptions:
