@@ -14,7 +14,8 @@ Bytes per parameter that an update must move (fp32, read + write), the bandwidth
   Lion: read p, g, m; write p, m                                = 20 B
   AdamP: Adam's 28 B + one more read of p and g for the cosine test = 36 B
   SGDP: SGD's 20 B + one more read of p and g                    = 28 B
-Muon is compute-bound (Newton-Schulz matmuls): no GB/s column; it runs on 4 of the matrices.
+Muon is compute-bound (Newton-Schulz matmuls): no GB/s column; it runs on 4 square matrices
+(--muon-size, default 1024), with the family's variants (Polar Express, NorMuon, per-head).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 import wdlab.optim
+from wdlab.optim._dispatch import matmul_dtype
 
 MB = 1 << 20
 
@@ -48,14 +50,20 @@ class Entry:
     times: list[float] = field(default_factory=list)
 
 
+MUON_SIZE = [1024]  # --muon-size: the side of Muon's 4 square matrices
+
+
 def make_params(matrices_only: bool, seed: int = 0) -> list[torch.nn.Parameter]:
     torch.manual_seed(seed)
+    if matrices_only:
+        side = MUON_SIZE[0]
+        params = [torch.nn.Linear(side, side).weight for _ in range(4)]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        return params
     layers: list[torch.nn.Module] = [torch.nn.Linear(1024, 1024) for _ in range(19)]
     layers.append(torch.nn.LayerNorm(1024))
-    if matrices_only:
-        params = [m.weight for m in layers[:4] if isinstance(m, torch.nn.Linear)]
-    else:
-        params = [p for m in layers for p in m.parameters()]
+    params = [p for m in layers for p in m.parameters()]
     for p in params:
         p.grad = torch.randn_like(p)
     return params
@@ -148,6 +156,13 @@ def rows(compiled: bool) -> list[tuple[str, list[Entry]]]:
     try:
         mcls = get("muon")
         muon.append(Entry("wdlab Muon", lambda p: mcls(p, lr=0.02, weight_decay=0.1), None, True))
+        # the Muon family (same Newton-Schulz work except where noted)
+        muon.append(Entry("wdlab Muon polar_express", lambda p: mcls(
+            p, lr=0.02, weight_decay=0.1, ns_coefficients="polar_express"), None, True))
+        muon.append(Entry("wdlab NorMuon", lambda p: get("normuon")(
+            p, lr=0.02, weight_decay=0.1), None, True))
+        muon.append(Entry("wdlab Muon 8 heads (rows:8)", lambda p: mcls(
+            [{"params": p, "muon_split": "rows:8"}], lr=0.02, weight_decay=0.1), None, True))
     except ImportError as exc:
         print(f"note: skipping wdlab Muon: {exc}")
     if hasattr(torch.optim, "Muon"):
@@ -192,7 +207,13 @@ def main() -> None:
     parser.add_argument(
         "--muon-steps", type=int, default=5, help="timed rounds for Muon (compute-bound)"
     )
+    parser.add_argument(
+        "--muon-size", type=int, default=1024,
+        help="side of Muon's 4 square matrices (smaller: torch Muon's bfloat16 Newton-Schulz is "
+        "emulated, ~50x slower, on CPUs without AVX512-BF16/AMX)",
+    )
     args = parser.parse_args()
+    MUON_SIZE[0] = args.muon_size
     torch.set_num_threads(args.threads)
 
     only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -255,7 +276,9 @@ def main() -> None:
         if best_peer is not None:
             print(f"{'':28s} (vs peer = speed relative to {best_peer.label})")
     print(
-        "Muon rows: 4 matrices of 1024x1024 only, compute-bound."
+        f"Muon rows: 4 matrices of {MUON_SIZE[0]}x{MUON_SIZE[0]} only, compute-bound; "
+        "Newton-Schulz dtype: wdlab's ns_dtype='auto' "
+        f"({matmul_dtype(torch.device('cpu'))} here), torch's bfloat16."
         if any(f == "muon" for f, _ in families)
         else ""
     )

@@ -214,11 +214,17 @@ def run_case(name: str, build: Build, ckpt: Path) -> dict[str, Any]:
     result["moved"] = min(float((reference[k] - start[k]).norm() / start[k].norm())
                           for k in ("hidden.weight", "wn", "mid.weight"))
     for mode in MODES:
-        with counting(functional, "orthogonalize") as ns_calls:
+        with contextlib.ExitStack() as stack:
+            ns_calls = stack.enter_context(counting(functional, "orthogonalize"))
+            # the collectives distributed.gathered_update issues (DCP's own go through
+            # torch.distributed.distributed_c10d directly and are not counted)
+            sent = {op: stack.enter_context(counting(dist, op))
+                    for op in ("gather", "scatter", "broadcast")}
             result.update(run_mode(build, ckpt / f"{name}-{mode}", mode, reference))
         calls: list[int] = [0] * WORLD
         dist.all_gather_object(calls, ns_calls[0])
         result[f"{mode}_ns_calls"] = calls  # Newton-Schulz runs per rank (Muon)
+        result[f"{mode}_collectives"] = {op: n[0] for op, n in sent.items()}
     return result
 
 

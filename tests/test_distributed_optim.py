@@ -94,6 +94,14 @@ def test_muon_orthogonalizes_each_matrix_once_on_its_owner(measured: dict[str, A
     steps = 2 * worker.STEPS - worker.SAVE_AT
     for mode in worker.MODES:
         assert measured[case][f"{mode}_ns_calls"] == [2 * steps, steps], mode
+    # The communication: FSDP2 sends each matrix's row shards to its owner and the result's
+    # rows back (one gather + one scatter per matrix and step, no broadcast); DDP replicas
+    # need only the owner's broadcast of the result.
+    matrices = 3 * steps
+    assert measured[case]["fsdp_collectives"] == {"gather": matrices, "scatter": matrices,
+                                                  "broadcast": 0}
+    assert measured[case]["ddp_collectives"] == {"gather": 0, "scatter": 0,
+                                                 "broadcast": matrices}
 
 
 def test_muon_owner_assignment_balances_cost() -> None:
