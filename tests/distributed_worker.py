@@ -346,6 +346,44 @@ def monitor_case() -> dict[str, Any]:
     return out
 
 
+def qkclip_case() -> dict[str, Any]:
+    """QK-Clip on a tiny GPT (tau below its logits, so heads clip every step) under DDP and
+    FSDP2 against one process: the ranks all-reduce their max logits, so they rescale alike."""
+    from wdlab.nn.qk_clip import apply_qk_clip
+    from wdlab.nn.transformer import GPT, GPTConfig
+
+    def run(mode: str | None) -> tuple[dict[str, torch.Tensor], int]:
+        torch.manual_seed(0)
+        net = GPT(GPTConfig(vocab_size=11, context=6, n_layer=1, n_head=2, d_model=8,
+                            qk_clip=1e-4))
+        model: nn.Module = net
+        if mode == "ddp":
+            model = DistributedDataParallel(net)
+        elif mode == "fsdp":
+            fully_shard(net)
+        opt = AdamW(net.parameters(), lr=1e-2)
+        clipped = 0
+        per = BATCH // WORLD
+        for step in range(1, STEPS + 1):
+            gen = torch.Generator().manual_seed(step)
+            x = torch.randint(0, 11, (BATCH, 6), generator=gen)
+            if mode:
+                x = x[dist.get_rank() * per:(dist.get_rank() + 1) * per]
+            net.loss(model(x[:, :-1]), x[:, 1:]).backward()
+            opt.step()
+            clipped += apply_qk_clip(net)
+            opt.zero_grad()
+        return params_of(model), clipped
+
+    reference, ref_clipped = run(None)
+    out: dict[str, Any] = {"clipped": ref_clipped}
+    for mode in MODES:
+        got, clipped = run(mode)
+        out[mode] = max_rel(got, reference)
+        out[f"{mode}_clipped"] = clipped
+    return out
+
+
 def views_case() -> dict[str, Any]:
     """AdamP's verdicts on the test net in one process (step 1): what makes the AdamP/SGDP
     runs a test of the shard-reduced decision, not of two paths that never project."""
@@ -380,6 +418,8 @@ def worker(rank: int, store: str, out: str, names: list[str]) -> None:
                         results[name] = views_case()
                     elif name == "kernels":
                         results[name] = kernels_case()
+                    elif name == "qkclip":
+                        results[name] = qkclip_case()
                     else:
                         results[name] = run_case(name, CASES[name], Path(shared[0]))
                 except Exception:  # noqa: BLE001 - reported per case, the others still run
@@ -394,7 +434,7 @@ def worker(rank: int, store: str, out: str, names: list[str]) -> None:
 
 def main() -> None:
     out = sys.argv[1]
-    names = sys.argv[2:] or [*CASES, "monitor", "views", "kernels"]
+    names = sys.argv[2:] or [*CASES, "monitor", "views", "kernels", "qkclip"]
     if sys.platform == "linux":  # both ranks are local: keep gloo off other interfaces
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with tempfile.TemporaryDirectory() as tmp:

@@ -114,6 +114,14 @@ def test_muon_owner_assignment_balances_cost() -> None:
     assert owners(costs, 1) == [0] * 5
 
 
+def test_qk_clip_rescales_alike_on_every_rank(measured: dict[str, Any]) -> None:
+    r = measured["qkclip"]
+    assert r["clipped"] > 0, "no head was clipped: the comparison would be vacuous"
+    for mode in worker.MODES:
+        assert r[mode] < REL, f"QK-Clip under {mode}: {r[mode]:.2e} relative from one process"
+        assert r[f"{mode}_clipped"] == r["clipped"]
+
+
 def test_native_kernels_refuse_dtensors(measured: dict[str, Any]) -> None:
     r = measured["kernels"]
     if not r["available"]:
