@@ -326,3 +326,38 @@ def test_gpt_marks_its_heads_and_the_registry_selects_the_variants() -> None:
                       ns_coefficients="jordan")
     assert explicit.param_groups[0]["ns_coefficients"] == "jordan"
     assert create("normuon", [torch.zeros(2, 2, requires_grad=True)]).param_groups[0]["normuon"]
+
+
+def test_sweep_axes_and_recipe_keys_select_the_family_options() -> None:
+    """A sweep over optimizer.name x optimizer.ns_coefficients x model.qk_clip on charlm:
+    every trial's config builds the optimizer and model it names (what a worker trains)."""
+    from wdlab import workloads
+    from wdlab.config import build_config
+    from wdlab.factory import create_optimizer
+    from wdlab.sweep.spec import SweepSpec, trial_config
+
+    base = build_config("charlm", tiny=True,
+                        assignments=["model.muon_per_head=true"]).to_dict()
+    spec = SweepSpec.create(workload="charlm", tiny=True, axes={
+        "optimizer.name": ["muon", "normuon", "muon-pe"],
+        "optimizer.ns_coefficients": ["jordan", "polar_express"],
+        "model.qk_clip": [0.0, 50.0],
+    })
+    trials = spec.trials()
+    assert len(trials) == 12
+    seen = set()
+    for i, params in enumerate(trials):
+        config = trial_config(base, {k: v for k, v in params.items() if k != "seed"}, f"t{i}")
+        workload = workloads.from_config(config)
+        model = workload.build_model()
+        opt = create_optimizer(model, config.optimizer.name, lr=config.optimizer.lr,
+                               example_input=workload.example_input(),
+                               **config.optimizer.hyperparameters())
+        group = next(g for g in opt.param_groups if g.get("role") == "matrix")
+        assert group["ns_coefficients"] == params["optimizer.ns_coefficients"]
+        assert group["normuon"] == (params["optimizer.name"] == "normuon")
+        attn = model.blocks[0].attn
+        assert attn.qk_clip == params["model.qk_clip"]
+        assert attn.q_proj.weight.muon_split == f"rows:{model.config.n_head}"
+        seen.add((type(opt).__name__, group["ns_coefficients"], attn.qk_clip))
+    assert len(seen) == 12
