@@ -228,7 +228,7 @@ class Muon(WdOptimizer):
             else:
                 step = muon_step
                 extra["replicated"] = group["work_split"] == "replicated"
-                extra["loads"] = self._ns_loads
+                extra["loads"] = getattr(self, "_ns_loads", None)
             step(
                 ps,
                 pick(muon_g, idx),
