@@ -68,6 +68,12 @@ REGISTRY: dict[str, Entry] = {
         Entry("novograd", "wdlab.optim.novograd", "NovoGrad", "novograd", None, **_SGD_RANGES),
         Entry("fadam", "wdlab.optim.fadam", "FAdam", "adam", None),
         Entry("scale", "wdlab.optim.scale", "SCALE", "scale", None, **_SGD_RANGES),
+        # Schedule-Free: its averaging replaces the lr decay, so the benchmark holds lr constant
+        # (after the recipe's warm-up). SGD's lr is ~10x SGDW's (Defazio et al. 2024).
+        Entry("sf_adamw", "wdlab.optim.schedule_free", "ScheduleFreeAdamW", "schedule_free",
+              None, (3e-4, 3e-2), settings=("schedule.kind=constant",)),
+        Entry("sf_sgd", "wdlab.optim.schedule_free", "ScheduleFreeSGD", "buffer", None,
+              (1e-2, 1.0), (1e-5, 1e-2), ("schedule.kind=constant",)),
     )
 }
 
@@ -82,6 +88,8 @@ __all__ = [
     "NovoGrad",
     "FAdam",
     "SCALE",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "Entry",
     "REGISTRY",
     "available",

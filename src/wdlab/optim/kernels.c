@@ -282,3 +282,40 @@ void NAME(wd_sumsq)(const real *restrict x, int64_t n, int nthreads, double *res
         out[t] = acc;
     }
 }
+
+/* Schedule-Free AdamW/SGD (Defazio et al. 2024) in train mode, where w holds y: u = g + l2*y;
+ * AdamW form (v != NULL): v = b2*v + (1 - b2)*u*u, d = u/(sqrt(v/bc2) + eps); SGD form: d = u;
+ * then d += wdl*y (decoupled decay at y, per unit lr), y = y + c*(z - y) + lrc*d, z = z - lr*d.
+ * c = the new iterate's weight in the average x, lrc = lr*(beta1*(1 - c) - 1). */
+static void sf_span(real *restrict y, const real *restrict g, real *restrict z, real *restrict v,
+                    int64_t n, real lr, real b2, real ob2, real bc2, real eps, real l2,
+                    real wdl, real c, real lrc) {
+    for (int64_t i = 0; i < n; ++i) {
+        real yi = y[i], zi = z[i];
+        real u = g[i] + l2 * yi;
+        real d = u;
+        if (v != NULL) {
+            real vi = b2 * v[i] + ob2 * (u * u);
+            v[i] = vi;
+            d = u / (SQRT(vi / bc2) + eps);
+        }
+        d = d + wdl * yi;
+        y[i] = yi + c * (zi - yi) + lrc * d;
+        z[i] = zi - lr * d;
+    }
+}
+
+void NAME(wd_schedule_free)(real **y, real **g, real **z, real **v, const int64_t *sizes,
+                            int64_t count, int nthreads, double lr, double beta2, double bc2,
+                            double eps, double l2, double wdl, double c, double lrc) {
+    int64_t total = sum_sizes(sizes, count);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t begin, end;
+        thread_range(total, &begin, &end);
+        FOR_EACH_SPAN(count, sizes, begin, end,
+                      sf_span(y[t] + lo, g[t] + lo, z[t] + lo, v ? v[t] + lo : NULL, hi - lo,
+                              (real)lr, (real)beta2, (real)(1 - beta2), (real)bc2, (real)eps, (real)l2, (real)wdl,
+                              (real)c, (real)lrc));
+    }
+}

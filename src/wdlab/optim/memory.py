@@ -51,6 +51,7 @@ LAYOUTS: dict[str, Callable[[torch.Tensor, dict[str, Any], type], int]] = {
     "novograd": lambda p, group, cls: _nbytes(p) + STEP_BYTES + p.element_size(),
     "muon": _muon,  # a buffer for orthogonalized matrices, AdamW's state for the rest
     "scale": _scale,  # a buffer for the output layer, AdamW's state for vectors, else none
+    "schedule_free": lambda p, group, cls: 2 * _nbytes(p),  # "z" and "exp_avg_sq" like p
 }
 """State bytes before the first step, per layout name of wdlab.optim.REGISTRY's entries."""
 

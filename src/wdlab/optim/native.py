@@ -52,6 +52,7 @@ SIGNATURES: dict[str, list[Any]] = {
     "sumsq": [_P, _I64, _INT, _P],
     "fadam_fisher": [_P, _P, _P, _I64, _INT, _D, _D, _D, _INT, _INT, _P],
     "fadam_update": [_P, _P, _P, _P, _I64, _INT, _D, _D, _D, _D, _INT, _D, _D],
+    "schedule_free": [_P, _P, _P, _P, _P, _I64, _INT, _D, _D, _D, _D, _D, _D, _D, _D],
 }
 _RETURNS = {"invariant_view": ctypes.c_int}
 """ctypes argument types of each kernel in kernels.c, so Python ints, floats and bools convert
