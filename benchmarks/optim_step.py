@@ -14,6 +14,8 @@ Bytes per parameter that an update must move (fp32, read + write), the bandwidth
   Lion: read p, g, m; write p, m                                = 20 B
   AdamP: Adam's 28 B + one more read of p and g for the cosine test = 36 B
   SGDP: SGD's 20 B + one more read of p and g                    = 28 B
+  Schedule-Free AdamW: read y, g, z, v; write y, z, v             = 28 B
+  Schedule-Free SGD: read y, g, z; write y, z                     = 20 B
 Muon is compute-bound (Newton-Schulz matmuls): no GB/s column; it runs on 4 square matrices
 (--muon-size, default 1024), with the family's variants (Polar Express, NorMuon, per-head).
 """
@@ -152,6 +154,7 @@ def rows(compiled: bool) -> list[tuple[str, list[Entry]]]:
                 )
             )
         families.append((name, entries))
+    families += schedule_free_rows()
     muon = []
     try:
         mcls = get("muon")
@@ -173,6 +176,42 @@ def rows(compiled: bool) -> list[tuple[str, list[Entry]]]:
         )
     families.append(("muon", muon))
     return families
+
+
+def _train_mode(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    opt.train()  # type: ignore[attr-defined]  # schedulefree refuses step() in eval mode
+    return opt
+
+
+def schedule_free_rows() -> list[tuple[str, list[Entry]]]:
+    """Schedule-Free AdamW (y, g, z, v read, y, z, v written: 28 B) and SGD (20 B), beside the
+    schedulefree package's foreach and for-loop paths."""
+    get = wdlab.optim.get
+    out = []
+    for family, short, peer, nbytes, kw in (
+        ("sf_adamw", "AdamW", "AdamWScheduleFree", 28, dict(lr=2.5e-3, weight_decay=0.01)),
+        ("sf_sgd", "SGD", "SGDScheduleFree", 20, dict(lr=0.1, weight_decay=1e-4)),
+    ):
+        cls = get(family)
+        entries = [
+            Entry(f"wdlab SF-{short}", lambda p, cls=cls, kw=kw: cls(p, **kw), nbytes),
+            Entry(f"wdlab SF-{short} reference",
+                  lambda p, cls=cls, kw=kw: cls(p, **kw, impl="reference"), nbytes),
+            Entry(f"wdlab SF-{short} foreach",
+                  lambda p, cls=cls, kw=kw: cls(p, **kw, impl="foreach"), nbytes),
+        ]
+        if importlib.util.find_spec("schedulefree"):
+            import schedulefree
+
+            pcls = getattr(schedulefree, peer)
+            for foreach in (True, False):
+                entries.append(Entry(
+                    f"schedulefree {short} {'foreach' if foreach else 'for-loop'}",
+                    lambda p, pcls=pcls, kw=kw, f=foreach: _train_mode(pcls(p, **kw, foreach=f)),
+                    nbytes,
+                ))
+        out.append((family, entries))
+    return out
 
 
 def cpu_name() -> str:
@@ -198,7 +237,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed rounds (median over them)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument(
-        "--only", default="", help="comma list of families: adamw,sgdw,lion,adamp,sgdp,muon"
+        "--only",
+        default="",
+        help="comma list of families: adamw,sgdw,lion,adamp,sgdp,sf_adamw,sf_sgd,muon",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
