@@ -25,6 +25,7 @@ from wdlab.optim import REGISTRY
 
 __all__ = [
     "FAMILY_RANGES",
+    "methods",
     "FAMILY_SETTINGS",
     "BenchResult",
     "add_arguments",
@@ -112,11 +113,32 @@ def _check(optimizers: list[str], workloads: list[str], trials: int, studies: in
         raise ConfigError("--optimizers and --workloads must not repeat a name", field="optimizers")
 
 
-def _spec(optimizer: str, workload: str, trials: int, study: int, quick: bool):
+def methods(optimizers: list[str], averages: list[str] | None) -> list[tuple[str, str, str]]:
+    """(label, optimizer, average) for every optimizer × weight average compared: the label is
+    the optimizer's name, plus " + SPEC" when a train.average is kept (wdlab.averaging)."""
+    from wdlab.averaging import canonical, label
+
+    specs: list[str] = []
+    for text in averages or ["off"]:
+        try:
+            spec = canonical(text)
+        except ValueError as err:
+            raise ConfigError(f"--average: {err}", field="average") from None
+        if spec in specs:
+            raise ConfigError("--average must not repeat a spec", field="average")
+        specs.append(spec)
+    return [(label(opt, avg), opt, avg) for opt in optimizers for avg in specs]
+
+
+def _spec(optimizer: str, workload: str, trials: int, study: int, quick: bool,
+          average: str = "off"):
     from wdlab.sweep import RangeSpec, SweepSpec
 
     (lr_lo, lr_hi), (wd_lo, wd_hi) = search_space(optimizer)
     tag = "quick" if quick else "full"
+    settings = list(REGISTRY[optimizer].settings) if optimizer in REGISTRY else []
+    if average != "off":
+        settings.append(f"train.average={average}")
     return SweepSpec.create(
         workload=workload,
         axes={
@@ -129,8 +151,9 @@ def _spec(optimizer: str, workload: str, trials: int, study: int, quick: bool):
         n_trials=trials,
         sample_seed=study,
         tiny=quick,
-        assignments=list(REGISTRY[optimizer].settings) if optimizer in REGISTRY else [],
-        name=f"bench-{tag}-{workload}-{optimizer}-n{trials}-s{study}",
+        assignments=settings,
+        name=f"bench-{tag}-{workload}-{optimizer}{'' if average == 'off' else '-' + average}"
+        f"-n{trials}-s{study}",
     )
 
 
@@ -170,9 +193,12 @@ def run_bench(
     out_dir: Path | None = None,
     progress: bool = True,
     stream: Any = None,
+    averages: list[str] | None = None,
 ) -> BenchResult:
     """Run (or resume) every study, then score. The profile PNG goes to out_dir (default:
-    beside the store) as bench_profile.png."""
+    beside the store) as bench_profile.png. `averages` (train.average specs, default just
+    "off") multiply the optimizers: each pair is scored as its own method, labelled
+    "optimizer + spec" (BenchResult.optimizers holds these labels)."""
     from wdlab import scoring
     from wdlab.report import plot_profile
     from wdlab.sweep import run_sweep
@@ -184,11 +210,12 @@ def run_bench(
             f"--measure {measure!r} is not known; use seconds or steps", field="measure"
         )
     store_path = Path(store_path)
-    n_sweeps = len(optimizers) * len(workloads) * studies
+    compared = methods(optimizers, averages)
+    n_sweeps = len(compared) * len(workloads) * studies
     print(
-        f"bench: {len(optimizers)} optimizers × {len(workloads)} workloads × {studies} studies "
+        f"bench: {len(compared)} methods × {len(workloads)} workloads × {studies} studies "
         f"× {trials} trials = "
-        + estimate(workloads, len(optimizers) * studies * trials, quick)
+        + estimate(workloads, len(compared) * studies * trials, quick)
         + f"; time to target in {measure}",
         file=stream,
         flush=True,
@@ -198,10 +225,10 @@ def run_bench(
     failures: list[str] = []
     k = 0
     for workload in workloads:
-        for opt in optimizers:
+        for opt, name, average in compared:
             for study in range(studies):
                 k += 1
-                spec = _spec(opt, workload, trials, study, quick)
+                spec = _spec(name, workload, trials, study, quick, average)
                 print(f"[{k}/{n_sweeps}] {spec.name}", file=stream, flush=True)
                 summary = run_sweep(spec, store_path, workers=workers, progress=progress)
                 times = [_trial_time(t, measure) for t in summary.trials]
@@ -214,7 +241,7 @@ def run_bench(
                 sweep_ids.setdefault(opt, {}).setdefault(workload, []).append(summary.sweep_id)
     times = {
         opt: {w: scoring.external_tuning_time(trial_times[opt][w]) for w in workloads}
-        for opt in optimizers
+        for opt, _, _ in compared
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the unsolved list is reported instead
@@ -230,7 +257,7 @@ def run_bench(
         R_MAX,
     )
     return BenchResult(
-        optimizers=list(optimizers),
+        optimizers=[label for label, _, _ in compared],
         workloads=list(workloads),
         measure=measure,
         trials=trials,
@@ -260,6 +287,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--workloads", metavar="NAMES", help="workloads to run (default: all built-in ones)"
+    )
+    p.add_argument(
+        "--average",
+        metavar="SPECS",
+        help="weight averages to compare, each with every optimizer, e.g. off,ema:0.999 "
+        "(train.average specs, docs/running.md; default off)",
     )
     p.add_argument(
         "--quick",
@@ -344,6 +377,7 @@ def bench_main(args: argparse.Namespace) -> int:
         measure=args.measure,
         out_dir=Path(args.out_dir) if args.out_dir else None,
         progress=not args.quiet,
+        averages=_names(getattr(args, "average", None), ["off"]),
     )
     print_result(result)
     return 0

@@ -136,3 +136,14 @@ def restore(
         torch.set_rng_state(payload["torch_rng"])
     except (RuntimeError, TypeError, ValueError):
         raise _refuse(path, run_id, "has an invalid RNG state") from None
+
+
+def restore_average(path: Path, payload: dict[str, Any], run_id: str, average: Any) -> None:
+    """Load the checkpoint's weight average (wdlab.averaging) into `average`; refuse a
+    checkpoint without one or with one that does not fit."""
+    if "average" not in payload:
+        raise _refuse(path, run_id, f"has no weight average ({average.spec.text} was asked)")
+    try:
+        average.load_state_dict(payload["average"])
+    except ValueError as err:
+        raise _refuse(path, run_id, str(err)) from None

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -93,11 +94,47 @@ class TrainConfig(_Strict):
     monitor: Literal["off", "light", "full", "summary"] = "light"
     monitor_every: int = Field(default=10, gt=0)
     log_every: int = Field(default=1, gt=0)
+    # Weight averaging and what is evaluated (wdlab.averaging, wdlab.evaluation,
+    # docs/running.md): the average's spec, whether the raw weights are evaluated beside it,
+    # which weights the target (and time-to-target) is read on ("auto": the average when
+    # one is kept), and how many training batches recompute BatchNorm statistics.
+    average: str = "off"
+    eval_raw: bool = True
+    target_weights: Literal["auto", "raw", "average"] = "auto"
+    bn_batches: int = Field(default=8, ge=0)
 
     @field_validator("checkpoint_every", "checkpoint_seconds")
     @classmethod
     def _zero_is_off(cls, value: float | None) -> float | None:
         return None if value == 0 else value
+
+    @field_validator("average", mode="before")
+    @classmethod
+    def _average_spec(cls, value: Any) -> str:
+        from wdlab.averaging import canonical
+
+        return canonical(value)
+
+    @field_validator("eval_raw", "target_weights")
+    @classmethod
+    def _needs_an_average(cls, value: Any, info: ValidationInfo) -> Any:
+        average = info.data.get("average", "off")
+        if average == "off" and value in (False, "average"):
+            what = "false" if value is False else repr(value)
+            raise ValueError(
+                f"{what} needs a weight average: set --set train.average=ema:0.999 (or "
+                "another spec, docs/running.md), or drop this setting"
+            )
+        if value == "raw" and info.data.get("eval_raw") is False:
+            raise ValueError(
+                "'raw' needs the raw weights evaluated: drop train.eval_raw=false, or read "
+                "the target on the average"
+            )
+        return value
+
+    def target_on_average(self) -> bool:
+        """Whether the target and time-to-target are read on the averaged weights."""
+        return self.average != "off" and self.target_weights != "raw"
 
 
 class LogConfig(_Strict):

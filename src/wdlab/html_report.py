@@ -25,6 +25,7 @@ from typing import Any
 
 from wdlab import report, scoring
 from wdlab.atomic import atomic_open
+from wdlab.averaging import label as method_label
 from wdlab.errors import WdlabError
 from wdlab.store import RunRecord, Store, SweepRecord
 
@@ -40,6 +41,7 @@ __all__ = [
 
 ALPHA = 0.05  # level of the one-sided tests behind every "beats" in a report
 _LR, _WD, _OPT = "optimizer.lr", "optimizer.weight_decay", "optimizer.name"
+_AVG = "train.average"
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;
@@ -127,14 +129,19 @@ def _trial_views(store: Store, sweep: SweepRecord) -> tuple[list[TrialView], str
 
     workload = workloads.get(sweep.spec["spec"]["workload"])
     base_opt = (sweep.spec.get("base_config") or {}).get("optimizer", {})
+    base_average = ((sweep.spec.get("base_config") or {}).get("train") or {}).get("average")
     views = []
+    shown: set[str] = set()
     for trial in store.trials(sweep.id):
         p = trial.params
+        # The method: the optimizer (sf_adamw, sf_sgd: Schedule-Free), plus its weight average.
         view = TrialView(
             index=trial.trial_index,
             params=p,
             status=trial.status,
-            optimizer=str(p.get(_OPT, base_opt.get("name", "?"))),
+            optimizer=method_label(
+                str(p.get(_OPT, base_opt.get("name", "?"))), p.get(_AVG, base_average)
+            ),
             lr=_number(p.get(_LR, base_opt.get("lr"))),
             wd=_number(p.get(_WD, base_opt.get("weight_decay"))),
             seed=p.get("seed"),
@@ -149,7 +156,10 @@ def _trial_views(store: Store, sweep: SweepRecord) -> tuple[list[TrialView], str
             if run is not None:
                 result = run.result or {}
                 metrics = store.metrics(run.id)
-                view.metric_value = (result.get("final_metrics") or {}).get(workload.metric)
+                # The metric the target is read on (avg_* when it is the weight average's).
+                metric = result.get("metric") or workload.metric
+                shown.add(metric)
+                view.metric_value = (result.get("final_metrics") or {}).get(metric)
                 view.reached = result.get("reached")
                 view.steps_to_target = result.get("steps_to_target")
                 view.seconds_to_target = result.get("seconds_to_target")
@@ -159,7 +169,8 @@ def _trial_views(store: Store, sweep: SweepRecord) -> tuple[list[TrialView], str
                 if trial.status == "diverged":
                     view.final_loss = math.nan
         views.append(view)
-    return views, workload.metric, workload.higher_is_better
+    metric = " / ".join(sorted(shown)) if shown else workload.metric
+    return views, metric, workload.higher_is_better
 
 
 # --------------------------------------------------------------------------- heatmaps

@@ -23,14 +23,16 @@ from typing import Any, Protocol
 
 import torch
 
+from wdlab import averaging, workloads
 from wdlab import checkpoint as checkpoint_io
-from wdlab import workloads
 from wdlab._compat import total_norm
 from wdlab.atomic import remove_stale_temps
 from wdlab.config import RunConfig, parse_assignment, set_dotted, validate
 from wdlab.errors import ConfigError, WdlabError
+from wdlab.evaluation import Evaluator
 from wdlab.factory import create_optimizer
 from wdlab.lease import LEASE_BEAT_SECONDS, current_owner
+from wdlab.optim.schedule_free import swap_to
 
 CHECKPOINT_FORMAT = checkpoint_io.FORMAT
 MAX_SKIPS_IN_A_ROW = 50  # with on_nonfinite=skip, more than this in a row is divergence
@@ -237,13 +239,25 @@ def run(
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    # Schedule-Free optimizers train at y; Evaluator swaps to x for evaluations and back, so
+    # checkpoints are always written in train mode (exact resume). The weight average
+    # (train.average) is kept beside the raw weights and saved in the checkpoint.
+    swap_to(optimizer, "train")
+    average = averaging.from_config(config.train.average, model, config.steps)
+    evaluate_weights = Evaluator(
+        workload, model, optimizer, average, raw=config.train.eval_raw,
+        target_weights="average" if config.train.target_on_average() else "raw",
+        bn_batches=config.train.bn_batches,
+    )
 
     if config.log.sinks:  # live loggers mirror the store's rows (wdlab.monitor.sinks)
         from wdlab.monitor.sinks import LiveRunSink
 
         store = LiveRunSink(store, config.log, runs_root, config.to_dict())
     owner = current_owner()
-    result = RunResult(run_id="", status="running", step=0, target=target, metric=workload.metric)
+    result = RunResult(
+        run_id="", status="running", step=0, target=target, metric=evaluate_weights.metric
+    )
     start_step, skipped = 0, 0
     resumed_done = False
     if resume_id is None:
@@ -279,6 +293,8 @@ def run(
                     field="steps",
                 )
             checkpoint_io.restore(path, payload, run_id, model, optimizer, config.steps)
+            if average is not None:
+                checkpoint_io.restore_average(path, payload, run_id, average)
             start_step, skipped = payload["step"], payload["skipped"]
             saved = payload["progress"]
             for key in ("reached", "steps_to_target", "seconds_to_target", "train_seconds"):
@@ -312,6 +328,7 @@ def run(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                **({"average": average.state_dict()} if average is not None else {}),
                 "progress": {
                     "reached": result.reached,
                     "steps_to_target": result.steps_to_target,
@@ -331,13 +348,9 @@ def run(
 
     def evaluate(step: int) -> bool:
         """Evaluate (not timed), log, and record the first time the target is reached."""
-        model.eval()
-        with torch.no_grad():
-            metrics = workload.evaluate(model)
-        model.train()
-        result.final_metrics = {k: float(v) for k, v in metrics.items()}
+        result.final_metrics = evaluate_weights(step)
         log(step, {**result.final_metrics, "train_seconds": result.train_seconds})
-        value = result.final_metrics[workload.metric]
+        value = result.final_metrics[evaluate_weights.metric]
         if target is not None and not result.reached and workload.reached(value, target):
             result.reached = True
             result.steps_to_target = step
@@ -412,6 +425,8 @@ def run(
                 if monitor is not None:
                     monitor.step()
                 step += 1
+                if average is not None:
+                    average.update(model, step)
                 result.train_seconds += time.perf_counter() - tick
                 if step % tcfg.log_every == 0:
                     lr_now = optimizer.param_groups[0]["lr"]

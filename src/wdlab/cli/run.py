@@ -196,6 +196,6 @@ def _target_op(result: Any) -> str:
 
     for name in workloads.available():
         cls = workloads.get(name)
-        if cls.metric == result.metric:
+        if cls.metric == result.metric.removeprefix("avg_"):  # avg_: on the weight average
             return ">=" if cls.higher_is_better else "<="
     return "vs"
