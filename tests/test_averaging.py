@@ -321,9 +321,11 @@ def test_bench_compares_each_optimizer_with_each_average() -> None:
 
 def test_sweep_axis_over_averages_validates_every_trial() -> None:
     from wdlab.sweep import SweepSpec
-    from wdlab.sweep.spec import validated_trials
+    from wdlab.sweep.spec import parse_axis, validated_trials
 
-    spec = SweepSpec.create(workload="teacher", axes={"train.average": ["off", "swa:0.5"]},
+    assert parse_axis("off,ema:0.9@0.5,lawa:3/10") == ["off", "ema:0.9@0.5", "lawa:3/10"]
+    assert parse_axis('"ema:0.99"') == ["ema:0.99"]  # one spec alone: quoted (a:b is a range)
+    spec = SweepSpec.create(workload="teacher", axes={"train.average": parse_axis("off,swa:0.5")},
                             tiny=True)
     assert len(validated_trials(spec)[3]) == 2
     bad = SweepSpec.create(workload="teacher", axes={"train.average": ["off", "ema:7"]},

@@ -109,7 +109,7 @@ def parse_axis(text: str, flag: str = "--grid") -> Axis:
     text = text.strip()
     if not text:
         raise ConfigError(f"{flag} needs values, e.g. {flag} 1e-4:1e-1:7 or {flag} a,b", field=flag)
-    if ":" in text:
+    if ":" in text and "," not in text and '"' not in text:  # a list may hold "ema:0.999"
         parts = [p.strip() for p in text.split(":")]
         if len(parts) not in (2, 3):
             raise ConfigError(
