@@ -21,7 +21,13 @@ from wdlab.lease import LEASE_BEAT_SECONDS, LEASE_STALE_SECONDS, current_owner
 from wdlab.store._db import DEFAULT_PATH, Database, store_path_default
 from wdlab.store.export import ExportMixin
 from wdlab.store.metrics import MetricsMixin
-from wdlab.store.queue import SQLiteTrialQueue, SweepsMixin, TrialQueue
+from wdlab.store.queue import (
+    DriverTrialQueue,
+    SQLiteTrialQueue,
+    SweepsMixin,
+    TrialQueue,
+    serve_queue_call,
+)
 from wdlab.store.records import ArtifactRecord, RunRecord, SweepRecord, TrialRecord
 from wdlab.store.runs import RunBusyError, RunsMixin
 from wdlab.store.schema import RUN_STATUSES, SCHEMA_VERSION, SWEEP_STATUSES, TRIAL_STATUSES
@@ -35,6 +41,7 @@ __all__ = [
     "SWEEP_STATUSES",
     "TRIAL_STATUSES",
     "ArtifactRecord",
+    "DriverTrialQueue",
     "RunBusyError",
     "RunRecord",
     "SQLiteTrialQueue",
@@ -44,6 +51,7 @@ __all__ = [
     "TrialQueue",
     "TrialRecord",
     "current_owner",
+    "serve_queue_call",
     "store_path_default",
 ]
 

@@ -2,9 +2,11 @@
 
 The queue is what sweep workers pull from: claim the lowest pending trial, heartbeat while
 training it, finish it, or put it back. `TrialQueue` is that interface for one sweep;
-`SQLiteTrialQueue` implements it on the store (every call one transaction), and a Ray
-driver can implement it too (an actor that owns the store). Why workers pull: the queue is
-the single source of truth, so a sweep killed at any instant loses nothing.
+`SQLiteTrialQueue` implements it on the store (every call one transaction), and
+`DriverTrialQueue` for a worker that cannot reach the store (a Ray node): each call goes to
+the sweep's driver, the store's one writer, which answers it with its SQLiteTrialQueue
+(`serve_queue_call`). Why workers pull: the queue is the single source of truth, so a sweep
+killed at any instant loses nothing.
 
 Sweeps are found or created in one transaction by their spec identity (a UNIQUE column),
 so two identical commands started together share one sweep and train every trial once.
@@ -86,6 +88,50 @@ class SQLiteTrialQueue:
 
     def trials(self, status: str | None = None) -> list[TrialRecord]:
         return self.store.trials(self.sweep_id, status)
+
+
+QUEUE_CALLS = ("claim", "heartbeat", "finish", "requeue", "requeue_stale", "trials")
+
+
+class DriverTrialQueue:
+    """TrialQueue of a worker without the store: every call is forwarded by `call(method,
+    kwargs)` (a transport, e.g. wdlab.sweep.remote's Ray mailbox) to the driver, which
+    answers it with serve_queue_call on its own queue and sends the result back."""
+
+    def __init__(self, sweep_id: str, call: Callable[[str, dict[str, Any]], Any]) -> None:
+        self.sweep_id, self._call = sweep_id, call
+
+    def claim(self, worker: str, order: Sequence[int] | None = None) -> TrialRecord | None:
+        return self._call("claim", {"worker": worker, "order": list(order or ())})
+
+    def heartbeat(self, index: int, worker: str, *, run_id: str | None = None) -> bool:
+        return bool(self._call("heartbeat", {"index": index, "worker": worker, "run_id": run_id}))
+
+    def finish(
+        self,
+        index: int,
+        *,
+        status: str = "finished",
+        run_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._call("finish", {"index": index, "status": status, "run_id": run_id, "error": error})
+
+    def requeue(self, index: int, worker: str | None) -> bool:
+        return bool(self._call("requeue", {"index": index, "worker": worker}))
+
+    def requeue_stale(self, older_than: float) -> list[int]:
+        return list(self._call("requeue_stale", {"older_than": older_than}))
+
+    def trials(self, status: str | None = None) -> list[TrialRecord]:
+        return list(self._call("trials", {"status": status}))
+
+
+def serve_queue_call(queue: TrialQueue, method: str, kwargs: Mapping[str, Any]) -> Any:
+    """The driver's side of DriverTrialQueue: one forwarded call, answered on `queue`."""
+    if method not in QUEUE_CALLS:
+        raise WdlabError(f"{method!r} is not a trial queue call", field="method")
+    return getattr(queue, method)(**kwargs)
 
 
 def _params_key(params: Any) -> str:

@@ -145,12 +145,15 @@ def run_sweep(
     progress: bool = True,
     max_trials: int = MAX_TRIALS,
     on_start: Callable[[str, bool], None] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> SweepSummary:
     """Run (or resume) a sweep to the end; the summary of every trial.
 
     Raises SweepInterrupted (a KeyboardInterrupt) after a Ctrl-C once the workers stopped
     and their trials are back in the queue. `on_start(sweep_id, created)` is called once
-    the sweep is in the store, before training.
+    the sweep is in the store, before training. Checkpoints go to `checkpoint_dir` (default:
+    runs_root_for(store_path), beside the store); with Ray on several machines it must be
+    a directory every node reaches at the same path, while the store stays the driver's.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers must be an integer >= 1, got {workers!r}", field="workers")
@@ -168,6 +171,9 @@ def run_sweep(
 
     start = time.perf_counter()
     store_path = Path(store_path).resolve()  # workers (Ray's too) may run in another cwd
+    runs_root = (
+        runs_root_for(store_path) if checkpoint_dir is None else Path(checkpoint_dir).resolve()
+    )
     with _ctrl_c() as stop:
         pool = LocalExecutor(workers) if backend == "local" and workers > 1 else None
         if pool is not None:
@@ -180,7 +186,7 @@ def run_sweep(
             trials = store.trials(sweep_id)
             base = record.spec["base_config"]
             order = longest_first(base, {t.trial_index: t.params for t in trials})
-            job = Job(str(store_path), sweep_id, str(runs_root_for(store_path)), order)
+            job = Job(sweep_id, str(runs_root), order, store_path=str(store_path))
             bar = make_progress(f"sweep {record.name}", enabled=progress, unit="trial")
             shown = [-1]
 
@@ -195,7 +201,7 @@ def run_sweep(
 
             executor: Any = pool
             if backend == "ray":
-                executor = RayExecutor(workers, address)
+                executor = RayExecutor(workers, address, store, job)
             elif workers == 1:
                 executor = InlineExecutor(stop, report)
             store.update_sweep(sweep_id, status="running")
@@ -278,6 +284,8 @@ def _dispatch(
         if now["pending"] and busy < workers:
             executor.start(min(workers - busy, now["pending"]), job)
             continue
-        if not now["pending"] and not now["running"] and busy == 0:
-            return
-        time.sleep(0.2)
+        if not now["pending"] and not now["running"]:
+            if busy == 0:
+                return
+            executor.release_idle()  # workers that never started have nothing left to do
+        executor.idle(0.2)

@@ -1,11 +1,13 @@
 """Where workers run: the sweep's own process (one worker), persistent local processes, or
-Ray tasks. The dispatcher in wdlab.sweep drives every executor through the same five calls:
-start(n, job), busy(), interrupt(), wait(timeout), kill(); close() ends a sweep."""
+Ray tasks. The dispatcher in wdlab.sweep drives every executor through the same calls:
+start(n, job), busy(), idle(seconds) between looks, release_idle() once no trial is left,
+interrupt(), wait(timeout), kill(); close() ends a sweep."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -13,12 +15,17 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from wdlab.atomic import atomic_open
 from wdlab.errors import WdlabError
+from wdlab.store import Store
+from wdlab.sweep.driver import Driver
 from wdlab.sweep.reaper import process_tree
-from wdlab.sweep.worker import Job, ray_worker, serve, worker_loop
+from wdlab.sweep.worker import Job, one_line, serve, worker_loop
 
 MAX_WORKER_CRASHES = 5  # worker processes dying (not trials failing): a broken environment
 
@@ -50,6 +57,12 @@ class InlineExecutor:
 
     def busy(self) -> int:
         return 0
+
+    def idle(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def release_idle(self) -> None:
+        pass
 
     def interrupt(self) -> None:
         pass
@@ -204,6 +217,12 @@ class LocalExecutor:
         self.mine = running
         return len(running)
 
+    def idle(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def release_idle(self) -> None:
+        pass
+
     def _crashed(self, what: str) -> None:
         self.crashes += 1
         self.last_error = what
@@ -248,12 +267,21 @@ def import_ray() -> Any:
 
 
 class RayExecutor:
-    """The same worker loop as Ray tasks. The store path must be reachable from every node
-    (one machine, or a shared filesystem that supports SQLite locking)."""
+    """Ray tasks as workers, with this process as the store's one writer (wdlab.sweep.driver):
+    the workers never open the store, so they may run on any node of a cluster. What every
+    node must reach is the checkpoint directory (`runs_root`, a shared filesystem); a task
+    on a node that cannot see it ends the sweep with one line saying so.
 
-    def __init__(self, workers: int, address: str | None) -> None:
+    The Mailbox actor (wdlab.sweep.remote) sits on this process's node and carries the
+    messages; the dispatcher's idle time is spent answering them (idle() pumps)."""
+
+    def __init__(self, workers: int, address: str | None, store: Store, job: Job) -> None:
         ray = import_ray()
-        self.ray, self.refs = ray, []
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from wdlab.sweep.remote import REACH_FILE, Mailbox, ray_worker
+
+        self.ray, self.refs = ray, {}
         self.owned = False
         if not ray.is_initialized():
             try:
@@ -269,10 +297,31 @@ class RayExecutor:
                     field="address",
                 ) from None
             self.owned = True
+        record = store.get_sweep(job.sweep_id)
+        self.job = dataclasses.replace(
+            job, store_path=None, base=record.spec["base_config"], sweep_name=record.name
+        )
+        self.driver = Driver(store, job.sweep_id, Path(job.runs_root))
+        here = ray.get_runtime_context().get_node_id()
+        self.mailbox = (
+            ray.remote(Mailbox)
+            .options(
+                num_cpus=0,
+                max_concurrency=1000,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+            )
+            .remote()
+        )
+        self.nonce = uuid.uuid4().hex[:12]
+        self.reach_file = Path(job.runs_root) / REACH_FILE.format(nonce=self.nonce)
+        with atomic_open(self.reach_file) as f:
+            f.write(f"{job.sweep_id}\n")
         self.task = ray.remote(num_cpus=1, max_retries=0)(ray_worker)
-        self.driver = f"{socket.gethostname()}:{os.getpid()}"
+        self.host_pid = f"{socket.gethostname()}:{os.getpid()}"
+        self.started = 0
+        self.crashes = 0
         self.reaper: subprocess.Popen[str] | None = None
-        if self.owned and os.path.isdir("/proc"):
+        if self.owned and address is None and os.path.isdir("/proc"):
             self.reaper = subprocess.Popen(
                 [sys.executable, "-m", "wdlab.sweep.reaper"],
                 stdin=subprocess.PIPE,
@@ -294,30 +343,73 @@ class RayExecutor:
             self.reaper.stdin.flush()
 
     def start(self, n: int, job: Job) -> None:
-        self.refs += [self.task.remote(job, self.driver) for _ in range(n)]
+        for _ in range(n):
+            token = f"w{self.started}"
+            self.started += 1
+            ref = self.task.remote(self.job, self.mailbox, token, self.nonce, self.host_pid)
+            self.refs[ref] = token
         self._list_processes()
 
     def busy(self) -> int:
         if self.refs:
-            ready, self.refs = self.ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
-            self.ray.get(ready)  # re-raise a worker's crash here
+            ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0)
+            for ref in ready:
+                token = self.refs.pop(ref)
+                try:
+                    outcome, message = self.ray.get(ref)
+                except Exception as err:  # noqa: BLE001 - node lost, worker crashed, killed
+                    self.driver.forget(token)
+                    self._crashed(one_line(err))
+                    continue
+                self.driver.forget(token)
+                if outcome == "unreachable":
+                    raise WdlabError(message, field="checkpoint_dir")
         return len(self.refs)
 
+    def _crashed(self, what: str) -> None:
+        self.crashes += 1
+        if self.crashes > MAX_WORKER_CRASHES:
+            raise WdlabError(
+                f"Ray sweep workers were lost {self.crashes} times (last: {what}); run one "
+                "trial with `wdlab run` on a node to see why",
+                field="workers",
+            )
+
+    def idle(self, seconds: float) -> None:
+        """Answer the workers' messages for up to `seconds` (the dispatcher's pause)."""
+        taken = self.ray.get(self.mailbox.take.remote(seconds))
+        replies = self.driver.handle(taken)
+        if replies:
+            self.mailbox.answer.remote(replies)
+
+    def release_idle(self) -> None:
+        """No trial is left: cancel the tasks still waiting for a free CPU."""
+        for ref, token in list(self.refs.items()):
+            if token not in self.driver.greeted:
+                self.ray.cancel(ref, force=True)
+                self.refs.pop(ref)
+                self.driver.forget(token)
+
     def interrupt(self) -> None:
-        for ref in self.refs:
-            self.ray.cancel(ref)  # KeyboardInterrupt in the task: its trial goes back
+        self.mailbox.stop.remote()  # each worker's trial checkpoints and goes back
 
     def wait(self, timeout: float) -> bool:
-        if self.refs:
-            _, self.refs = self.ray.wait(self.refs, num_returns=len(self.refs), timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < deadline:
+            self.idle(0.1)  # the stopping workers flush and requeue through the driver
         return not self.refs
 
     def kill(self) -> None:
-        for ref in self.refs:
+        for ref, token in self.refs.items():
             self.ray.cancel(ref, force=True)
-        self.refs = []
+            self.driver.forget(token)
+        self.refs = {}
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ray.kill(self.mailbox)
+        with contextlib.suppress(OSError):
+            self.reach_file.unlink()
         if self.owned:
             self.ray.shutdown()
         if self.reaper is not None:

@@ -1,8 +1,10 @@
-"""A sweep worker: claim a trial from the store, train it, record it, repeat.
+"""A sweep worker: claim a trial from the queue, train it, record it, repeat.
 
 The same loop runs in a persistent local process (`serve`), in a Ray task, or (one local
-worker) in the sweep's own process, so every executor gives the same results. Workers pull
-from the store instead of being pushed work because the store is the single source of
+worker) in the sweep's own process, so every executor gives the same results. What the loop
+talks to is a TrialLink: the store itself for local workers (StoreLink), the sweep's driver
+for Ray workers (wdlab.sweep.remote.DriverLink, which never opens the store). Workers pull
+from the queue instead of being pushed work because the queue is the single source of
 truth: a sweep killed at any instant (SIGKILL, OOM, a lost Ray node) loses nothing, and the
 next command puts back the trials whose owner is dead (same host, pid gone) or silent
 (stale heartbeat) and resumes their runs from their last checkpoint.
@@ -24,10 +26,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wdlab.errors import WdlabError
-from wdlab.store import Store, TrialRecord
+from wdlab.store import Store, TrialQueue, TrialRecord
 from wdlab.sweep.spec import TRIAL_THREADS, run_name, trial_config
 
 HEARTBEAT_SECONDS = 2.0
@@ -37,13 +39,16 @@ IDLE_SECONDS = 600.0  # a persistent local worker with no job this long exits by
 
 @dataclass(frozen=True)
 class Job:
-    """What a worker needs to serve one sweep: where the store and checkpoints are, and in
-    which order to claim trials (longest first; [] means by index)."""
+    """What a worker needs to serve one sweep: where checkpoints go, in which order to claim
+    trials (longest first; [] means by index), and either the store's path (local workers
+    open it) or the sweep's base config and name (Ray workers, which never see the store)."""
 
-    store_path: str
     sweep_id: str
     runs_root: str
     order: list[int] = field(default_factory=list)
+    store_path: str | None = None
+    base: dict[str, Any] | None = None
+    sweep_name: str = ""
 
 
 # --------------------------------------------------------------------------- recovery
@@ -95,6 +100,70 @@ def recover_trials(store: Store, sweep_id: str, stale_seconds: float = STALE_SEC
 # --------------------------------------------------------------------------- one trial
 
 
+class TrialLink(Protocol):
+    """What a worker loop talks to: the trial queue, the decision how a claimed trial starts,
+    and the RunSink its run writes to. StoreLink is the store itself; a Ray worker's link
+    forwards all three to the sweep's driver."""
+
+    queue: TrialQueue
+
+    def begin(self, trial: TrialRecord, name: str) -> tuple[bool, str | None]: ...
+    def sink(self, trial: TrialRecord, worker: str, stop: Any) -> Any: ...
+
+
+def prepare_trial(
+    store: Store, trial: TrialRecord, runs_root: Path, name: str
+) -> tuple[bool, str | None]:
+    """How a claimed trial starts: (already ended, run id to resume or None).
+
+    A trial whose run trained to the end before a crash is finished here (only its trial row
+    was not updated); a run with a checkpoint is resumed; a run killed before its first
+    checkpoint, or created and killed before it was linked, is deleted and trained afresh."""
+    sweep_id, index = trial.sweep_id, trial.trial_index
+    if trial.run_id is not None:
+        try:
+            previous = store.get_run(trial.run_id)
+        except WdlabError:
+            previous = None
+        if previous is not None and previous.status in ("finished", "diverged"):
+            store.finish_trial(sweep_id, index, status=previous.status, run_id=previous.id)
+            return True, None
+        if previous is not None and (runs_root / previous.id / "last.pt").is_file():
+            return False, previous.id
+        if previous is not None:
+            store.delete_run(previous.id)  # killed before its first checkpoint
+    for run in store.list_runs(sweep_id=sweep_id):  # created, then killed before linking
+        if run.name == name and run.status in ("created", "running"):
+            store.delete_run(run.id)
+    return False, None
+
+
+class StoreLink:
+    """A local worker's link: the store's own queue, checked in this process."""
+
+    def __init__(self, store: Store, sweep_id: str, runs_root: Path) -> None:
+        self.store, self.sweep_id, self.runs_root = store, sweep_id, runs_root
+        self.queue: TrialQueue = store.trial_queue(sweep_id)
+
+    def begin(self, trial: TrialRecord, name: str) -> tuple[bool, str | None]:
+        return prepare_trial(self.store, trial, self.runs_root, name)
+
+    def sink(self, trial: TrialRecord, worker: str, stop: Any) -> Any:
+        return _TrialStore(self.store, self.sweep_id, trial.trial_index, worker, stop)
+
+
+def pass_stop_on(stop: Any, passed_on: bool) -> bool:
+    """Hand a stop request (`stop` set: Ctrl-C on the sweep) on to the training loop: raise
+    SIGINT in this process, which train.run turns into checkpoint-and-stop at the next step
+    boundary. Called at each metric row; True once it has been passed on."""
+    if passed_on or stop is None or not stop.is_set():
+        return passed_on
+    if threading.current_thread() is not threading.main_thread():
+        return passed_on
+    signal.raise_signal(signal.SIGINT)
+    return True
+
+
 class _TrialStore:
     """The worker's store as train.run sees it: new runs belong to the sweep and are linked
     to the trial the moment they exist, so a crash right after still knows the run.
@@ -116,10 +185,7 @@ class _TrialStore:
 
     def log_metrics(self, run_id: str, step: int, metrics: Any) -> None:
         self._store.log_metrics(run_id, step, metrics)
-        stopping = self._stop is not None and self._stop.is_set() and not self._passed_on
-        if stopping and threading.current_thread() is threading.main_thread():
-            self._passed_on = True
-            signal.raise_signal(signal.SIGINT)
+        self._passed_on = pass_stop_on(self._stop, self._passed_on)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -129,11 +195,9 @@ class _Heartbeat(threading.Thread):
     """Beats for the current trial; ends the process when `orphaned()` says the sweep that
     started this worker is gone (a SIGKILLed `wdlab sweep` must not leave trainers running)."""
 
-    def __init__(
-        self, store: Store, sweep_id: str, worker: str, orphaned: Callable[[], bool]
-    ) -> None:
+    def __init__(self, queue: TrialQueue, worker: str, orphaned: Callable[[], bool]) -> None:
         super().__init__(daemon=True, name="wdlab-heartbeat")
-        self.store, self.sweep_id, self.worker, self.orphaned = store, sweep_id, worker, orphaned
+        self.queue, self.worker, self.orphaned = queue, worker, orphaned
         self.current: int | None = None
         self.lost = False
         self.stopped = threading.Event()
@@ -149,9 +213,9 @@ class _Heartbeat(threading.Thread):
             index = self.current
             if index is not None:
                 try:
-                    if not self.store.heartbeat_trial(self.sweep_id, index, self.worker):
+                    if not self.queue.heartbeat(index, self.worker):
                         self.lost = True
-                except Exception:  # a busy store: try again next beat
+                except Exception:  # a busy store or driver: try again next beat
                     pass
 
 
@@ -166,7 +230,7 @@ def one_line(err: BaseException) -> str:
 
 
 def _run_trial(
-    store: Store,
+    link: TrialLink,
     trial: TrialRecord,
     worker: str,
     base: dict[str, Any],
@@ -179,100 +243,111 @@ def _run_trial(
     trial went back to pending and the worker should stop."""
     from wdlab import train
 
-    sweep_id, index = trial.sweep_id, trial.trial_index
+    index, queue = trial.trial_index, link.queue
     name = run_name(sweep_name, index)
-    proxy = _TrialStore(store, sweep_id, index, worker, stop)
+    proxy = link.sink(trial, worker, stop)
     try:
-        resume_id = None
-        if trial.run_id is not None:
-            try:
-                previous = store.get_run(trial.run_id)
-            except WdlabError:
-                previous = None
-            if previous is not None and previous.status in ("finished", "diverged"):
-                # Trained to the end before the crash, only the trial row was not updated.
-                store.finish_trial(sweep_id, index, status=previous.status, run_id=previous.id)
-                return True
-            if previous is not None and (runs_root / previous.id / "last.pt").is_file():
-                resume_id = previous.id
-            elif previous is not None:
-                store.delete_run(previous.id)  # killed before its first checkpoint
-        if resume_id is None:
-            for run in store.list_runs(sweep_id=sweep_id):  # created, then killed before linking
-                if run.name == name and run.status in ("created", "running"):
-                    store.delete_run(run.id)
+        ended, resume_id = link.begin(trial, name)
+        if ended:
+            return True
         config = trial_config(base, trial.params, name)
         if resume_id is not None:
             proxy.run_id = resume_id
-        result = train.run(config, proxy, runs_root, resume_id=resume_id)  # type: ignore[arg-type]
+        result = train.run(config, proxy, runs_root, resume_id=resume_id)
     except KeyboardInterrupt:
-        store.requeue_trial(sweep_id, index, worker)
+        queue.requeue(index, worker)
         return False
+    except DriverGone:
+        raise
     except Exception as err:  # a failing trial is a result; it never stops the others
         if not beat.lost:
-            store.finish_trial(
-                sweep_id, index, status="failed", run_id=proxy.run_id, error=one_line(err)
-            )
+            queue.finish(index, status="failed", run_id=proxy.run_id, error=one_line(err))
         return True
     if result.status == "interrupted":
-        store.requeue_trial(sweep_id, index, worker)
+        queue.requeue(index, worker)
         return False
     if not beat.lost:  # someone else took the trial over; its outcome is theirs to record
         status = _result_status(result.status)
         error = (result.message or None) if status != "finished" else None
-        store.finish_trial(sweep_id, index, status=status, run_id=result.run_id, error=error)
+        queue.finish(index, status=status, run_id=result.run_id, error=error)
     return True
+
+
+class DriverGone(Exception):
+    """A Ray worker lost its sweep's driver (killed, or its node lost): stop, record nothing
+    (there is no one to record to); the next driver requeues and resumes the trial."""
 
 
 def worker_loop(
     job: Job,
     *,
+    link: TrialLink | None = None,
     orphaned: Callable[[], bool] = lambda: False,
     stop: Any = None,
     on_trial: Callable[[], None] | None = None,
 ) -> bool:
     """Claim and train trials until none is pending; False when stopped (Ctrl-C, or `stop`
-    set). A trial's torch threads are its config's `train.threads` (the sweep fixes it at
-    creation); sweeps stored before that get TRIAL_THREADS too, never a count derived from
-    the number of workers."""
+    set). Without `link` the worker opens the job's store (a local worker). A trial's torch
+    threads are its config's `train.threads` (the sweep fixes it at creation); sweeps stored
+    before that get TRIAL_THREADS too, never a count derived from the number of workers."""
+    if link is None:
+        if job.store_path is None:
+            raise WdlabError("a sweep job needs a store path or a link", field="store")
+        with Store(job.store_path) as store:
+            record = store.get_sweep(job.sweep_id)
+            base, sweep_name = record.spec["base_config"], record.name
+            own = StoreLink(store, job.sweep_id, Path(job.runs_root))
+            return _loop(job, own, base, sweep_name, orphaned, stop, on_trial)
+    if job.base is None:
+        raise WdlabError("a sweep job for a link needs the sweep's base config", field="base")
+    return _loop(job, link, job.base, job.sweep_name, orphaned, stop, on_trial)
+
+
+def _loop(
+    job: Job,
+    link: TrialLink,
+    base: dict[str, Any],
+    sweep_name: str,
+    orphaned: Callable[[], bool],
+    stop: Any,
+    on_trial: Callable[[], None] | None,
+) -> bool:
     import torch
 
     torch.set_num_threads(TRIAL_THREADS)
     worker = worker_id()
     interrupted = False
-    with Store(job.store_path) as store:
-        record = store.get_sweep(job.sweep_id)
-        base, sweep_name = record.spec["base_config"], record.name
-        beat = _Heartbeat(store, job.sweep_id, worker, orphaned)
-        beat.start()
-        try:
-            while not orphaned():
-                if stop is not None and stop.is_set():
-                    interrupted = True
-                    break
-                try:
-                    trial = store.claim_trial(job.sweep_id, worker, order=job.order)
-                except KeyboardInterrupt:
-                    interrupted = True
-                    break
-                if trial is None:
-                    break
-                beat.current, beat.lost = trial.trial_index, False
-                try:
-                    carry_on = _run_trial(
-                        store, trial, worker, base, sweep_name, Path(job.runs_root), beat, stop
-                    )
-                except KeyboardInterrupt:
-                    store.requeue_trial(job.sweep_id, trial.trial_index, worker)
-                    carry_on = False
-                beat.current = None
-                if on_trial is not None:
-                    on_trial()
-                if not carry_on:
-                    interrupted = True
-                    break
-        finally:
-            beat.stopped.set()
+    queue = link.queue
+    beat = _Heartbeat(queue, worker, orphaned)
+    beat.start()
+    try:
+        while not orphaned():
+            if stop is not None and stop.is_set():
+                interrupted = True
+                break
+            try:
+                trial = queue.claim(worker, order=job.order)
+            except KeyboardInterrupt:
+                interrupted = True
+                break
+            if trial is None:
+                break
+            beat.current, beat.lost = trial.trial_index, False
+            try:
+                carry_on = _run_trial(
+                    link, trial, worker, base, sweep_name, Path(job.runs_root), beat, stop
+                )
+            except KeyboardInterrupt:
+                queue.requeue(trial.trial_index, worker)
+                carry_on = False
+            beat.current = None
+            if on_trial is not None:
+                on_trial()
+            if not carry_on:
+                interrupted = True
+                break
+    finally:
+        beat.stopped.set()
     return not interrupted
 
 
@@ -331,11 +406,3 @@ def serve(conn: Any, stop: Any, parent_pid: int, omp_threads: int) -> None:
             conn.send(("error", one_line(err)))
         else:
             conn.send(("done", completed))
-
-
-def ray_worker(job: Job, driver: str) -> bool:
-    """The worker loop as a Ray task. `driver` is host:pid of the sweep's process: a task on
-    the same host ends within a heartbeat tick of the driver's death (Ray itself notices a
-    dead driver only after its own timeouts); on other hosts the stale heartbeat is the
-    guard."""
-    return worker_loop(job, orphaned=lambda: owner_dead(driver))
