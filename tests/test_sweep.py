@@ -293,20 +293,6 @@ def test_sigkill_then_rerun_loses_and_repeats_nothing(
     assert _finals(path, summary.sweep_id) == _finals(*local_sweep)
 
 
-@pytest.mark.slow
-def test_ray_gives_the_local_pool_results(tmp_path: Path, local_sweep: tuple[Path, str]) -> None:
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install wdlab[ray])")
-    try:
-        summary = run_sweep(
-            _spec(), tmp_path / "wdlab.db", workers=2, backend="ray", progress=False
-        )
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-    assert summary.counts["finished"] == 4
-    assert _finals(tmp_path / "wdlab.db", summary.sweep_id) == _finals(*local_sweep)
-
-
 def test_trial_config_applies_dotted_params() -> None:
     from wdlab.config import build_config
 

@@ -28,6 +28,7 @@ from wdlab.sweep.reaper import process_tree
 from wdlab.sweep.worker import Job, one_line, serve, worker_loop
 
 MAX_WORKER_CRASHES = 5  # worker processes dying (not trials failing): a broken environment
+IDLE_GRACE = 2.0  # seconds a Ray sweep with no trial left waits for its workers to end
 
 
 def cores() -> int:
@@ -320,6 +321,7 @@ class RayExecutor:
         self.host_pid = f"{socket.gethostname()}:{os.getpid()}"
         self.started = 0
         self.crashes = 0
+        self.idle_since: float | None = None
         self.reaper: subprocess.Popen[str] | None = None
         if self.owned and address is None and os.path.isdir("/proc"):
             self.reaper = subprocess.Popen(
@@ -343,6 +345,7 @@ class RayExecutor:
             self.reaper.stdin.flush()
 
     def start(self, n: int, job: Job) -> None:
+        self.idle_since = None
         for _ in range(n):
             token = f"w{self.started}"
             self.started += 1
@@ -383,12 +386,20 @@ class RayExecutor:
             self.mailbox.answer.remote(replies)
 
     def release_idle(self) -> None:
-        """No trial is left: cancel the tasks still waiting for a free CPU."""
+        """No trial is pending or running, so no worker holds one: cancel the tasks still
+        waiting for a CPU, and stop waiting for the others after IDLE_GRACE seconds (a live
+        one ends by itself on its next empty claim; a lost node's task may take Ray tens of
+        seconds to report)."""
+        if self.idle_since is None:
+            self.idle_since = time.monotonic()
+        late = time.monotonic() - self.idle_since > IDLE_GRACE
         for ref, token in list(self.refs.items()):
             if token not in self.driver.greeted:
-                self.ray.cancel(ref, force=True)
-                self.refs.pop(ref)
-                self.driver.forget(token)
+                self.ray.cancel(ref)
+            elif not late:
+                continue
+            self.refs.pop(ref)
+            self.driver.forget(token)
 
     def interrupt(self) -> None:
         self.mailbox.stop.remote()  # each worker's trial checkpoints and goes back
