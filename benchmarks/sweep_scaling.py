@@ -1,35 +1,40 @@
-"""How well sweeps scale: 2 local workers vs 1 (trials per hour), and Ray vs the local pool.
+"""How well sweeps scale: 2 local workers vs 1, Ray vs the local pool, a 2-node Ray cluster.
 
-    python benchmarks/sweep_scaling.py            # teacher, 32 trials x 3000 steps, 3 rounds
-    python benchmarks/sweep_scaling.py --rounds 5 --no-ray
-    python benchmarks/sweep_scaling.py --steps 300 --trials 8 --rounds 1   # a quick look
-    python benchmarks/sweep_scaling.py --rounds 0 --ray-idle-seconds 20    # Ray's idle CPU only
+    python benchmarks/sweep_scaling.py                    # teacher and charlm, 3 rounds
+    python benchmarks/sweep_scaling.py --quick            # small sweeps, 1 round: it works
+    python benchmarks/sweep_scaling.py --workloads teacher --kinds "local x1,local x2"
+    python benchmarks/sweep_scaling.py --rounds 0 --ray-idle-seconds 20   # idle Ray CPU only
 
-Targets on a 2-core machine: 2 workers >= 1.9x the trials per hour of 1 worker; Ray's wall
-time <= 1.05x the local pool's at the same worker count.
+Sweeps (fixed recipe, no stop at the target, log-spaced lr in each optimizer's safe range, 2
+seeds): teacher 32 trials x 3000 steps, charlm 16 x 300 (--trials/--steps override both).
+Kinds: "local x1" and "local x2" (the persistent local pool), "ray x2" (a local Ray of 2
+CPUs, as `wdlab sweep --backend ray` starts it), "cluster x2" (a 2-node Ray cluster on this
+machine, ray.cluster_utils.Cluster, one CPU per node: the workers reach the store through
+the driver only, as on real machines). Targets on a 2-core machine: 2 workers >= 1.9x the
+trials per hour of 1; Ray's wall time <= 1.05x the local pool's; the 2-node cluster's <=
+1.10x.
 
 Why rounds: a shared VM's speed drifts by tens of percent within minutes, so one x1 sweep
-followed by one x2 sweep puts that drift into the ratio. Each round runs every kind of sweep
-once, in an order rotated from round to round (every kind takes every position), and the
-ratios are taken within a round, between sweeps minutes apart; the verdict is the median
-over rounds.
+followed by one x2 sweep puts that drift into the ratio. Each round runs every kind once
+per workload, in an order rotated from round to round (every kind takes every position),
+the ratios are taken within a round, and the verdict is the median over rounds.
 
-Wall time is the whole run_sweep call. Ray's cluster start is measured apart, since one
-cluster serves many sweeps; it stays up through all rounds, so its idle processes are there
-for the local sweeps too. Local workers are persistent too (they import torch once and serve
-sweep after sweep, like Ray's), so by default only the first local x2 sweep pays their
-start-up; --cold ends them before every local sweep, so each pays it as a fresh
-`wdlab sweep` command does. "busy" is the sum of
-the trials' own training seconds over (workers x wall): what is left to 100% is each trial's
-evaluation, set-up and saving (the same work at any worker count), and the sweep's own
-costs: worker start-up, the last trial running alone, dispatching. Every sweep writes to a
-fresh store.
+Wall time is the whole run_sweep call. Each Ray kind has its own driver process that stays
+connected through all rounds (a process holds one Ray connection), so, like the local
+pool's persistent workers, only its first sweep pays the workers' start-up (spawn and torch
+import); --cold makes every local sweep pay it, as a fresh `wdlab sweep` command does.
+Clusters start before the rounds and are timed apart; their idle processes run beside every
+sweep. "busy" is the trials' own training seconds over (workers x wall): what is left to
+100% is each trial's evaluation, set-up and saving, and the sweep's own costs (start-up,
+the last trial running alone, dispatching, and for Ray the messages to the driver).
+Every sweep writes to a fresh store.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -40,26 +45,106 @@ from typing import Any
 from wdlab.store import Store
 from wdlab.sweep import SweepSpec, run_sweep, shutdown_workers
 
-KINDS = {"local x1": ("local", 1), "local x2": ("local", 2), "ray x2": ("ray", 2)}
+KINDS = ("local x1", "local x2", "ray x2", "cluster x2")
+# workload: (trials, steps, lr range) for the full and the --quick measurement
+WORKLOADS = {
+    "teacher": ((32, 3000), (8, 300), (3e-4, 1e-2)),
+    "charlm": ((16, 300), (4, 40), (1e-3, 1e-2)),
+}
+TARGETS = {"scaling": 1.9, "ray x2": 1.05, "cluster x2": 1.10}
 
 
-def _spec(steps: int, trials: int, threads: int | None) -> SweepSpec:
-    n = max(trials // 2, 1)  # x 2 seeds; log-spaced in AdamW's safe range: none diverges early
-    lrs = [3e-4 * (1e-2 / 3e-4) ** (i / max(n - 1, 1)) for i in range(n)]
+def _spec(workload: str, steps: int, trials: int, threads: int | None) -> SweepSpec:
+    lo, hi = WORKLOADS[workload][2]
+    n = max(trials // 2, 1)  # x 2 seeds
+    lrs = [float(f"{lo * (hi / lo) ** (i / max(n - 1, 1)):.6g}") for i in range(n)]
     fixed = [f"steps={steps}", "train.stop_at_target=false", 'train.monitor="off"']
     if threads is not None:
         fixed.append(f"train.threads={threads}")
     return SweepSpec.create(
-        workload="teacher",
+        workload=workload,
         axes={"optimizer.lr": lrs},
         seeds=2 if trials > 1 else 1,
         assignments=fixed,
     )
 
 
-def _train_seconds(store_path: Path, run_ids: list[str]) -> float:
+def measure(
+    spec: SweepSpec, store_path: Path, workers: int, backend: str, address: str | None
+) -> dict[str, float]:
+    """One sweep, timed; raises if a trial did not end well."""
+    start = time.perf_counter()
+    summary = run_sweep(
+        spec, store_path, workers=workers, backend=backend, address=address, progress=False
+    )
+    wall = time.perf_counter() - start
+    ended = summary.counts["finished"] + summary.counts["diverged"]
+    if ended != len(summary.trials):
+        errors = {t.error for t in summary.trials if t.error}
+        raise SystemExit(f"not every trial ended well: {summary.counts} {errors}")
     with Store(store_path) as store:
-        return sum((store.get_run(r).result or {}).get("train_seconds", 0.0) for r in run_ids)
+        runs = [store.get_run(t.run_id) for t in summary.trials if t.run_id]
+    busy = sum((r.result or {}).get("train_seconds", 0.0) for r in runs)
+    return {
+        "wall": wall,
+        "trials": len(summary.trials),
+        "per_hour": len(summary.trials) / wall * 3600,
+        "trial_seconds": busy / len(summary.trials),
+        "busy": busy / (workers * wall),
+    }
+
+
+# --------------------------------------------------------------------------- Ray drivers
+
+
+def _serve_ray(conn: Any, address: str | None) -> None:
+    """A Ray driver process: connect once, then run the sweeps it is sent."""
+    import ray
+
+    start = time.perf_counter()
+    if address is None:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    conn.send(time.perf_counter() - start)
+    try:
+        while True:
+            request = conn.recv()
+            if request is None:
+                return
+            spec_json, store_path = request
+            spec = SweepSpec.model_validate_json(spec_json)
+            try:
+                conn.send(measure(spec, Path(store_path), 2, "ray", address))
+            except BaseException as err:  # noqa: BLE001 - reported to the parent
+                conn.send({"error": f"{type(err).__name__}: {err}"})
+    finally:
+        ray.shutdown()
+
+
+class RayDriver:
+    """A process holding one Ray connection for all rounds (see the module docstring)."""
+
+    def __init__(self, address: str | None) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve_ray, args=(child, address), daemon=True)
+        self.process.start()
+        self.connect_seconds = self.conn.recv()
+
+    def sweep(self, spec: SweepSpec, store_path: Path) -> dict[str, float]:
+        self.conn.send((spec.model_dump_json(), str(store_path)))
+        row = self.conn.recv()
+        if "error" in row:
+            raise SystemExit(row["error"])
+        return row
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join(30)
+
+
+# --------------------------------------------------------------------------- measuring
 
 
 def _cpu_seconds_of(marker: str) -> dict[int, float]:
@@ -81,104 +166,147 @@ def _cpu_seconds_of(marker: str) -> dict[int, float]:
 
 
 def _idle_ray_cpu(seconds: float) -> float:
-    """Share of one core the idle Ray cluster's own processes use (Linux /proc)."""
+    """Share of one core the idle Ray clusters' own processes use (Linux /proc)."""
     before = _cpu_seconds_of("ray")
     time.sleep(seconds)
     after = _cpu_seconds_of("ray")
     return sum(t - before[pid] for pid, t in after.items() if pid in before) / seconds
 
 
-def _timed(spec: SweepSpec, store_path: Path, label: str, cold: bool) -> dict[str, float]:
-    backend, workers = KINDS[label]
-    if cold and backend == "local":
-        shutdown_workers()  # this sweep starts its workers (spawn + torch import) as a command does
-    start = time.perf_counter()
-    summary = run_sweep(spec, store_path, workers=workers, backend=backend, progress=False)
-    wall = time.perf_counter() - start
-    ended = summary.counts["finished"] + summary.counts["diverged"]
-    if ended != len(summary.trials):
-        errors = {t.error for t in summary.trials if t.error}
-        raise SystemExit(f"{label}: not every trial ended well: {summary.counts} {errors}")
-    busy = _train_seconds(store_path, [t.run_id for t in summary.trials if t.run_id])
-    row = {
-        "wall": wall,
-        "per_hour": len(summary.trials) / wall * 3600,
-        "trial_seconds": busy / len(summary.trials),
-        "busy": busy / (workers * wall),
-    }
+def _print_row(workload: str, label: str, row: dict[str, float]) -> None:
     print(
-        f"  {label:<9} {len(summary.trials)} trials  {wall:7.2f} s  {row['per_hour']:7.0f} "
-        f"trials/h  trial {row['trial_seconds']:.2f} s  busy {100 * row['busy']:3.0f}%",
+        f"  {workload:<8} {label:<10} {row['trials']:3.0f} trials  {row['wall']:8.2f} s  "
+        f"{row['per_hour']:7.0f} trials/h  trial {row['trial_seconds']:.2f} s  "
+        f"busy {100 * row['busy']:3.0f}%",
         flush=True,
     )
-    return row
+
+
+def _medians(rounds: list[dict[str, dict[str, dict[str, float]]]], kinds: list[str]) -> dict:
+    out: dict[str, Any] = {}
+    for workload in rounds[0]:
+        rows = [r[workload] for r in rounds]
+        result: dict[str, Any] = {}
+        if "local x1" in kinds and "local x2" in kinds:
+            ratios = [r["local x1"]["wall"] / r["local x2"]["wall"] for r in rows]
+            result["scaling"] = ratios
+            print(
+                f"{workload}: 2 workers vs 1, trials per hour, per round "
+                f"{', '.join(f'{x:.2f}x' for x in ratios)}; median "
+                f"{statistics.median(ratios):.2f}x (target >= {TARGETS['scaling']}x)"
+            )
+        for kind in ("ray x2", "cluster x2"):
+            if kind in kinds and "local x2" in kinds:
+                ratios = [r[kind]["wall"] / r["local x2"]["wall"] for r in rows]
+                result[kind] = ratios
+                print(
+                    f"{workload}: {kind} vs local x2, wall time, per round "
+                    f"{', '.join(f'{x:.2f}x' for x in ratios)}; median "
+                    f"{statistics.median(ratios):.2f}x (target <= {TARGETS[kind]}x)"
+                )
+        out[workload] = result
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000, help="steps per trial")
-    parser.add_argument("--trials", type=int, default=32, help="trials per sweep")
-    parser.add_argument("--rounds", type=int, default=3, help="repeats of every sweep kind")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sweeps and 1 round: checks that everything runs")
+    parser.add_argument("--workloads", default="teacher,charlm", help="comma list")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of {KINDS}")
+    parser.add_argument("--steps", type=int, help="steps per trial (default per workload)")
+    parser.add_argument("--trials", type=int, help="trials per sweep (default per workload)")
+    parser.add_argument("--rounds", type=int, help="repeats of every sweep (default 3, quick 1)")
     parser.add_argument(
         "--threads",
         type=int,
         help="pin every trial's torch threads (default: wdlab's fixed TRIAL_THREADS, 1)",
     )
-    parser.add_argument("--no-ray", action="store_true")
     parser.add_argument(
         "--cold", action="store_true", help="start the local workers afresh for every sweep"
     )
     parser.add_argument("--ray-idle-seconds", type=float, default=10.0,
-                        help="first measure the idle Ray cluster's CPU use this long (0: skip)")
+                        help="first measure the idle Ray clusters' CPU use this long (0: skip)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     args = parser.parse_args(argv)
-    spec = _spec(args.steps, args.trials, args.threads)
-    kinds = ["local x1", "local x2"]
-    ray = None
-    if not args.no_ray:
+    rounds_wanted = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    for name in workloads:
+        if name not in WORKLOADS:
+            parser.error(f"--workloads: {name!r} is not one of {', '.join(WORKLOADS)}")
+    for kind in kinds:
+        if kind not in KINDS:
+            parser.error(f"--kinds: {kind!r} is not one of {', '.join(KINDS)}")
+    specs = {}
+    for name in workloads:
+        full, quick, _ = WORKLOADS[name]
+        trials, steps = quick if args.quick else full
+        specs[name] = _spec(name, args.steps or steps, args.trials or trials, args.threads)
+
+    drivers: dict[str, RayDriver] = {}
+    cluster = None
+    if any(k.startswith(("ray", "cluster")) for k in kinds):
         try:
-            import ray
+            import ray  # noqa: F401
         except ImportError:
             print("ray is not installed (pip install wdlab[ray]); measuring the local pool only")
-        else:
-            start = time.perf_counter()
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            print(f"ray.init(num_cpus=2): {time.perf_counter() - start:.1f} s (apart)")
-            if args.ray_idle_seconds > 0 and os.path.isdir("/proc"):
-                time.sleep(5)  # let start-up settle
-                share = _idle_ray_cpu(args.ray_idle_seconds)
-                print(f"idle Ray processes: {100 * share:.1f}% of one core "
-                      f"(over {args.ray_idle_seconds:g} s)")
-            kinds.append("ray x2")
-    rounds: list[dict[str, dict[str, float]]] = []
+            kinds = [k for k in kinds if k.startswith("local")]
     try:
+        if "ray x2" in kinds:
+            drivers["ray x2"] = RayDriver(None)
+            print(f"ray x2: ray.init(num_cpus=2) {drivers['ray x2'].connect_seconds:.1f} s "
+                  "(apart)")
+        if "cluster x2" in kinds:
+            from ray.cluster_utils import Cluster
+
+            start = time.perf_counter()
+            cluster = Cluster(
+                initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+            )
+            cluster.add_node(num_cpus=1)
+            drivers["cluster x2"] = RayDriver(cluster.address)
+            print(f"cluster x2: two 1-CPU nodes up and connected in "
+                  f"{time.perf_counter() - start:.1f} s (apart)")
+        if drivers and args.ray_idle_seconds > 0 and os.path.isdir("/proc"):
+            time.sleep(5)  # let start-up settle
+            share = _idle_ray_cpu(args.ray_idle_seconds)
+            print(f"idle Ray processes: {100 * share:.1f}% of one core "
+                  f"(over {args.ray_idle_seconds:g} s)")
+        rounds: list[dict[str, dict[str, dict[str, float]]]] = []
         with tempfile.TemporaryDirectory() as tmp:
-            for r in range(args.rounds):
+            for r in range(rounds_wanted):
                 order = kinds[r % len(kinds):] + kinds[: r % len(kinds)]
-                print(f"round {r + 1}/{args.rounds}: {', '.join(order)}", flush=True)
-                rounds.append({
-                    label: _timed(
-                        spec, Path(tmp) / f"r{r}-{label.replace(' ', '')}.db", label, args.cold
-                    )
-                    for label in order
-                })
+                print(f"round {r + 1}/{rounds_wanted}: {', '.join(order)}", flush=True)
+                this: dict[str, dict[str, dict[str, float]]] = {}
+                for name, spec in specs.items():
+                    this[name] = {}
+                    for label in order:
+                        path = Path(tmp) / f"r{r}-{name}-{label.replace(' ', '')}.db"
+                        if label in drivers:
+                            row = drivers[label].sweep(spec, path)
+                        else:
+                            if args.cold:
+                                shutdown_workers()  # this sweep starts its workers afresh
+                            workers = int(label.split("x")[1])
+                            row = measure(spec, path, workers, "local", None)
+                        _print_row(name, label, row)
+                        this[name][label] = row
+                rounds.append(this)
     finally:
-        if ray is not None:
-            ray.shutdown()
+        for driver in drivers.values():
+            driver.close()
+        if cluster is not None:
+            cluster.shutdown()
+        shutdown_workers()
     if not rounds:
         return {}
-    scaling = [row["local x1"]["wall"] / row["local x2"]["wall"] for row in rounds]
-    print(f"\n2 workers vs 1, trials per hour, per round: "
-          f"{', '.join(f'{x:.2f}x' for x in scaling)}; "
-          f"median {statistics.median(scaling):.2f}x (target >= 1.9x)")
-    out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds,
-                           "scaling": scaling}
-    if "ray x2" in kinds:
-        ray_cost = [row["ray x2"]["wall"] / row["local x2"]["wall"] for row in rounds]
-        print(f"Ray vs local pool (2 workers), wall time, per round: "
-              f"{', '.join(f'{x:.2f}x' for x in ray_cost)}; "
-              f"median {statistics.median(ray_cost):.2f}x (target <= 1.05x)")
-        out["ray_cost"] = ray_cost
+    print()
+    out: dict[str, Any] = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "rounds": rounds,
+        "ratios": _medians(rounds, kinds),
+    }
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return out

@@ -64,6 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="trials trained at once")
     p.add_argument("--backend", choices=["local", "ray"], default="local")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument(
+        "--checkpoint-dir",
+        dest="checkpoint_dir",
+        metavar="DIR",
+        help="where trials write checkpoints (default: wdlab-runs beside the store); with Ray "
+        "on several machines, a directory every node mounts at the same path",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument(
         "--max-trials",
@@ -182,6 +189,7 @@ def command_for(
     backend: str = "local",
     address: str | None = None,
     max_trials: int = MAX_TRIALS,
+    checkpoint_dir: str | None = None,
 ) -> str | None:
     """The `wdlab sweep` command line that builds exactly this spec (checked by parsing it
     back and comparing identities), or None when the spec has no such command (e.g. a list
@@ -216,6 +224,8 @@ def command_for(
         argv += ["--backend", backend]
     if address is not None:
         argv += ["--address", address]
+    if checkpoint_dir is not None:
+        argv += ["--checkpoint-dir", checkpoint_dir]
     if max_trials != MAX_TRIALS:
         argv += ["--max-trials", str(max_trials)]
     parser = argparse.ArgumentParser(add_help=False)
@@ -239,6 +249,7 @@ def sweep_main(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     store = str(getattr(args, "store", "wdlab.db"))
     max_trials = getattr(args, "max_trials", MAX_TRIALS)
+    checkpoint_dir = getattr(args, "checkpoint_dir", None)
     try:
         summary = run_sweep(
             spec,
@@ -248,6 +259,7 @@ def sweep_main(args: argparse.Namespace) -> int:
             address=args.address,
             progress=not args.quiet,
             max_trials=max_trials,
+            checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
         )
     except SweepInterrupted as stopped:
         command = command_for(
@@ -257,6 +269,7 @@ def sweep_main(args: argparse.Namespace) -> int:
             backend=args.backend,
             address=args.address,
             max_trials=max_trials,
+            checkpoint_dir=checkpoint_dir,
         )
         print(f"wdlab sweep: {stopped}", file=sys.stderr)
         print(

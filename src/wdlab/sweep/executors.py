@@ -290,7 +290,7 @@ class RayExecutor:
                     ray.init(num_cpus=workers or 2, include_dashboard=False, log_to_driver=False)
                 else:
                     ray.init(address=address, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as err:
+            except Exception as err:  # noqa: BLE001 - Ray raises bare Exception on time-outs
                 where = f"the Ray cluster at {address}" if address else "a local Ray"
                 raise WdlabError(
                     f"cannot start or reach {where}: {str(err).splitlines()[0]}; check "

@@ -47,7 +47,9 @@ class Mailbox:
     post() queues a worker's messages and, when asked, waits for the driver's answer;
     take() hands the driver what has arrived (waiting up to `timeout` for something);
     answer() wakes the waiting workers. Every answer also says whether the sweep is
-    stopping (Ctrl-C on the driver), which is how workers learn it."""
+    stopping (Ctrl-C on the driver), which is how workers learn it. Every method is a
+    coroutine, so all of them run on the actor's one event loop (futures are not
+    thread-safe)."""
 
     def __init__(self) -> None:
         self.inbox: list[tuple[str, int, list[tuple[str, dict[str, Any]]], bool]] = []
@@ -75,13 +77,13 @@ class Mailbox:
         taken, self.inbox = self.inbox, []
         return taken
 
-    def answer(self, replies: dict[tuple[str, int], dict[str, Any]]) -> None:
+    async def answer(self, replies: dict[tuple[str, int], dict[str, Any]]) -> None:
         for key, reply in replies.items():
             future = self.waiting.pop(key, None)
             if future is not None and not future.done():
                 future.set_result(reply)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self.stopping = True
 
 

@@ -153,14 +153,22 @@ class StoreLink:
 
 
 def pass_stop_on(stop: Any, passed_on: bool) -> bool:
-    """Hand a stop request (`stop` set: Ctrl-C on the sweep) on to the training loop: raise
-    SIGINT in this process, which train.run turns into checkpoint-and-stop at the next step
-    boundary. Called at each metric row; True once it has been passed on."""
+    """Hand a stop request (`stop` set: Ctrl-C on the sweep) on to the training loop: what a
+    SIGINT would do, which train.run turns into checkpoint-and-stop at the next step
+    boundary. Called at each metric row; True once it has been passed on.
+
+    The SIGINT handler is called directly rather than through signal.raise_signal: in a Ray
+    worker the raised signal never reached Python's handler (Ray's core owns the C-level
+    one), and the trial trained on to its end."""
     if passed_on or stop is None or not stop.is_set():
         return passed_on
     if threading.current_thread() is not threading.main_thread():
         return passed_on
-    signal.raise_signal(signal.SIGINT)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, None)
+    else:
+        signal.raise_signal(signal.SIGINT)
     return True
 
 
