@@ -1,8 +1,9 @@
 """Ray sweeps across machines: the driver is the store's one writer, workers never open it.
 
 One real two-node cluster (ray.cluster_utils.Cluster, one CPU per node) serves the module;
-its workers start in a directory where no store exists. The sweep's driver is SIGKILLed
-mid-sweep and run again, and a worker node is removed mid-trial: every trial must end once,
+its workers start in a directory where no store exists. The sweep is stopped with Ctrl-C,
+its driver is SIGKILLed mid-sweep and run again, and a worker node is removed mid-trial:
+every trial must end once,
 with the metric rows, results and runs of an uninterrupted local-pool run of the same sweep.
 The driver's bookkeeping and the workers' batching are checked without Ray, below.
 """
@@ -23,7 +24,13 @@ import pytest
 
 from wdlab.errors import WdlabError
 from wdlab.store import RunBusyError, Store
-from wdlab.sweep import SweepSpec, find_or_create_sweep, run_sweep, validated_trials
+from wdlab.sweep import (
+    SweepInterrupted,
+    SweepSpec,
+    find_or_create_sweep,
+    run_sweep,
+    validated_trials,
+)
 from wdlab.sweep.driver import Driver
 from wdlab.sweep.reaper import process_tree
 
@@ -147,9 +154,39 @@ def test_a_killed_driver_and_a_lost_node_lose_and_repeat_nothing(
     store_dir, checkpoints = tmp_path / "driver", tmp_path / "shared-checkpoints"
     store_dir.mkdir()
     store_path = store_dir / "wdlab.db"
+    ray_args = {
+        "workers": 2,
+        "backend": "ray",
+        "address": nodes.address,
+        "checkpoint_dir": checkpoints,
+        "progress": False,
+    }
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(_DRIVER))
     spec = _spec()
+
+    # 0. Ctrl-C on a driver in this process: the trials in flight checkpoint and go back.
+    def ctrl_c_once_in_flight() -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if _in_flight(store_path, checkpoints):
+                os.kill(os.getpid(), signal.SIGINT)  # run_sweep's handler: a clean stop
+                return
+
+    stopper = threading.Thread(target=ctrl_c_once_in_flight, daemon=True)
+    stopper.start()
+    with pytest.raises(SweepInterrupted):
+        run_sweep(spec, store_path, **ray_args)
+    stopper.join(5)
+    with Store(store_path) as store:
+        trials = store.trials(store.list_sweeps()[0].id)
+        stopped = [t for t in trials if t.run_id and t.status == "pending"]
+        assert stopped and not [t for t in trials if t.status == "running"]
+        for trial in stopped:  # each stopped between steps with a checkpoint of its own
+            step = store.get_run(trial.run_id).result["step"]
+            assert 0 < step < 240 and (checkpoints / trial.run_id / "last.pt").is_file()
+    interrupted = {t.trial_index: t.run_id for t in stopped}
 
     # 1. A driver in its own process, SIGKILLed once a trial has ended and one is in flight.
     child = subprocess.Popen(
@@ -188,24 +225,16 @@ def test_a_killed_driver_and_a_lost_node_lose_and_repeat_nothing(
 
     watcher = threading.Thread(target=remove_second_node, daemon=True)
     watcher.start()
-    summary = run_sweep(
-        spec,
-        store_path,
-        workers=2,
-        backend="ray",
-        address=nodes.address,
-        checkpoint_dir=checkpoints,
-        progress=False,
-    )
+    summary = run_sweep(spec, store_path, **ray_args)
     watcher.join(5)
     assert removed, "the sweep ended before a trial was caught on the second node"
     assert not summary.created and summary.counts["finished"] == 6
 
-    # Nothing lost, nothing run twice: one run per trial, the finished ones kept, the two
-    # interrupted ones resumed (same run, from its checkpoint), and every metric row and
-    # result exactly those of an uninterrupted local-pool run.
+    # Nothing lost, nothing run twice: one run per trial, the finished ones kept, the
+    # stopped, killed and lost ones resumed (same run, from its checkpoint), and every metric
+    # row and result exactly those of an uninterrupted local-pool run.
     after = {t.index: t.run_id for t in summary.trials}
-    assert all(after[i] == rid for i, rid in before.items())
+    assert all(after[i] == rid for i, rid in {**interrupted, **before}.items())
     assert after[killed_in_flight.trial_index] == killed_in_flight.run_id
     assert after[removed[0].trial_index] == removed[0].run_id
     with Store(store_path) as store:
