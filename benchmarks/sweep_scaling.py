@@ -6,7 +6,8 @@
     python benchmarks/sweep_scaling.py --rounds 0 --ray-idle-seconds 20   # idle Ray CPU only
 
 Sweeps (fixed recipe, no stop at the target, log-spaced lr in each optimizer's safe range, 2
-seeds): teacher 32 trials x 3000 steps, charlm 16 x 300 (--trials/--steps override both).
+seeds): teacher 32 trials x 3000 steps, charlm 8 x 200 (--trials/--steps override both;
+a charlm step costs far more than a teacher step).
 Kinds: "local x1" and "local x2" (the persistent local pool), "ray x2" (a local Ray of 2
 CPUs, as `wdlab sweep --backend ray` starts it), "cluster x2" (a 2-node Ray cluster on this
 machine, ray.cluster_utils.Cluster, one CPU per node: the workers reach the store through
@@ -49,7 +50,7 @@ KINDS = ("local x1", "local x2", "ray x2", "cluster x2")
 # workload: (trials, steps, lr range) for the full and the --quick measurement
 WORKLOADS = {
     "teacher": ((32, 3000), (8, 300), (3e-4, 1e-2)),
-    "charlm": ((16, 300), (4, 40), (1e-3, 1e-2)),
+    "charlm": ((8, 200), (4, 20), (1e-3, 1e-2)),
 }
 TARGETS = {"scaling": 1.9, "ray x2": 1.05, "cluster x2": 1.10}
 
@@ -101,9 +102,11 @@ def _serve_ray(conn: Any, address: str | None) -> None:
     """A Ray driver process: connect once, then run the sweeps it is sent."""
     import ray
 
+    from wdlab.sweep.executors import local_ray_options
+
     start = time.perf_counter()
     if address is None:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(**local_ray_options(2))  # as `wdlab sweep --backend ray` starts it
     else:
         ray.init(address=address, log_to_driver=False)
     conn.send(time.perf_counter() - start)
@@ -262,7 +265,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             start = time.perf_counter()
             cluster = Cluster(
-                initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": 1,
+                    "include_dashboard": False,
+                    "_system_config": {"worker_niceness": 0},  # as wdlab's own Ray (above)
+                },
             )
             cluster.add_node(num_cpus=1)
             drivers["cluster x2"] = RayDriver(cluster.address)

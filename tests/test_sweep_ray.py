@@ -85,7 +85,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     try:
         nodes = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": 1, "include_dashboard": False},
+            head_node_args={
+                "num_cpus": 1,
+                "include_dashboard": False,
+                "_system_config": {"worker_niceness": 0},  # Ray's 15 starves them under load
+            },
         )
         second = nodes.add_node(num_cpus=1)
     finally:
