@@ -245,3 +245,18 @@ def test_monitor_snippet_writes_tensorboard(tmp_path, monkeypatch) -> None:
     got = _tensorboard(tmp_path / "tb" / "plain-loop", "mon/angle/role:matrix")
     assert [s for s, _ in got] == [5, 10, 15, 20]
     assert got[-1][1] == pytest.approx(ns["monitor"].latest["mon/angle/role:matrix"], rel=1e-6)
+
+
+def test_resume_may_change_the_log_section_only() -> None:
+    from wdlab import train
+    from wdlab.config import build_config, validate
+    from wdlab.errors import ConfigError
+
+    stored = build_config("teacher", tiny=True).to_dict()
+    logged = validate({**stored, "log": {"sinks": "tensorboard, wandb"}})
+    assert logged.log.sinks == ["tensorboard", "wandb"]
+    train._check_resume_config("ab12cd34", stored, logged)  # allowed: where rows are mirrored
+    with pytest.raises(ConfigError, match="seed"):
+        train._check_resume_config("ab12cd34", stored, validate({**stored, "seed": 7}))
+    with pytest.raises(ConfigError, match="log.sinks"):
+        validate({**stored, "log": {"sinks": ["tensorbord"]}})
