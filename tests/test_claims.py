@@ -58,6 +58,8 @@ def test_tests_that_cannot_run_say_why():
     assert "needs >= 2" in stats.welch([1.0], [2.0, 3.0], "less").method
     assert math.isnan(stats.paired([1.0, math.nan], [0.0, 0.0], "greater").p_value)
     assert "non-finite" in stats.one_sample([1.0, math.inf], 0.0, "greater").method
+    flat = stats.paired([0.5, 0.6, 0.7], [0.4, 0.5, 0.6], "greater")  # same difference
+    assert math.isnan(flat.p_value) and "no spread" in flat.method
     with pytest.raises(ValueError, match="alternative"):
         stats.welch([1, 2], [3, 4], "two-sided")
     with pytest.raises(ValueError, match="one value per seed"):

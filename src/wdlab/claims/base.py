@@ -216,8 +216,9 @@ class Claim:
         trials = sum(a.size() for a in arms)
         steps = sum(a.size() * (a.steps() or 0) for a in arms)
         seeds = sorted({a.seeds for a in arms})
+        workloads = ", ".join(dict.fromkeys(a.workload for a in arms))
         return (
-            f"{trials} trials in {len(arms)} sweep{'s' if len(arms) > 1 else ''} "
+            f"{workloads}: {trials} trials in {len(arms)} sweep{'s' if len(arms) > 1 else ''} "
             f"({'/'.join(map(str, seeds))} seeds), {steps:,} training steps in all"
         )
 

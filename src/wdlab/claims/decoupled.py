@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from wdlab.claims import stats
 from wdlab.claims.base import Arm, Claim, ClaimData, Evidence, final, paired_values
+from wdlab.claims.plots import line_plot
 
 FIXED = ("train.stop_at_target=false",)
 LRS = [3e-4, 1e-3, 3e-3, 1e-2]
@@ -76,8 +78,16 @@ class DecoupledRidge(Claim):
             "torch's decoupled form (w ← w·(1 − ηλ)) couples λ to η by design (the shrink is "
             "ηλ); the paper's decoupling is wdlab's decay=\"independent\" (shrink λ·s_t)."
         )
+        def draw(files: Path) -> list[Path]:
+            lines = [(f"{arm} (seed {s})", list(b), list(b.values()))
+                     for arm, best in (("L2", best_l2), ("independent", best_ind))
+                     for s, b in sorted(best.items())]  # fmt: skip
+            return [line_plot(files / "optimal_wd.png", "optimal λ against η",
+                              "learning rate η", "optimal weight decay λ*", lines,
+                              logy=True)]  # fmt: skip
+
         return Evidence.from_tests(
-            [test],
+            [test], plots=[draw],
             columns=["seed", "|slope| L2", "|slope| independent", "λ*(η) L2",
                      "λ*(η) independent"],
             rows=rows, notes=notes,

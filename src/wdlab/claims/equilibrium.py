@@ -5,9 +5,11 @@ variant (which imposes that angle from step 1) reduces the need for learning-rat
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from wdlab.claims import stats
 from wdlab.claims.base import Arm, Claim, ClaimData, Evidence, Feature, Trial
+from wdlab.claims.plots import line_plot
 
 PREFIX = "mon/angle_ratio/"
 LR, WD = 3e-3, 1.0  # ηλ = 3e-3: equilibrium is expected after a few 1/(ηλ) ≈ 333 steps
@@ -49,6 +51,8 @@ class AngularEquilibrium(Claim):
         start = 3.0 / (LR * WD)
         layers: dict[int, dict[str, float]] = {}
 
+        curves: list[tuple[str, list[float], list[float]]] = []
+
         def worst(t: Trial) -> float:
             names = [n for n in data.names(t, PREFIX) if ":" not in n[len(PREFIX):]]
             per_layer = {}
@@ -56,6 +60,8 @@ class AngularEquilibrium(Claim):
                 series = data.series(t, name)
                 if not series:
                     continue
+                curves.append((f"{name[len(PREFIX):]} seed {t.seed}",
+                               [float(s) for s, _ in series], [v for _, v in series]))
                 begin = min(start, series[0][0] + 0.75 * (series[-1][0] - series[0][0]))
                 window = [v for s, v in series if s >= begin and math.isfinite(v) and v > 0]
                 if window:
@@ -71,8 +77,13 @@ class AngularEquilibrium(Claim):
                                 "worst-layer |log(angle / predicted)|")  # fmt: skip
         rows = [[s, values[s], ", ".join(f"{n}: {r:.3f}" for n, r in layers.get(s, {}).items())]
                 for s in seeds]  # fmt: skip
+        def draw(files: Path) -> list[Path]:
+            return [line_plot(files / "angle_ratio.png", "measured / predicted angular update",
+                              "step", "angle ratio", curves, logx=False, hline=1.0)]
+
         return Evidence.from_tests(
-            [test], columns=["seed", "worst |log ratio|", "ratio per layer"], rows=rows,
+            [test], plots=[draw],
+            columns=["seed", "worst |log ratio|", "ratio per layer"], rows=rows,
             notes=[f"Window: steps ≥ 3/(ηλ) = {start:g} (the last quarter when the run is "
                    "shorter, as in --quick)."],
         )  # fmt: skip

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from wdlab.claims import stats
 from wdlab.claims.base import Arm, Claim, ClaimData, Evidence, Trial
+from wdlab.claims.plots import line_plot
 
 PREFIX = "mon/lion_bound/"
 TOLERANCE = 0.01  # the bound is approached from above as (1 − ηλ)^t: the stated slack
@@ -42,11 +44,14 @@ class LionBound(Claim):
             "schedule.kind=constant", "schedule.warmup=0"), {}, 3, tiny)]  # fmt: skip
 
     def analyse(self, data: ClaimData) -> Evidence:
+        curves: dict[int, dict[int, float]] = {}
+
         def bound(t: Trial, first: bool = False) -> float:
             per_step: dict[int, float] = {}
             for name in data.names(t, PREFIX):
                 for step, value in data.series(t, name):
                     per_step[step] = max(per_step.get(step, -math.inf), value)
+            curves[t.seed] = per_step
             if not per_step:
                 return math.nan
             steps = sorted(per_step)
@@ -60,8 +65,13 @@ class LionBound(Claim):
         seeds = sorted(late)
         test = stats.one_sample([late[s] for s in seeds], 1.0 + TOLERANCE, "less",
                                 "max ‖w‖∞·λ over the last quarter")  # fmt: skip
+        def draw(files: Path) -> list[Path]:
+            lines = [(f"seed {s}", list(c), list(c.values())) for s, c in sorted(curves.items())]
+            return [line_plot(files / "bound.png", "max over tensors of ‖w‖∞·λ", "step",
+                              "‖w‖∞·λ (1 = the box)", lines, logx=False, hline=1.0)]
+
         return Evidence.from_tests(
-            [test],
+            [test], plots=[draw],
             columns=["seed", "‖w‖∞·λ at the first probe", "max ‖w‖∞·λ, last quarter"],
             rows=[[s, early.get(s), late[s]] for s in seeds],
             notes=["The first probe's value above 1 shows the constraint was active: the "

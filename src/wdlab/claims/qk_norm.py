@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from wdlab import scoring
 from wdlab.claims import stats
 from wdlab.claims._charlm import SMALL, first_loss, series_max
-from wdlab.claims.base import Arm, Claim, ClaimData, Evidence, final, paired_values
+from wdlab.claims.base import Arm, Claim, ClaimData, Evidence, final, mean, paired_values
+from wdlab.claims.plots import line_plot
 
 LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
 FIXED = ("train.stop_at_target=false", "schedule.warmup=10", "train.clip=1.0")
@@ -86,8 +88,19 @@ class QkNormZLoss(Claim):
         rows = [[s, get(sens["base"], s), get(sens["qk-norm"], s), get(sens["z-loss"], s),
                  get(attn["base"], s), get(attn["qk-norm"], s), get(logz["base"], s),
                  get(logz["z-loss"], s)] for s in seeds]  # fmt: skip
+        def draw(files: Path) -> list[Path]:
+            lines = []
+            for key in ("base", "qk-norm", "z-loss"):
+                grids = data.grid(key, "optimizer.lr", final("val_loss"))
+                lrs = sorted({lr for g in grids.values() for lr in g})
+                lines.append((key, lrs, [mean(g.get(lr, math.nan) for g in grids.values())
+                                         for lr in lrs]))  # fmt: skip
+            return [line_plot(files / "lr_sensitivity.png", "final val_loss against lr (mean "
+                              "over seeds; diverged runs left out)", "learning rate",
+                              "final val_loss", lines)]  # fmt: skip
+
         return Evidence.from_tests(
-            tests,
+            tests, plots=[draw],
             columns=["seed", "S base", "S qk-norm", "S z-loss", "attn logit base",
                      "attn logit qk-norm", "log Z base", "log Z z-loss"],
             rows=rows,

@@ -78,6 +78,11 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [float(v) for v in values]
 
 
+def _flat(values: Sequence[float]) -> bool:
+    """Every value equal: a t statistic is 0/0 or ±inf, so the test says nothing."""
+    return max(values) - min(values) <= 1e-12 * max(1.0, max(abs(v) for v in values))
+
+
 def _not_run(label: str, method: str, alternative: str, why: str, n: int) -> TestResult:
     nan = math.nan
     return TestResult(label, f"{method}; not run: {why}", alternative, nan, nan, nan, (nan, nan), n)
@@ -122,6 +127,8 @@ def welch(
                         f"{len(xa)} and {len(xb)}", n)  # fmt: skip
     if not all(math.isfinite(x) for x in xa + xb):
         return _not_run(label, method, alternative, "non-finite values (diverged runs)", n)
+    if _flat(xa) and _flat(xb):
+        return _not_run(label, method, alternative, "no spread across seeds (equal values)", n)
     effect = sum(xa) / len(xa) - sum(xb) / len(xb)
     return _from_scipy(
         label, method, alternative,
@@ -146,6 +153,9 @@ def paired(
         return _not_run(label, method, alternative, f"needs >= 2 seeds, got {len(xa)}", len(xa))
     if not all(math.isfinite(x) for x in xa + xb):
         return _not_run(label, method, alternative, "non-finite values (diverged runs)", len(xa))
+    if _flat([x - y for x, y in zip(xa, xb, strict=True)]):
+        return _not_run(label, method, alternative,
+                        "no spread across seeds (every seed has the same difference)", len(xa))
     effect = sum(x - y for x, y in zip(xa, xb, strict=True)) / len(xa)
     return _from_scipy(
         label, method, alternative,
@@ -166,6 +176,9 @@ def one_sample(
         return _not_run(label, method, alternative, f"needs >= 2 seeds, got {len(xa)}", len(xa))
     if not all(math.isfinite(x) for x in xa):
         return _not_run(label, method, alternative, "non-finite values (diverged runs)", len(xa))
+    if _flat(xa):
+        return _not_run(label, method, alternative, "no spread across seeds (equal values)",
+                        len(xa))
     effect = sum(xa) / len(xa) - threshold
     result = _from_scipy(
         label, method, alternative,

@@ -4,9 +4,11 @@ Aitchison 2024), and the optimal λ grows with the batch size (Bergsma et al. 20
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from wdlab.claims import stats
 from wdlab.claims.base import Arm, Claim, ClaimData, Evidence, final
+from wdlab.claims.plots import line_plot
 
 EPOCHS = 10
 FIXED = ("train.stop_at_target=false", "optimizer.lr=0.01")
@@ -16,6 +18,15 @@ WDS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
 def _optimal_wd(data: ClaimData, key: str) -> dict[int, float]:
     grids = data.grid(key, "optimizer.weight_decay", final("val_mse"))
     return {s: stats.log_optimum(list(g), list(g.values())) for s, g in grids.items()}
+
+
+def _draw(rows: list[list], sizes: list[float], what: str):
+    def draw(files: Path) -> list[Path]:
+        lines = [(f"seed {row[0]}", sizes, row[1:-1]) for row in rows]
+        return [line_plot(files / "optimal_wd.png", f"optimal λ against {what}", what,
+                          "optimal weight decay λ*", lines, logy=True)]
+
+    return draw
 
 
 def _slopes(data: ClaimData, keys: dict[str, float]) -> tuple[dict[int, float], list[list]]:
@@ -79,7 +90,7 @@ class TauEpochDatasetSize(Claim):
             taus = [32 / (1e-2 * w * n) for w, n in zip(row[1:-1], keys.values(), strict=True)]
             tau.append(", ".join(f"{t:.3g}" for t in taus))
         return Evidence.from_tests(
-            [test],
+            [test], plots=[_draw(rows, list(keys.values()), "dataset size N")],
             columns=["seed", *[f"λ* (N={int(n)})" for n in keys.values()], "slope"],
             rows=rows,
             notes=["τ_epoch* per seed (B/(ηλ*N), η = 0.01): " + "; ".join(tau),
@@ -130,6 +141,7 @@ class WdGrowsWithBatch(Claim):
         if any(math.isnan(v) for v in slopes.values()):
             notes.append("A NaN slope: no λ of some batch size finished for that seed.")
         return Evidence.from_tests(
-            [test], columns=["seed", *[f"λ* (B={int(b)})" for b in keys.values()], "slope"],
+            [test], plots=[_draw(rows, list(keys.values()), "batch size B")],
+            columns=["seed", *[f"λ* (B={int(b)})" for b in keys.values()], "slope"],
             rows=rows, notes=notes,
         )  # fmt: skip
