@@ -26,8 +26,9 @@ class AdamPNormGrowth(Claim):
         "growth."
     )
     statistic = (
-        "norm growth ‖w‖_T / ‖w‖_0 of the scale-invariant weights (mean over those tensors, "
-        "the monitor's mon/w_norm/role:si), without weight decay"
+        "norm growth: the scale-invariant weights' norm at the end over its value at the "
+        "first monitor probe (step 10), mean over those tensors (mon/w_norm/role:si), "
+        "without weight decay"
     )
     test = (
         "paired t-tests over seeds, one-sided: growth(AdamW) − growth(AdamP) > 0 and "
