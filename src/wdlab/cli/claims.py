@@ -4,11 +4,12 @@ with seeds and judged by one-sided tests (wdlab.claims)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from wdlab.cli import _store, tables
-from wdlab.cli._args import positive_int, store_option
+from wdlab.cli._args import EXIT_INTERRUPTED, positive_int, store_option
 from wdlab.errors import WdlabError
 
 HELP = "re-run the research claims wdlab implements and judge them over seeds"
@@ -54,6 +55,7 @@ def _list(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from wdlab.claims import all_claims, get
     from wdlab.claims.runner import judge, needs_message, run_claim
+    from wdlab.sweep import SweepInterrupted
 
     claims = all_claims() if args.name == "all" else [get(args.name)]
     _store.check_writable_path(args.store)
@@ -66,12 +68,31 @@ def _run(args: argparse.Namespace) -> int:
             lines.append(f"{claim.name}: skipped: {needs_message(claim, claim.missing())}")
             tables.say(lines[-1])
             continue
-        run_claim(claim, store_path, quick=args.quick, workers=args.workers,
-                  backend=args.backend, address=args.address, progress=not args.quiet)
+        try:
+            run_claim(claim, store_path, quick=args.quick, workers=args.workers,
+                      backend=args.backend, address=args.address, progress=not args.quiet)
+        except SweepInterrupted as stopped:
+            print(f"wdlab claims: {claim.name}: {stopped}", file=sys.stderr)
+            print(f"continue with: {shlex.join(_command(args))}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         with _store.open_existing(args.store) as store:
             outcome = judge(claim, store, quick=args.quick)
         tables.say(outcome.line())
     return 0
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    """The `wdlab claims run` command line that continues this one."""
+    argv = ["wdlab", "claims", "run", args.name, "--store", args.store]
+    if args.quick:
+        argv.append("--quick")
+    if args.workers != 1:
+        argv += ["--workers", str(args.workers)]
+    if args.backend != "local":
+        argv += ["--backend", args.backend]
+    if args.address:
+        argv += ["--address", args.address]
+    return argv
 
 
 def _report(args: argparse.Namespace) -> int:
