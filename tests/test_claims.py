@@ -300,3 +300,21 @@ def test_rotational_wrapper_from_a_run_config_keeps_row_norms(tmp_path):
     assert torch.allclose(after, before, rtol=1e-4)
     after, before = norms[None]
     assert not torch.allclose(after, before, rtol=1e-2)
+
+
+def test_interrupted_claim_names_the_command_that_continues(monkeypatch, capsys, tmp_path):
+    import wdlab.claims.runner as runner
+    from wdlab.sweep import SweepInterrupted
+
+    def stop(*args, **kwargs):
+        raise SweepInterrupted("id", "claim-x", {"finished": 1, "diverged": 0, "failed": 0,
+                                                 "pending": 2, "running": 0})
+
+    monkeypatch.setattr(runner, "run_claim", stop)
+    db = str(tmp_path / "c.db")
+    code = main(["claims", "run", "lion-linf-bound", "--quick", "--store", db, "--workers", "2"])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "1 of 3 trials ended" in err
+    again = f"continue with: wdlab claims run lion-linf-bound --store {db} --quick --workers 2"
+    assert again in err
