@@ -384,6 +384,56 @@ def qkclip_case() -> dict[str, Any]:
     return out
 
 
+class Experts(nn.Module):
+    """A [3, 5, 4] expert tensor (Muon split "batch": 3 matrices; FSDP2 cuts the experts 2 | 1)
+    and a 1-row matrix (rank 1's shard of it is empty)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.Parameter(torch.randn(3, 5, 4))
+        self.small = nn.Linear(5, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(torch.einsum("bi,eoi->bo", x, self.experts))
+        return self.small(h)
+
+
+def experts_case() -> dict[str, Any]:
+    """NorMuon + Polar Express with a batched expert tensor under DDP and FSDP2 against one
+    process: parameters and the state (momentum, per-expert-row normuon_v)."""
+
+    def run(mode: str | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        net = Experts()
+        model: nn.Module = net
+        if mode == "ddp":
+            model = DistributedDataParallel(net)
+        elif mode == "fsdp":
+            fully_shard(net)
+        opt = NorMuon([{"params": [net.experts], "muon_split": "batch"},
+                       {"params": [net.small.weight]}], lr=0.02, ns_dtype=torch.float32,
+                      ns_coefficients="polar_express", work_split="replicated")
+        per = BATCH // WORLD
+        for step in range(1, STEPS + 1):
+            gen = torch.Generator().manual_seed(step)
+            x = torch.randn(BATCH, 4, generator=gen)
+            if mode:
+                x = x[dist.get_rank() * per:(dist.get_rank() + 1) * per]
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        state = {k: full(v).clone() for k, v in opt.state[net.experts].items()}
+        return params_of(model), state
+
+    reference, ref_state = run(None)
+    out: dict[str, Any] = {"v_shape": list(ref_state["normuon_v"].shape)}
+    for mode in MODES:
+        got, state = run(mode)
+        out[mode] = max_rel(got, reference)
+        out[f"{mode}_state"] = max_rel(state, ref_state)
+    return out
+
+
 def views_case() -> dict[str, Any]:
     """AdamP's verdicts on the test net in one process (step 1): what makes the AdamP/SGDP
     runs a test of the shard-reduced decision, not of two paths that never project."""
@@ -420,6 +470,8 @@ def worker(rank: int, store: str, out: str, names: list[str]) -> None:
                         results[name] = kernels_case()
                     elif name == "qkclip":
                         results[name] = qkclip_case()
+                    elif name == "experts":
+                        results[name] = experts_case()
                     else:
                         results[name] = run_case(name, CASES[name], Path(shared[0]))
                 except Exception:  # noqa: BLE001 - reported per case, the others still run
@@ -434,7 +486,7 @@ def worker(rank: int, store: str, out: str, names: list[str]) -> None:
 
 def main() -> None:
     out = sys.argv[1]
-    names = sys.argv[2:] or [*CASES, "monitor", "views", "kernels", "qkclip"]
+    names = sys.argv[2:] or [*CASES, "monitor", "views", "kernels", "qkclip", "experts"]
     if sys.platform == "linux":  # both ranks are local: keep gloo off other interfaces
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with tempfile.TemporaryDirectory() as tmp:

@@ -122,6 +122,15 @@ def test_qk_clip_rescales_alike_on_every_rank(measured: dict[str, Any]) -> None:
         assert r[f"{mode}_clipped"] == r["clipped"]
 
 
+def test_batched_expert_weights_and_an_empty_shard(measured: dict[str, Any]) -> None:
+    """NorMuon + Polar Express on a [3, 5, 4] expert tensor (split "batch") and a 1-row
+    matrix whose rank-1 shard is empty: parameters and state as in one process."""
+    r = measured["experts"]
+    assert r["v_shape"] == [3, 5]  # one second moment per expert and row
+    for mode in worker.MODES:
+        assert r[mode] < REL and r[f"{mode}_state"] < REL, (mode, r)
+
+
 def test_native_kernels_refuse_dtensors(measured: dict[str, Any]) -> None:
     r = measured["kernels"]
     if not r["available"]:

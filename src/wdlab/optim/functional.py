@@ -670,9 +670,11 @@ def normuon_normalize(
     row_sq.lerp_(ortho.square().mean(dim=row_dims), 1 - beta2)
     denom = row_sq.sqrt().add_(eps)
     normalized = ortho / denom.reshape(*row_sq.shape, *([1] * (ortho.ndim - row_sq.ndim)))
+    # per matrix (keepdim: one per expert) or one 0-d ratio for the whole tensor (a 0-d
+    # factor also meets any DTensor sharding, an all-ones-shaped one need not)
     norm_dims = (-2, -1) if batched else tuple(range(ortho.ndim))
-    before = torch.linalg.vector_norm(ortho, dim=norm_dims, keepdim=True)
-    after = torch.linalg.vector_norm(normalized, dim=norm_dims, keepdim=True)
+    before = torch.linalg.vector_norm(ortho, dim=norm_dims, keepdim=batched)
+    after = torch.linalg.vector_norm(normalized, dim=norm_dims, keepdim=batched)
     return normalized * (before / after.clamp(min=1e-30))
 
 
