@@ -106,12 +106,12 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def owners(costs: Sequence[float], world: int, load: list[float] | None = None) -> list[int]:
+def owners(costs: Sequence[float], world: int) -> list[int]:
     """The rank (0..world-1) that computes each item: largest cost first, each to the rank
-    with the least cost so far (ties: the lower rank). Deterministic from the costs alone,
-    so every rank derives the same assignment without communicating. `load` (updated in
-    place) carries the ranks' costs over from earlier calls of the same step."""
-    load = [0.0] * world if load is None else load
+    with the least cost so far (ties: the lower rank; greedy longest-processing-time).
+    Deterministic from the costs alone, so every rank derives the same assignment without
+    communicating."""
+    load = [0.0] * world
     out = [0] * len(costs)
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
         rank = min(range(world), key=lambda r: (load[r], r))
@@ -133,7 +133,7 @@ def gathered_update(
     fn: Callable[[torch.Tensor, int], torch.Tensor],
     *,
     replicated: bool = False,
-    loads: dict[Any, list[float]] | None = None,
+    owners_at: Sequence[int | None] | None = None,
 ) -> list[torch.Tensor]:
     """fn(whole_tensor, index) for every tensor, each computed once, placed like the input.
 
@@ -150,12 +150,13 @@ def gathered_update(
         then computed by the owner and broadcast (Shard(d != 0)), or by every rank.
     Collectives are issued in the same order on every rank and overlap (async); the owner's
     whole matrices exist only on it, one call's worth at once (bucket calls to bound that).
-    `loads` (per process group, updated in place) balances the work over several calls, e.g.
-    one per param group of a step. Returns tensors placed like the inputs, in their dtype.
+    `owners_at` (a position in each tensor's process group, from `plan_owners` over a whole
+    step) replaces the assignment made within this call. Returns tensors placed like the
+    inputs, in their dtype.
     """
     out: list[torch.Tensor | None] = [None] * len(tensors)
     rank, world = rank_and_world()
-    plan = _owners_by_group(tensors, replicated, world, {} if loads is None else loads)
+    plan = _owners_by_group(tensors, replicated, world, owners_at)
     gathers: list[tuple[int, Any, list[torch.Tensor] | None, Any]] = []
     for i, t in enumerate(tensors):
         kind, owner, group = plan[i]
@@ -207,35 +208,57 @@ def gathered_update(
     return out  # type: ignore[return-value]
 
 
+def _kind(t: torch.Tensor, replicated: bool, world: int) -> tuple[str, Any]:
+    """(kind, process group) of one tensor for gathered_update: "local", "every" (gathered,
+    computed everywhere), "rows" (gather/scatter of Shard(0) rows), "gathered" (all-gathered,
+    owner computes, broadcast), "broadcast" (a DDP replica)."""
+    if not is_dtensor(t):
+        split = replicated and world > 1
+        return ("broadcast", dist.group.WORLD) if split else ("local", None)
+    if not is_sharded(t) or t.device_mesh.ndim != 1:
+        return "every", None
+    group = t.device_mesh.get_group()
+    rows = (list(t.placements) == [Shard(0)]
+            and t.to_local().size(0) == _row_counts(t.size(0), t.device_mesh.size())[
+                t.device_mesh.get_local_rank()])
+    return ("rows" if rows else "gathered"), group
+
+
+def plan_owners(tensors: Sequence[torch.Tensor], replicated: Sequence[bool]) -> list[int | None]:
+    """Each tensor's owner (a position in its process group's ranks; None where no owner is
+    needed), balanced over all of them at once: `owners` per process group. Call it on the
+    parameters of a whole step so param groups share one balance."""
+    world = rank_and_world()[1]
+    out: list[int | None] = [None] * len(tensors)
+    by_group: dict[Any, list[int]] = {}
+    for i, (t, rep) in enumerate(zip(tensors, replicated, strict=True)):
+        kind, group = _kind(t, rep, world)
+        if group is not None:
+            by_group.setdefault(group, []).append(i)
+    for group, idx in by_group.items():
+        size = len(dist.get_process_group_ranks(group))
+        for i, r in zip(idx, owners([ns_cost(tensors[i].shape) for i in idx], size), strict=True):
+            out[i] = r
+    return out
+
+
 def _owners_by_group(
-    tensors: Sequence[torch.Tensor], replicated: bool, world: int, loads: dict[Any, list[float]]
+    tensors: Sequence[torch.Tensor], replicated: bool, world: int,
+    owners_at: Sequence[int | None] | None,
 ) -> list[tuple[str, int, Any]]:
-    """(kind, owner rank, process group) of each tensor for gathered_update; the kinds are
-    "local", "every" (gathered, computed everywhere), "rows" (gather/scatter of Shard(0)
-    rows), "gathered" (all-gathered, owner computes, broadcast), "broadcast" (DDP replica)."""
-    kinds: list[tuple[str, Any]] = []
-    for t in tensors:
-        if not is_dtensor(t):
-            split = replicated and world > 1
-            kinds.append(("broadcast" if split else "local", dist.group.WORLD if split else None))
-        elif not is_sharded(t) or t.device_mesh.ndim != 1:
-            kinds.append(("every", None))
-        else:
-            group = t.device_mesh.get_group()
-            rows = (list(t.placements) == [Shard(0)]
-                    and t.to_local().size(0) == _row_counts(t.size(0), t.device_mesh.size())[
-                        t.device_mesh.get_local_rank()])
-            kinds.append(("rows" if rows else "gathered", group))
+    """(kind, owner's global rank, process group) of each tensor (see _kind)."""
+    kinds = [_kind(t, replicated, world) for t in tensors]
     out: list[tuple[str, int, Any]] = [(k, -1, g) for k, g in kinds]
     by_group: dict[Any, list[int]] = {}
-    for i, (kind, group) in enumerate(kinds):
-        if kind in ("rows", "gathered", "broadcast"):
+    for i, (_, group) in enumerate(kinds):
+        if group is not None:
             by_group.setdefault(group, []).append(i)
     for group, idx in by_group.items():
         ranks = dist.get_process_group_ranks(group)
-        load = loads.setdefault(group, [0.0] * len(ranks))
-        assigned = owners([ns_cost(tensors[i].shape) for i in idx], len(ranks), load)
-        for i, r in zip(idx, assigned, strict=True):
+        given = [owners_at[i] for i in idx] if owners_at is not None else [None]
+        if any(r is None for r in given):
+            given = owners([ns_cost(tensors[i].shape) for i in idx], len(ranks))
+        for i, r in zip(idx, given, strict=True):
             out[i] = (kinds[i][0], ranks[r], group)
     return out
 

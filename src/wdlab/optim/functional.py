@@ -728,7 +728,7 @@ def muon_step(
     normuon_beta2: float = 0.95,
     normuon_eps: float = 1e-8,
     replicated: bool = False,
-    loads: dict[Any, list[float]] | None = None,
+    owners_at: Sequence[int | None] | None = None,
 ) -> None:
     """One Muon step on matrix-like params: W <- W*(1 - decay_rate) - lr*s*O.
 
@@ -738,7 +738,7 @@ def muon_step(
     one per param) turn on normuon_normalize. Sharded (DTensor) params, and plain ones with
     `replicated=True` (DDP replicas): the momentum and the update stay where they are, and
     Newton-Schulz runs on each full matrix once, on its owner rank
-    (wdlab.optim.distributed.gathered_update; `loads` balances owners across calls).
+    (wdlab.optim.distributed.gathered_update; `owners_at`: a step-wide plan_owners).
     """
     splits = list(splits) if splits is not None else [None] * len(params)
 
@@ -766,7 +766,7 @@ def muon_step(
             apply(i, ortho_of(direction, i))
     if together:
         for i, ortho in enumerate(gathered_update(directions, ortho_of, replicated=replicated,
-                                                     loads=loads)):
+                                                     owners_at=owners_at)):
             apply(i, ortho)
 
 

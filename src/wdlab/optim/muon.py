@@ -27,7 +27,7 @@ from wdlab.optim.base import (
     decay_factors,
     group_lr,
 )
-from wdlab.optim.distributed import settled
+from wdlab.optim.distributed import plan_owners, rank_and_world, settled
 from wdlab.optim.functional import (
     NS_COEFFICIENTS,
     UPDATE_SCALES,
@@ -228,7 +228,8 @@ class Muon(WdOptimizer):
             else:
                 step = muon_step
                 extra["replicated"] = group["work_split"] == "replicated"
-                extra["loads"] = getattr(self, "_ns_loads", None)
+                plan = getattr(self, "_ns_owner", {})
+                extra["owners_at"] = [plan.get(id(p)) for p in ps]
             step(
                 ps,
                 pick(muon_g, idx),
@@ -249,9 +250,18 @@ class Muon(WdOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        """WdOptimizer.step; the owner ranks of Newton-Schulz are balanced over the whole step
-        (all groups), not group by group."""
-        self._ns_loads: dict[Any, list[float]] = {}
+        """WdOptimizer.step, with the owner ranks of Newton-Schulz (distributed runs) planned
+        over the whole step, every group's matrices at once, not group by group."""
+        params, replicated = [], []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and self.uses_muon(p, group):
+                    params.append(p)
+                    replicated.append(group["work_split"] == "replicated")
+        self._ns_owner: dict[int, int | None] = {}
+        if rank_and_world()[1] > 1:
+            planned = plan_owners(params, replicated)
+            self._ns_owner = {id(p): r for p, r in zip(params, planned, strict=True)}
         return super().step(closure)
 
     def _row_sq(self, p: torch.Tensor, split: Split | None) -> torch.Tensor:
