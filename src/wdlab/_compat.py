@@ -68,3 +68,19 @@ def dispatch_mode_class() -> type:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     return TorchDispatchMode
+
+
+# ---- torch.distributed's rendezvous store (private: distributed_c10d._get_default_store) ---
+
+
+def default_store() -> Any:
+    """The key-value store the default process group rendezvoused through (torchrun's), or
+    None on a torch without the private accessor (then failures of other ranks end the run
+    through the broken collective alone, without their line)."""
+    from torch.distributed import distributed_c10d
+
+    getter = getattr(distributed_c10d, "_get_default_store", None)
+    try:
+        return getter() if getter is not None else None
+    except (RuntimeError, ValueError):
+        return None

@@ -36,8 +36,12 @@ def first_nonfinite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
 
 
 def _nonfinite(value: Any) -> bool:
+    """NaN or inf in `value`; of a DTensor (FSDP2), in this rank's shard (the caller agrees
+    over the ranks: wdlab.parallel.first_of_ranks)."""
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         return False
+    if hasattr(value, "to_local"):
+        value = value.to_local()
     return not bool(torch.isfinite(value).all())
 
 
@@ -79,6 +83,13 @@ def read(path: Path, run_id: str) -> dict[str, Any]:
         raise _refuse(
             path, run_id, f"is truncated or not a checkpoint ({type(err).__name__})"
         ) from None
+    check_payload(path, run_id, payload)
+    return payload
+
+
+def check_payload(path: Path, run_id: str, payload: Any) -> None:
+    """The shape checks of read(), for a payload however it was loaded (one torch.save file,
+    or a sharded checkpoint's pieces: wdlab.parallel)."""
     if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
         raise _refuse(path, run_id, "is not a wdlab checkpoint of a known format")
     if payload.get("run_id") != run_id:
@@ -99,7 +110,6 @@ def read(path: Path, run_id: str) -> dict[str, Any]:
             raise _refuse(path, run_id, f"has a model entry {name!r} that is not a tensor")
         if _nonfinite(tensor):
             raise _refuse(path, run_id, f"holds non-finite weights ({name})")
-    return payload
 
 
 def _is_int(value: Any) -> bool:

@@ -102,6 +102,9 @@ class TrainConfig(_Strict):
     eval_raw: bool = True
     target_weights: Literal["auto", "raw", "average"] = "auto"
     bn_batches: int = Field(default=8, ge=0)
+    # With more than one rank (torchrun, or `wdlab run --nproc N`): DDP replicas or FSDP2
+    # shards (wdlab.parallel); ignored in one process.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     @field_validator("checkpoint_every", "checkpoint_seconds")
     @classmethod

@@ -23,10 +23,9 @@ from typing import Any, Protocol
 
 import torch
 
-from wdlab import averaging, workloads
+from wdlab import averaging, parallel, workloads
 from wdlab import checkpoint as checkpoint_io
 from wdlab._compat import total_norm
-from wdlab.atomic import remove_stale_temps
 from wdlab.config import RunConfig, parse_assignment, set_dotted, validate
 from wdlab.errors import ConfigError, WdlabError
 from wdlab.evaluation import Evaluator
@@ -182,7 +181,8 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 def _check_resume_config(run_id: str, stored: dict[str, Any], config: RunConfig) -> None:
     """A resumed run keeps its settings; only the step budget may grow."""
     changed = _changed_keys(validate(stored).to_dict(), config.to_dict())
-    changed = [key for key in changed if key != "steps" and not key.startswith("log.")]
+    changed = [key for key in changed
+               if key not in ("steps", "train.parallel") and not key.startswith("log.")]
     if changed:
         raise ConfigError(
             f"--resume continues run {run_id} with its own settings, but "
@@ -238,6 +238,8 @@ def run(
         raise ConfigError(f"config error: optimizer: {err}", field="optimizer") from None
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
+    # `net` trains (DDP or FSDP2 under torchrun); `model` is what is saved and evaluated.
+    net, optimizer = parallel.wrap(model, optimizer, config.train.parallel)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     # Schedule-Free optimizers train at y; Evaluator swaps to x for evaluations and back, so
     # checkpoints are always written in train mode (exact resume). The weight average
@@ -282,9 +284,9 @@ def run(
                 "versions); resume it with the Python it started with, or start a new run"
             )
         _check_resume_config(run_id, record.config, config)
-        path = runs_root / run_id / "last.pt"
-        if path.exists():
-            payload = checkpoint_io.read(path, run_id)
+        path = parallel.latest_checkpoint(runs_root / run_id)
+        if path is not None:
+            payload = parallel.read_checkpoint(path, run_id, model, optimizer)
             reached_step, stored_steps = payload["step"], record.config.get("steps")
             if config.steps < reached_step <= (stored_steps or 0):  # a smaller budget asked
                 raise ConfigError(
@@ -307,19 +309,19 @@ def run(
         store.claim_run(run_id, owner)
         # The checkpoint is the commit point: rows a killed process logged after it go, and
         # the steps after it are logged again, so the rows equal an uninterrupted run's.
-        store.truncate_metrics(run_id, start_step if path.exists() else -1)
+        store.truncate_metrics(run_id, start_step if path is not None else -1)
         if config.steps != record.config.get("steps"):
             store.update_run(run_id, config=config.to_dict())
-    checkpoint_path = runs_root / result.run_id / "last.pt"
-    remove_stale_temps(checkpoint_path)  # left by a writer killed mid-write; the run is ours
+    checkpoint_path = parallel.checkpoint_path(runs_root / result.run_id)
+    parallel.remove_stale(checkpoint_path.parent)  # left by killed writers; the run is ours
 
     def checkpoint(step: int, finished: bool = False) -> None:
-        bad = checkpoint_io.first_nonfinite(model, optimizer)
+        bad = parallel.first_of_ranks(checkpoint_io.first_nonfinite(model, optimizer))
         if bad is not None:
             raise _NonFiniteState(bad)
         store.flush()  # every row up to this step is durable before the checkpoint exists
-        checkpoint_io.save(
-            checkpoint_path,
+        written = parallel.save_checkpoint(
+            checkpoint_path.parent,
             {
                 "format": checkpoint_io.FORMAT,
                 "run_id": result.run_id,
@@ -340,7 +342,7 @@ def run(
                 },
             },
         )
-        result.checkpoint = str(checkpoint_path)
+        result.checkpoint = str(written)
         store.heartbeat_run(result.run_id, owner)
 
     def log(step: int, metrics: dict[str, float]) -> None:
@@ -348,7 +350,8 @@ def run(
 
     def evaluate(step: int) -> bool:
         """Evaluate (not timed), log, and record the first time the target is reached."""
-        result.final_metrics = evaluate_weights(step)
+        # every rank decides on rank 0's numbers
+        result.final_metrics = parallel.broadcast(evaluate_weights(step))
         log(step, {**result.final_metrics, "train_seconds": result.train_seconds})
         value = result.final_metrics[evaluate_weights.metric]
         if target is not None and not result.reached and workload.reached(value, target):
@@ -363,7 +366,7 @@ def run(
             f"the model or optimizer state became non-finite ({what}) by step {step}; lower "
             "--lr or set --set train.clip=1.0"
         )
-        if checkpoint_path.is_file():
+        if checkpoint_path.exists():
             result.message += f" (last good checkpoint: {checkpoint_path})"
 
     monitor = _make_monitor(config, model, optimizer, log)
@@ -380,7 +383,7 @@ def run(
     try:
         with _interrupt_flag() as interrupt:
             while step < config.steps and not resumed_done:
-                if interrupt["stop"]:
+                if parallel.stop_requested(interrupt):
                     result.status = "interrupted"
                     result.message = (
                         f"interrupted at step {step}; continue with "
@@ -395,14 +398,14 @@ def run(
                     group["lr"] = group["initial_lr"] * multiplier
                 if monitor is not None:
                     monitor.before_forward(step + 1)  # steps are logged 1-based
-                loss = workload.loss(model, workload.batch(step))
+                loss = workload.loss(net, parallel.local_batch(workload.batch(step)))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tcfg.clip is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip)
                 else:
                     grad_norm = total_norm([p.grad for p in params if p.grad is not None])
-                loss_value, norm_value = loss.item(), grad_norm.item()
+                loss_value, norm_value = parallel.step_values(loss, grad_norm)
                 if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                     consecutive_skips += 1
                     if tcfg.on_nonfinite == "stop" or consecutive_skips > MAX_SKIPS_IN_A_ROW:
@@ -448,6 +451,7 @@ def run(
                     tcfg.checkpoint_seconds is not None
                     and now - last_checkpoint >= tcfg.checkpoint_seconds
                 )
+                out_of_time, due = parallel.agree_end_of_step(interrupt, out_of_time, bool(due))
                 if due and step < config.steps and not out_of_time:  # the last one follows
                     try:
                         checkpoint(step)
@@ -469,7 +473,7 @@ def run(
     except BaseException as err:
         # Raised mid-step: the state may be half-updated, so no checkpoint is written.
         result.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        result.message = f"{type(err).__name__}: {err}"
+        result.message = parallel.peer_failure(err) or f"{type(err).__name__}: {err}"
         raise
     finally:
         progress.stop()
@@ -510,7 +514,7 @@ def _divergence_message(
     if skips > MAX_SKIPS_IN_A_ROW:
         text += f" ({skips} steps in a row were non-finite)"
     text += "; lower --lr or set --set train.clip=1.0"
-    if checkpoint_path.is_file():
+    if checkpoint_path.exists():
         text += f" (last good checkpoint: {checkpoint_path})"
     return text
 

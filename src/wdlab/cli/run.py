@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN",
                    help="continue an interrupted or killed run (only --steps may go with it)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--nproc", type=positive_int,
+                   help="train on N local processes (DDP, or FSDP2 with --set "
+                        "train.parallel=fsdp), as `torchrun --nproc_per_node N -m wdlab run` does")
     store_option(p)
 
 
@@ -126,9 +129,52 @@ def _model_settings(config: Any) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from wdlab import train
+    from wdlab import parallel
+
+    if args.nproc is not None and args.nproc > 1 and parallel.world_size_from_env() <= 1:
+        if not args.resume:
+            _new_config(args)  # a bad setting fails here, once, before any rank starts
+        return parallel.launch(args.nproc, _without_nproc(sys.argv[1:]))
+    session = parallel.start()
+    if session is None:
+        return _main(args)
+    from wdlab.cli._errors import user_message
+
+    def describe(exc: BaseException) -> tuple[int, str | None]:
+        if isinstance(exc, KeyboardInterrupt):
+            return EXIT_INTERRUPTED, "interrupted"
+        line = user_message(exc, args)
+        return (EXIT_USAGE, line) if line is not None else (1, None)
+
+    try:
+        with parallel.guard(session, describe):
+            code = _main(args, session)
+    except parallel.PeerFailure as failure:
+        print(tables.clean(f"wdlab: error: {failure}"), file=sys.stderr)
+        return failure.code
+    parallel.stop()
+    return code
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line a rank runs: the same, without --nproc N."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            out.append(token)
+    return out
+
+
+def _main(args: argparse.Namespace, session: Any = None) -> int:
+    from wdlab import parallel, train
     from wdlab.progress import make_progress
 
+    if session is not None and not session.is_main:
+        return _follow(args, session)
     if args.resume:
         store: Any = _store.open_existing(args.store)
         try:
@@ -140,6 +186,9 @@ def main(args: argparse.Namespace) -> int:
         config = _new_config(args)  # validated before anything is written
         store = _store.LazyStore(args.store)
         run_id = None
+    if session is not None:
+        parallel.broadcast((config.to_dict(), run_id))  # the other ranks train this config
+        store = parallel.LeaderSink(store)
     label = f"{config.workload}/{config.optimizer.name}"
     progress = make_progress(label, enabled=not args.quiet)
     try:
@@ -167,6 +216,17 @@ def main(args: argparse.Namespace) -> int:
     if result.status == "diverged":
         print(tables.clean(f"wdlab: diverged: {result.message}"), file=sys.stderr)
         return EXIT_USAGE
+    return 0
+
+
+def _follow(args: argparse.Namespace, session: Any) -> int:
+    """A rank other than 0: rank 0's config and run, no store, no output."""
+    from wdlab import parallel, train
+    from wdlab.config import validate
+
+    tree, run_id = parallel.broadcast(None)
+    train.run(validate(tree), parallel.FollowerSink(), _store.runs_root(args.store),
+              resume_id=run_id)
     return 0
 
 

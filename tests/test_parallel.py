@@ -1,0 +1,245 @@
+"""`wdlab run` on 2 gloo ranks (DDP and FSDP2) against one process on the same global batch;
+SIGKILL of a rank mid-checkpoint then --resume against an uninterrupted 2-rank run; sharded
+checkpoints resharded 2 -> 1 and 1 -> 2; a failing rank ending the job with one line.
+
+Each scenario is one launch (module-scoped fixtures), on charlm's tiny recipe: 12 steps,
+a checkpoint every 4 (none by wall time, so runs are deterministic), one thread per rank.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from wdlab import parallel
+from wdlab.cli import main as wdlab_main
+from wdlab.store import Store
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
+)
+
+FAULT = str(Path(__file__).with_name("parallel_fault.py"))
+RUN = ["run", "charlm", "--tiny", "--steps", "12", "--lr", "1e-3", "--threads", "1", "--quiet",
+       "--set", "train.checkpoint_every=4", "--set", "train.checkpoint_seconds=0",
+       "--set", "train.eval_every=6", "--set", "train.stop_at_target=false"]
+REL = 1e-5
+"""fp32, relative, for metrics (train loss, gradient norm, val loss), weights and optimizer
+state: a 2-rank run against one process on the same global batch. Measured at lr 1e-3
+(docs/running.md): metrics <= 1.9e-7, weights <= 6.6e-8, Adam moments <= 4.3e-7 -- the order
+of the batch mean (two half-batch means averaged). At the recipe's lr 1e-2 the first steps
+of tiny charlm amplify that rounding (Adam divides near-zero attention gradients by their
+sqrt(v)): 4e-5 in the weights after 12 steps, so the test trains at 1e-3."""
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _launch(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=_env())
+
+
+def _nproc(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _launch([sys.executable, "-m", "wdlab", *args, "--nproc", "2"], cwd)
+
+
+def _one(cwd: Path, *args: str) -> None:
+    cwd.mkdir(parents=True, exist_ok=True)
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        assert wdlab_main(list(args)) == 0
+    finally:
+        os.chdir(old)
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-3000:]}"
+
+
+def _only_run(where: Path) -> str:
+    with Store(where / "wdlab.db") as store:
+        (run,) = store.list_runs()
+        return run.id
+
+
+def _state(where: Path, run_id: str) -> dict[str, torch.Tensor]:
+    """Every tensor of the run's checkpoint (model and optimizer), by path, as whole tensors."""
+    run_dir = where / "wdlab-runs" / run_id
+    if (run_dir / parallel.SINGLE_FILE).exists():
+        payload = torch.load(run_dir / parallel.SINGLE_FILE, weights_only=True)
+    else:
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        flat = where / "flat.pt"
+        dcp_to_torch_save((run_dir / parallel.SHARDED_LINK).resolve(), flat)
+        payload = torch.load(flat, weights_only=True)
+        flat.unlink()
+        return {k: v for k, v in payload.items() if k.startswith(("/model/", "/optimizer/"))}
+    tensors: dict[str, torch.Tensor] = {}
+    parallel._split({"model": payload["model"], "optimizer": payload["optimizer"]}, "", tensors)
+    return tensors
+
+
+def _metrics(where: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    with Store(where / "wdlab.db") as store:
+        rows = store.metrics(run_id)
+    return {k: v for k, v in rows.items() if k not in ("train_seconds",)}
+
+
+def _max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "/") -> float:
+    """The largest relative difference ||a - b|| / ||b|| over the tensors under `prefix`."""
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for key in (k for k in a if k.startswith(prefix)):
+        x, y = a[key].double(), b[key].double()
+        if x.is_floating_point() and x.numel():
+            worst = max(worst, float((x - y).norm() / y.norm().clamp_min(1e-30)))
+    return worst
+
+
+def _metrics_rel(a: dict, b: dict, names: tuple[str, ...]) -> float:
+    worst = 0.0
+    for name in names:
+        steps_a, steps_b = [s for s, _ in a[name]], [s for s, _ in b[name]]
+        assert steps_a == steps_b, name
+        for (_, x), (_, y) in zip(a[name], b[name], strict=True):
+            worst = max(worst, abs(x - y) / max(abs(y), 1e-30))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("parallel")
+
+
+@pytest.fixture(scope="module")
+def one(root: Path) -> Path:
+    """One process, 12 steps; `one-16` holds it extended to 16 steps in one process."""
+    _one(root / "one", *RUN)
+    shutil.copytree(root / "one", root / "one-16")
+    _one(root / "one-16", "run", "--resume", _only_run(root / "one"), "--steps", "16", "--quiet")
+    return root / "one"
+
+
+@pytest.fixture(scope="module")
+def ddp(root: Path) -> Path:
+    _ok(_nproc(root / "ddp", *RUN))
+    return root / "ddp"
+
+
+@pytest.fixture(scope="module")
+def fsdp(root: Path) -> Path:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "wdlab", *RUN, "--set", "train.parallel=fsdp"]
+    _ok(_launch(cmd, root / "fsdp"))
+    return root / "fsdp"
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_equal_one_process(request: pytest.FixtureRequest, one: Path, mode: str) -> None:
+    where = request.getfixturevalue(mode)
+    ref_id, run_id = _only_run(one), _only_run(where)
+    ref, got = _metrics(one, ref_id), _metrics(where, run_id)
+    assert ref.keys() == got.keys()
+    assert len(got["train_loss"]) == 12 and len(got["val_loss"]) == 2
+    rel_metrics = _metrics_rel(got, ref, ("train_loss", "grad_norm", "val_loss"))
+    state, ref_state = _state(where, run_id), _state(one, ref_id)
+    rel_model = _max_rel(state, ref_state, "/model/")
+    rel_optim = _max_rel(state, ref_state, "/optimizer/")
+    print(f"{mode}: metrics {rel_metrics:.1e}, weights {rel_model:.1e}, optimizer {rel_optim:.1e}")
+    assert rel_metrics < REL and rel_model < REL and rel_optim < REL
+    losses = [value for _, value in ref["train_loss"]]
+    assert losses[0] - losses[-1] > 0.1  # the runs compared learned: not two no-ops
+    assert (where / "wdlab-runs" / run_id / parallel.SHARDED_LINK).resolve().is_dir()
+    with Store(where / "wdlab.db") as store:
+        assert store.get_run(run_id).status == "finished"
+
+
+def _assert_close_to_one_process(root: Path, where: Path, run_id: str, label: str) -> None:
+    """The run extended to 16 steps equals the one-process run extended to 16."""
+    ref = root / "one-16"
+    state, ref_state = _state(where, run_id), _state(ref, _only_run(ref))
+    rel_model = _max_rel(state, ref_state, "/model/")
+    rel_optim = _max_rel(state, ref_state, "/optimizer/")
+    rel_metrics = _metrics_rel(_metrics(where, run_id), _metrics(ref, _only_run(ref)),
+                               ("train_loss", "grad_norm", "val_loss"))
+    print(f"{label}: metrics {rel_metrics:.1e}, weights {rel_model:.1e}, "
+          f"optimizer {rel_optim:.1e}")
+    assert rel_metrics < REL and rel_model < REL and rel_optim < REL
+
+
+def test_sharded_checkpoint_resumes_on_one_process(root: Path, one: Path, fsdp: Path) -> None:
+    """2 -> 1: the FSDP2 run's DCP shards load into one process, which goes on to step 16
+    like the one-process run extended to 16, and leaves a single-file checkpoint."""
+    where = root / "fsdp-to-one"
+    shutil.copytree(fsdp, where)
+    run_id = _only_run(where)
+    _one(where, "run", "--resume", run_id, "--steps", "16", "--quiet")
+    run_dir = where / "wdlab-runs" / run_id
+    assert (run_dir / parallel.SINGLE_FILE).is_file()
+    assert not (run_dir / parallel.SHARDED_LINK).exists()
+    assert [p.name for p in run_dir.iterdir()] == [parallel.SINGLE_FILE]
+    _assert_close_to_one_process(root, where, run_id, "2->1")
+
+
+def test_single_file_checkpoint_resumes_on_two_ranks(root: Path, one: Path) -> None:
+    """1 -> 2: a one-process run's last.pt continues under FSDP2 on 2 ranks to step 16."""
+    where = root / "one-to-fsdp"
+    shutil.copytree(one, where)
+    run_id = _only_run(where)
+    _ok(_nproc(where, "run", "--resume", run_id, "--steps", "16", "--quiet",
+               "--set", "train.parallel=fsdp"))
+    run_dir = where / "wdlab-runs" / run_id
+    assert (run_dir / parallel.SHARDED_LINK).resolve().is_dir()
+    assert not (run_dir / parallel.SINGLE_FILE).exists()
+    _assert_close_to_one_process(root, where, run_id, "1->2")
+
+
+def test_sigkill_of_a_rank_mid_checkpoint_then_resume_is_bit_identical(
+    root: Path, ddp: Path
+) -> None:
+    """Rank 1 is SIGKILLed as it starts writing the step-8 checkpoint: that checkpoint never
+    becomes visible, the job ends, and --resume (2 ranks) continues from step 4 to the same
+    bits and the same metric rows as the uninterrupted 2-rank run."""
+    where = root / "kill"
+    proc = _launch([sys.executable, FAULT, "kill", "1", "8", "--launch", "2", *RUN], where)
+    assert proc.returncode != 0
+    run_id = _only_run(where)
+    run_dir = where / "wdlab-runs" / run_id
+    link = run_dir / parallel.SHARDED_LINK
+    assert os.readlink(link).startswith("ckpt-00000004-")
+    _ok(_nproc(where, "run", "--resume", run_id, "--quiet"))
+    assert os.readlink(link).startswith("ckpt-00000012-")
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([os.readlink(link), link.name])
+    expected, got = _state(ddp, _only_run(ddp)), _state(where, run_id)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert _metrics(where, run_id) == _metrics(ddp, _only_run(ddp))
+
+
+def test_a_failing_rank_ends_the_job_with_one_line(root: Path) -> None:
+    """Rank 1 raises a user error at step 3: rank 0 prints that one line, exit code 2."""
+    where = root / "error"
+    proc = _launch([sys.executable, FAULT, "error", "1", "3", "--launch", "2", *RUN], where)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert lines == [
+        "wdlab: error: rank 1: data shard missing on the node of rank 1; copy the data to "
+        "every node"
+    ], proc.stderr[-3000:]
+    assert proc.stdout == ""
+    with Store(where / "wdlab.db") as store:
+        (run,) = store.list_runs()
+        assert run.status == "failed"
+        assert "rank 1: data shard missing" in run.message
