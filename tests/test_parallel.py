@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,9 @@ def _state(where: Path, run_id: str) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
         flat = where / "flat.pt"
-        dcp_to_torch_save((run_dir / parallel.SHARDED_LINK).resolve(), flat)
+        with warnings.catch_warnings():  # "no process group: loading in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            dcp_to_torch_save((run_dir / parallel.SHARDED_LINK).resolve(), flat)
         payload = torch.load(flat, weights_only=True)
         flat.unlink()
         return {k: v for k, v in payload.items() if k.startswith(("/model/", "/optimizer/"))}
@@ -124,85 +127,82 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def one(root: Path) -> Path:
-    """One process, 12 steps; `one-16` holds it extended to 16 steps in one process."""
+    """One process, 12 steps; `one-16` and `one-20` hold it extended (one process) to 16
+    and then 20 steps, the references of the resharded runs."""
     _one(root / "one", *RUN)
+    run_id = _only_run(root / "one")
     shutil.copytree(root / "one", root / "one-16")
-    _one(root / "one-16", "run", "--resume", _only_run(root / "one"), "--steps", "16", "--quiet")
+    _one(root / "one-16", "run", "--resume", run_id, "--steps", "16", "--quiet")
+    shutil.copytree(root / "one-16", root / "one-20")
+    _one(root / "one-20", "run", "--resume", run_id, "--steps", "20", "--quiet")
     return root / "one"
 
 
 @pytest.fixture(scope="module")
 def ddp(root: Path) -> Path:
+    """2 ranks, DDP (`wdlab run --nproc 2`), 12 steps."""
     _ok(_nproc(root / "ddp", *RUN))
     return root / "ddp"
 
 
 @pytest.fixture(scope="module")
-def fsdp(root: Path) -> Path:
+def fsdp(root: Path, one: Path) -> Path:
+    """1 -> 2: the one-process run's last.pt continued under FSDP2 on 2 ranks (raw torchrun)
+    from step 12 to 16."""
+    where = root / "fsdp"
+    shutil.copytree(one, where)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "wdlab", *RUN, "--set", "train.parallel=fsdp"]
-    _ok(_launch(cmd, root / "fsdp"))
-    return root / "fsdp"
+           "2", "-m", "wdlab", "run", "--resume", _only_run(one), "--steps", "16", "--quiet",
+           "--set", "train.parallel=fsdp"]
+    _ok(_launch(cmd, where))
+    return where
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_ranks_equal_one_process(request: pytest.FixtureRequest, one: Path, mode: str) -> None:
-    where = request.getfixturevalue(mode)
-    ref_id, run_id = _only_run(one), _only_run(where)
-    ref, got = _metrics(one, ref_id), _metrics(where, run_id)
-    assert ref.keys() == got.keys()
-    assert len(got["train_loss"]) == 12 and len(got["val_loss"]) == 2
-    rel_metrics = _metrics_rel(got, ref, ("train_loss", "grad_norm", "val_loss"))
-    state, ref_state = _state(where, run_id), _state(one, ref_id)
+def _compare(where: Path, ref: Path, label: str) -> None:
+    """`where`'s run equals `ref`'s (one process) to fp32 rounding: metrics, weights, state."""
+    run_id, ref_id = _only_run(where), _only_run(ref)
+    got, expected = _metrics(where, run_id), _metrics(ref, ref_id)
+    assert got.keys() == expected.keys()
+    rel_metrics = _metrics_rel(got, expected, ("train_loss", "grad_norm", "val_loss"))
+    state, ref_state = _state(where, run_id), _state(ref, ref_id)
     rel_model = _max_rel(state, ref_state, "/model/")
     rel_optim = _max_rel(state, ref_state, "/optimizer/")
-    print(f"{mode}: metrics {rel_metrics:.1e}, weights {rel_model:.1e}, optimizer {rel_optim:.1e}")
-    assert rel_metrics < REL and rel_model < REL and rel_optim < REL
-    losses = [value for _, value in ref["train_loss"]]
+    print(f"{label}: metrics {rel_metrics:.1e}, weights {rel_model:.1e}, "
+          f"optimizer {rel_optim:.1e}")
+    losses = [value for _, value in expected["train_loss"]]
     assert losses[0] - losses[-1] > 0.1  # the runs compared learned: not two no-ops
-    assert (where / "wdlab-runs" / run_id / parallel.SHARDED_LINK).resolve().is_dir()
+    assert rel_metrics < REL and rel_model < REL and rel_optim < REL
     with Store(where / "wdlab.db") as store:
         assert store.get_run(run_id).status == "finished"
 
 
-def _assert_close_to_one_process(root: Path, where: Path, run_id: str, label: str) -> None:
-    """The run extended to 16 steps equals the one-process run extended to 16."""
-    ref = root / "one-16"
-    state, ref_state = _state(where, run_id), _state(ref, _only_run(ref))
-    rel_model = _max_rel(state, ref_state, "/model/")
-    rel_optim = _max_rel(state, ref_state, "/optimizer/")
-    rel_metrics = _metrics_rel(_metrics(where, run_id), _metrics(ref, _only_run(ref)),
-                               ("train_loss", "grad_norm", "val_loss"))
-    print(f"{label}: metrics {rel_metrics:.1e}, weights {rel_model:.1e}, "
-          f"optimizer {rel_optim:.1e}")
-    assert rel_metrics < REL and rel_model < REL and rel_optim < REL
+def test_ddp_on_two_ranks_equals_one_process(one: Path, ddp: Path) -> None:
+    _compare(ddp, one, "ddp")
+    run_dir = ddp / "wdlab-runs" / _only_run(ddp)
+    assert (run_dir / parallel.SHARDED_LINK).resolve().is_dir()
+    assert len(_metrics(ddp, _only_run(ddp))["train_loss"]) == 12
 
 
-def test_sharded_checkpoint_resumes_on_one_process(root: Path, one: Path, fsdp: Path) -> None:
-    """2 -> 1: the FSDP2 run's DCP shards load into one process, which goes on to step 16
-    like the one-process run extended to 16, and leaves a single-file checkpoint."""
+def test_single_file_checkpoint_continues_under_fsdp_on_two_ranks(root: Path, fsdp: Path) -> None:
+    """1 -> 2, and FSDP2 training equal to one process: steps 13-16 as one process takes
+    them; the sharded checkpoint replaces last.pt."""
+    _compare(fsdp, root / "one-16", "fsdp 1->2")
+    run_dir = fsdp / "wdlab-runs" / _only_run(fsdp)
+    assert (run_dir / parallel.SHARDED_LINK).resolve().is_dir()
+    assert not (run_dir / parallel.SINGLE_FILE).exists()
+
+
+def test_sharded_checkpoint_continues_on_one_process(root: Path, fsdp: Path) -> None:
+    """2 -> 1: the FSDP2 run's DCP shards load into one process, which goes on to step 20
+    like the one-process run, and leaves a single-file checkpoint. (copytree turns the
+    last.dcp link into a folder, as `cp -r` would: that is read too.)"""
     where = root / "fsdp-to-one"
     shutil.copytree(fsdp, where)
     run_id = _only_run(where)
-    _one(where, "run", "--resume", run_id, "--steps", "16", "--quiet")
+    _one(where, "run", "--resume", run_id, "--steps", "20", "--quiet")
+    _compare(where, root / "one-20", "2->1")
     run_dir = where / "wdlab-runs" / run_id
-    assert (run_dir / parallel.SINGLE_FILE).is_file()
-    assert not (run_dir / parallel.SHARDED_LINK).exists()
     assert [p.name for p in run_dir.iterdir()] == [parallel.SINGLE_FILE]
-    _assert_close_to_one_process(root, where, run_id, "2->1")
-
-
-def test_single_file_checkpoint_resumes_on_two_ranks(root: Path, one: Path) -> None:
-    """1 -> 2: a one-process run's last.pt continues under FSDP2 on 2 ranks to step 16."""
-    where = root / "one-to-fsdp"
-    shutil.copytree(one, where)
-    run_id = _only_run(where)
-    _ok(_nproc(where, "run", "--resume", run_id, "--steps", "16", "--quiet",
-               "--set", "train.parallel=fsdp"))
-    run_dir = where / "wdlab-runs" / run_id
-    assert (run_dir / parallel.SHARDED_LINK).resolve().is_dir()
-    assert not (run_dir / parallel.SINGLE_FILE).exists()
-    _assert_close_to_one_process(root, where, run_id, "1->2")
 
 
 def test_sigkill_of_a_rank_mid_checkpoint_then_resume_is_bit_identical(

@@ -773,8 +773,12 @@ def launch(nproc: int, argv: list[str], entry: list[str] | None = None) -> int:
         monitor_interval=0.1,
         start_method="spawn",
     )
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     try:
         elastic_launch(config, sys.executable)(*(entry or ["-m", "wdlab"]), *argv)
+    except (SignalException, KeyboardInterrupt):  # Ctrl-C: the ranks checkpoint and say so
+        return 130
     except ChildFailedError as err:
         # Rank 0 exits with the first failure's code, but the agent records it as the
         # SIGTERM it sent when that rank ended first: take rank 0's, else the first real one.
