@@ -127,6 +127,11 @@ def current() -> Session | None:
     return _SESSION
 
 
+def is_main() -> bool:
+    """Rank 0 of the job, or the only process: the one that writes and prints."""
+    return _SESSION is None or _SESSION.is_main
+
+
 def stop() -> None:
     """Leave the job. No barrier: the loop's last collective (the final checkpoint or
     evaluation) is behind every rank, and a rank that returned early (Ctrl-C) must not

@@ -252,7 +252,7 @@ def run(
         bn_batches=config.train.bn_batches,
     )
 
-    if config.log.sinks:  # live loggers mirror the store's rows (wdlab.monitor.sinks)
+    if config.log.sinks and parallel.is_main():  # live loggers mirror the store's rows
         from wdlab.monitor.sinks import LiveRunSink
 
         store = LiveRunSink(store, config.log, runs_root, config.to_dict())
