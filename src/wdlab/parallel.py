@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -674,7 +675,9 @@ def read_checkpoint(
     _check_dcp_metadata(path, run_id)
     templates = _templates(skeleton, model, optimizer)
     try:
-        dcp.load(templates, checkpoint_id=str(resolved), no_dist=_SESSION is None)
+        with warnings.catch_warnings():  # "no process group: loading in one process": yes
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(templates, checkpoint_id=str(resolved), no_dist=_SESSION is None)
     except Exception as err:  # noqa: BLE001 - missing shard, truncated file, changed shapes
         raise _refuse(
             path, run_id, f"cannot be loaded ({type(err).__name__}: {_first_line(err)[:160]})"
