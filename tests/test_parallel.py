@@ -213,7 +213,10 @@ def test_sigkill_of_a_rank_mid_checkpoint_then_resume_is_bit_identical(
     bits and the same metric rows as the uninterrupted 2-rank run."""
     where = root / "kill"
     proc = _launch([sys.executable, FAULT, "kill", "1", "8", "--launch", "2", *RUN], where)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "wdlab: error: another rank stopped without a word"), proc.stderr[-3000:]
     run_id = _only_run(where)
     run_dir = where / "wdlab-runs" / run_id
     link = run_dir / parallel.SHARDED_LINK

@@ -203,6 +203,8 @@ def guard(
                 assert peer is not None
                 message = f"rank {peer['rank']}: {peer['line']}"
                 raise PeerFailure(message, int(peer["code"])) from None
+            if _is_comm_failure(exc):  # e.g. DCP's CheckpointException wrapping it
+                raise PeerFailure(line, own_code) from None
             raise
         if primary and own_line is None and not _is_comm_failure(exc):
             traceback.print_exception(exc)  # a bug on this rank: its traceback stays visible
@@ -232,8 +234,10 @@ def _is_comm_failure(exc: BaseException) -> bool:
     """A collective that broke because a peer went away (gloo/nccl), not a bug of our own."""
     if isinstance(exc, getattr(dist, "DistError", ())):
         return True
+    if isinstance(exc, (WdlabError, KeyboardInterrupt)):
+        return False
     text = str(exc)
-    return isinstance(exc, RuntimeError) and any(
+    return any(
         marker in text
         for marker in ("Connection closed by peer", "Connection reset", "Broken pipe",
                        "gloo", "NCCL", "ProcessGroup")
