@@ -26,6 +26,7 @@ import io
 import json
 import os
 import pickle
+import re
 import signal
 import sys
 import time
@@ -72,6 +73,7 @@ class Session:
     store: Any  # the rendezvous key-value store (c10d), for error lines
     stop_agreed: bool = False  # the interrupt flag as all ranks agreed at the last step
     terminated: bool = False  # SIGTERM arrived (torchrun stopping the job)
+    waited_for_peer: bool = False  # a failure path already waited for a peer's line
 
     @property
     def is_main(self) -> bool:
@@ -152,14 +154,18 @@ def _teardown() -> None:
 
 
 def _published(session: Session, wait: float = 0.0) -> dict[str, Any] | None:
-    """The first failure a rank published, waiting up to `wait` seconds for one."""
+    """The first failure a rank published, polling up to `wait` seconds for one (once per
+    process: a second caller does not wait again). Polled with check(), whose misses are
+    silent, where the store's own wait() logs a warning on every timeout."""
+    deadline = time.monotonic() + (0.0 if session.waited_for_peer else wait)
+    session.waited_for_peer = session.waited_for_peer or wait > 0
     try:
-        if wait > 0:
-            session.store.wait([_ERROR_KEY], timedelta(seconds=wait))
-        elif not session.store.check([_ERROR_KEY]):
-            return None
+        while not session.store.check([_ERROR_KEY]):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
         return json.loads(session.store.get(_ERROR_KEY).decode())
-    except Exception:  # noqa: BLE001 - no line within the wait, or the store is gone
+    except Exception:  # noqa: BLE001 - the store is gone
         return None
 
 
@@ -245,8 +251,10 @@ def _is_comm_failure(exc: BaseException) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of an error, without a C++ source location ("[.../pair.cc:537] ")."""
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    line = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", text[0]) if text else ""
+    return line[:160] if line else type(exc).__name__
 
 
 # ---- collectives the loop uses (identities in one process) -----------------------------------
