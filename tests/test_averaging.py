@@ -334,7 +334,21 @@ def test_sweep_axis_over_averages_validates_every_trial() -> None:
         validated_trials(bad)
 
 
-def test_report_labels_the_method() -> None:
+def test_report_labels_the_method(tmp_path) -> None:
     assert averaging.label("adamw", "off") == "adamw"
     assert averaging.label("sf_sgd", None) == "sf_sgd"
     assert averaging.label("adamw", "swa:0.25") == "adamw + swa:0.25"
+    from wdlab.html_report import build_report
+    from wdlab.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec.create(
+        workload="teacher", axes={"train.average": ["off", "ema:0.9"]}, tiny=True,
+        assignments=["steps=12", "train.eval_every=6", "train.monitor=off"], name="avg",
+    )
+    summary = run_sweep(spec, tmp_path / "s.db", workers=1, progress=False)
+    with Store(tmp_path / "s.db") as store:
+        text = build_report(store, summary.sweep_id, tmp_path / "r.html").read_text()
+        results = [store.get_run(t.run_id).result for t in summary.trials]
+    assert [r["metric"] for r in results] == ["val_mse", "avg_val_mse"]
+    assert "adamw + ema:0.9" in text  # the method's label (curves, comparisons)
+    assert "avg_val_mse / val_mse" in text  # the metric each run's target is read on

@@ -384,6 +384,10 @@ def _sweep_body(store: Store, sweep: SweepRecord, files: Path) -> list[str]:
         + [v.steps_to_target, v.seconds_to_target, v.run_id, v.error]
         for v in views
     ]
+    if any(" + " in v.optimizer for v in views):  # a weight average is kept: name the method
+        columns.insert(1, "method")
+        for row, v in zip(rows, views, strict=True):
+            row.insert(1, v.optimizer)
     body += ["<h2>Trials</h2>", _table(columns, rows, [v.status for v in views])]
 
     title = f"sweep {sweep.name}"
