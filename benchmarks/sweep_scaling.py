@@ -133,7 +133,15 @@ class RayDriver:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve_ray, args=(child, address), daemon=True)
         self.process.start()
-        self.connect_seconds = self.conn.recv()
+        child.close()  # so that a child that dies ends recv() with EOFError
+        try:
+            self.connect_seconds = self.conn.recv()
+        except EOFError:
+            where = f"the cluster at {address}" if address else "a local Ray"
+            raise SystemExit(
+                f"the Ray driver process could not start or reach {where} (its traceback is "
+                "above; under heavy load Ray's 30 s raylet start-up limit can run out)"
+            ) from None
 
     def sweep(self, spec: SweepSpec, store_path: Path) -> dict[str, float]:
         self.conn.send((spec.model_dump_json(), str(store_path)))
