@@ -102,10 +102,10 @@ def _check(optimizers: list[str], workloads: list[str], trials: int, studies: in
         raise ConfigError("--workloads needs at least one name, e.g. teacher", field="workloads")
     for name in workloads:
         if name not in known_wl:
-            raise ConfigError(
-                f"--workloads: unknown workload {name!r}; known: {', '.join(known_wl)}",
-                field="workloads",
-            )
+            try:
+                wl.get(name)  # a user's package.module:ClassName, or a did-you-mean
+            except ValueError as err:
+                raise ConfigError(f"--workloads: {err}", field="workloads") from None
     for flag, value in (("--trials", trials), ("--studies", studies), ("--workers", workers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{flag} must be an integer >= 1, got {value!r}", field=flag[2:])

@@ -256,7 +256,7 @@ def build_config(
 ) -> RunConfig:
     """Recipe <- file <- flags <- --set, validated (the workload's model/data sections too)."""
     try:
-        cls = workloads.get(workload)
+        workloads.get(workload)
     except ValueError as err:
         raise ConfigError(str(err) + " (the WORKLOAD argument)", field="workload") from None
     user: dict[str, Any] = {}
@@ -273,7 +273,7 @@ def build_config(
     for item in assignments or []:
         key, value = parse_assignment(item)
         set_dotted(user, key, value)
-    recipe = {"workload": workload, **cls.recipe(tiny=tiny)}
+    recipe = {"workload": workload, **workloads.recipe(workload, tiny=tiny)}
     _check_tree(user)
     recipe["optimizer"] = _recipe_optimizer(recipe["optimizer"], user.get("optimizer", {}))
     return validate(deep_merge(recipe, user))
@@ -289,8 +289,10 @@ def switch_optimizer(tree: dict[str, Any], name: str) -> dict[str, Any]:
     out = copy.deepcopy(tree)
     section = out.setdefault("optimizer", {})
     if str(section.get("name", "")).lower() != str(name).lower():
-        cls = workloads.get(out["workload"])
-        recipe_values = [cls.recipe(tiny=tiny)["optimizer"] for tiny in (False, True)]
+        recipe_values = [
+            workloads.recipe(out["workload"], tiny=tiny).get("optimizer", {})
+            for tiny in (False, True)
+        ]
         for key in [k for k in section if k not in CORE_OPTIMIZER_KEYS]:
             if any(key in r and r[key] == section[key] for r in recipe_values):
                 del section[key]

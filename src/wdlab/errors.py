@@ -21,3 +21,16 @@ class StoreError(WdlabError):
 
 class CheckpointError(WdlabError):
     """A checkpoint that cannot be trusted: unreadable, truncated, or not this run's."""
+
+
+class UserCodeError(Exception):
+    """An exception raised inside the user's own code (their workload module): reported as
+    theirs, with the traceback of their code, not as a wdlab bug and not as one bare line.
+
+    Not a WdlabError (nor a ValueError) on purpose: layers that turn a ValueError into a
+    config line must let it through untouched. `traceback_text` holds the user's frames;
+    str() is the one summary line the CLI prints after it."""
+
+    def __init__(self, message: str, traceback_text: str) -> None:
+        self.traceback_text = traceback_text
+        super().__init__(message)

@@ -20,6 +20,7 @@ Series = list[tuple[int, float]]
 
 _ROLE = re.compile(r"^mon/([a-z_]+)/role:([A-Za-z0-9_]+)$")
 _LAYER = re.compile(r"^mon/([a-z_]+)/layer:(\d+)$")
+_FREQUENCY = re.compile(r"val_loss_freq(\d+)")  # loss per token-frequency bucket (charlm)
 
 
 def safe_title(text: str, limit: int = 120) -> str:
@@ -78,7 +79,8 @@ def _positive(series: Iterable[Series]) -> bool:
 def plot_run(metrics: dict[str, Series], out_dir: Path, title: str = "") -> list[Path]:
     """Write the run's PNGs into out_dir and return their paths (only plots with data).
 
-    loss.png (train_loss, val_loss), eval.png (other val_* metrics), lr.png; with monitor
+    loss.png (train_loss, val_loss), loss_by_frequency.png (val_loss_freq*), eval.png (other
+    val_* metrics: accuracy, ECE, RankMe, ...), lr.png; with monitor
     metrics: monitor_angle.png (angular update per role, and the scale-invariant tensors'
     measured vs predicted equilibrium), monitor_norm.png, monitor_eff_lr.png,
     monitor_attention.png (entropy and max logit per layer), monitor_logz.png.
@@ -97,7 +99,18 @@ def plot_run(metrics: dict[str, Series], out_dir: Path, title: str = "") -> list
         _finish(ax, "loss")
         written.append(_save(fig, out_dir / "loss.png"))
 
-    evals = sorted(k for k in has if k.startswith("val_") and k != "val_loss")
+    by_frequency = sorted((k for k in has if _FREQUENCY.fullmatch(k)),
+                          key=lambda k: int(k.removeprefix("val_loss_freq")))
+    if by_frequency:  # charlm's loss per character-frequency quartile, one plot to compare
+        fig, (ax,) = _figure(title)
+        for key in by_frequency:
+            _plot(ax, metrics[key], key.removeprefix("val_loss_"))
+        ax.set_title("validation loss by token frequency (freq0: most frequent)")
+        _finish(ax, "loss")
+        written.append(_save(fig, out_dir / "loss_by_frequency.png"))
+
+    evals = sorted(k for k in has if k.startswith("val_") and k != "val_loss"
+                   and k not in by_frequency)
     if evals:
         fig, axes = _figure(title, len(evals))
         for ax, key in zip(axes, evals, strict=False):

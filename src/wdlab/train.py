@@ -70,6 +70,7 @@ class RunResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     message: str = ""
     checkpoint: str | None = None
+    higher_is_better: bool | None = None  # the metric's direction, for display
 
     def summary(self) -> dict[str, Any]:
         """The JSON stored as the run's result."""
@@ -235,6 +236,12 @@ def run(
 
             optimizer = RotationalWrapper(optimizer)
     except (ValueError, TypeError) as err:  # bad name or hyperparameter: the user's to fix
+        if not workloads.is_builtin(config.workload):  # or their model failed in the probe
+            from wdlab.workloads.user import from_probe
+
+            theirs = from_probe(config.workload, err)
+            if theirs is not None:
+                raise theirs from None
         raise ConfigError(f"config error: optimizer: {err}", field="optimizer") from None
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
@@ -258,7 +265,8 @@ def run(
         store = LiveRunSink(store, config.log, runs_root, config.to_dict())
     owner = current_owner()
     result = RunResult(
-        run_id="", status="running", step=0, target=target, metric=evaluate_weights.metric
+        run_id="", status="running", step=0, target=target, metric=evaluate_weights.metric,
+        higher_is_better=workload.higher_is_better,
     )
     start_step, skipped = 0, 0
     resumed_done = False

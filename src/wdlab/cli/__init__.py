@@ -3,9 +3,10 @@ inspect | transfer | coordcheck | claims.
 
 One subcommand per module (wdlab.cli.<command>: HELP, add_arguments, main). `main` here is
 the one error boundary: every error a user can cause ends in one line on stderr naming the
-problem and the fix, exit code 2, no traceback; an interrupt (Ctrl-C) exits 130; anything
-else is a bug and keeps its traceback. Building the parser imports no torch, so commands
-that neither train nor plot start fast.
+problem and the fix, exit code 2, no traceback (an error raised in the user's own workload
+code shows THEIR traceback above that line, wdlab's frames left out); an interrupt (Ctrl-C)
+exits 130; anything else is a bug and keeps its traceback. Building the parser imports no
+torch, so commands that neither train nor plot start fast.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 from wdlab import __version__
 from wdlab.cli._args import EXIT_INTERRUPTED, Parser, fail, join_negative_numbers
-from wdlab.cli._errors import user_message
+from wdlab.cli._errors import user_message, user_traceback
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -83,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             message = user_message(exc, args)
             if message is not None:
+                detail = user_traceback(exc)
+                if detail:  # an error in the user's own code: their frames, then the line
+                    sys.stderr.write(detail)
                 fail(message)  # the one line; warnings of the failed attempt are noise
             bug = exc
     _replay(caught)  # outside catch_warnings: replayed warnings are shown, not recorded again

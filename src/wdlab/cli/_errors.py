@@ -3,8 +3,9 @@
 `main` (the one error boundary) asks `user_message` about every exception a command raises:
 a message means "the user's to fix" (one line, exit 2), None means a bug, which keeps its
 traceback so that it stays visible. Only errors with a cause outside wdlab's code are
-mapped: wdlab's own WdlabError, a corrupt or locked store, memory the machine does not have,
-and files the operating system refused.
+mapped: wdlab's own WdlabError, an error raised in the user's own workload code
+(UserCodeError: their traceback is printed above the line), a corrupt or locked store,
+memory the machine does not have, and files the operating system refused.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import errno
 import sqlite3
 from typing import Any
 
-from wdlab.errors import WdlabError
+from wdlab.errors import UserCodeError, WdlabError
 
 # sqlite3.OperationalError messages that come from the file or the machine, not from SQL.
 _SQLITE_ENVIRONMENT = (
@@ -52,9 +53,15 @@ def _store_path(args: Any) -> str:
     return str(getattr(args, "store", None) or "the store")
 
 
+def user_traceback(exc: BaseException) -> str | None:
+    """The traceback to show above the one line: only for an error in the user's own code
+    (their workload module), and only their frames."""
+    return exc.traceback_text if isinstance(exc, UserCodeError) else None
+
+
 def user_message(exc: BaseException, args: Any = None) -> str | None:
     """The one line for an error the user can fix, or None for a bug."""
-    if isinstance(exc, WdlabError):
+    if isinstance(exc, (WdlabError, UserCodeError)):
         return str(exc)
     if is_allocation_error(exc):
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

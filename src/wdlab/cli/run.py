@@ -252,10 +252,7 @@ def print_summary(result: Any, store_path: str) -> None:
 
 
 def _target_op(result: Any) -> str:
-    from wdlab import workloads
-
-    for name in workloads.available():
-        cls = workloads.get(name)
-        if cls.metric == result.metric.removeprefix("avg_"):  # avg_: on the weight average
-            return ">=" if cls.higher_is_better else "<="
-    return "vs"
+    higher = getattr(result, "higher_is_better", None)  # avg_ metrics: the same direction
+    if higher is None:
+        return "vs"
+    return ">=" if higher else "<="

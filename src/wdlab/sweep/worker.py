@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from wdlab.errors import WdlabError
+from wdlab.errors import UserCodeError, WdlabError
 from wdlab.store import Store, TrialQueue, TrialRecord
 from wdlab.sweep.spec import TRIAL_THREADS, run_name, trial_config
 
@@ -234,7 +234,7 @@ def _result_status(run_status: str) -> str:
 def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     body = text[0] if text else ""
-    return body if isinstance(err, WdlabError) else f"{type(err).__name__}: {body}"
+    return body if isinstance(err, (WdlabError, UserCodeError)) else f"{type(err).__name__}: {body}"
 
 
 def _run_trial(

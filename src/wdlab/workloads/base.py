@@ -33,13 +33,26 @@ class Section(BaseModel):
 
 
 class Workload(abc.ABC):
-    """One training task. Subclasses set the class attributes and implement the methods."""
+    """One training task. Subclasses set the class attributes and implement the methods.
 
-    name: ClassVar[str]
+    This is also the API for a user's own workload (docs/workloads.md): subclass it in your
+    module and run it as `wdlab run package.module:ClassName`, or build one from plain torch
+    pieces with `wdlab.workloads.from_torch(...)`. Required: `metric`, `higher_is_better`,
+    recipe(), build_model(), batch(step), loss(model, batch), evaluate(model), data_hash().
+    Optional: ModelConfig / DataConfig (pydantic Sections: the `--set model.*` / `data.*`
+    settings, passed to __init__), example_input(), width (for optimizer.scaling).
+    """
+
+    name: ClassVar[str]  # defaults to the class name
     metric: ClassVar[str]  # name of the evaluation metric that the target applies to
     higher_is_better: ClassVar[bool]
-    ModelConfig: ClassVar[type[Section]]
-    DataConfig: ClassVar[type[Section]]
+    ModelConfig: ClassVar[type[Section]] = Section  # no model.* settings unless declared
+    DataConfig: ClassVar[type[Section]] = Section
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ and not hasattr(cls, "name"):
+            cls.name = cls.__name__
 
     def __init__(self, model: Section, data: Section, seed: int) -> None:
         self.model_config = model

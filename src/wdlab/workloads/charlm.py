@@ -92,8 +92,9 @@ class DataConfig(Section):
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     eval_windows: int = Field(default=256, ge=1)  # fixed validation windows per evaluation
     # > 0: also report val_loss_freq0..k-1, the loss per character-frequency bucket (equal
-    # shares of the training characters, freq0 the most frequent; wdlab.monitor.probes)
-    frequency_buckets: int = Field(default=0, ge=0)
+    # shares of the training characters, freq0 the most frequent; wdlab.monitor.probes);
+    # 0 turns it off
+    frequency_buckets: int = Field(default=4, ge=0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -194,29 +195,48 @@ class CharLM(Workload):
         x, y = batch
         return model.loss(model(x), y)
 
+    @functools.cached_property
+    def token_counts(self) -> torch.Tensor:
+        """How often each vocabulary character occurs in the training split."""
+        return torch.bincount(self.train_ids, minlength=self.vocab_size)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """val_loss (nats/char), bits per char, RankMe of the final hidden states (the
+        inputs of the LM head at each window's last position: how many directions the
+        representation uses) and the loss per character-frequency bucket
+        (data.frequency_buckets, default 4 quartiles: freq0 the most frequent characters, a
+        quarter of the training text; freq3 the rarest)."""
+        from wdlab.monitor.probes import loss_by_frequency_bucket, rankme  # pure tensor functions
+
+        head = getattr(getattr(model, "module", model), "lm_head", None)
+        hidden: list[torch.Tensor] = []
+        hook = (head.register_forward_pre_hook(lambda _m, args: hidden.append(args[0][:, -1]))
+                if isinstance(head, nn.Module) else None)
         total, count = 0.0, 0
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for chunk in self.eval_starts.split(128):
-            x, y = self._windows(self.val_ids, chunk)
-            logits = model(x)
-            total += nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
-            ).item()
-            count += y.numel()
-            if self.data_config.frequency_buckets:
-                kept.append((logits, y))
+        try:
+            for chunk in self.eval_starts.split(128):
+                x, y = self._windows(self.val_ids, chunk)
+                logits = model(x)
+                total += nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+                ).item()
+                count += y.numel()
+                if self.data_config.frequency_buckets:
+                    kept.append((logits, y))
+        finally:
+            if hook is not None:
+                hook.remove()
         val_loss = total / count
         out = {"val_loss": val_loss, "val_bits_per_char": val_loss / math.log(2)}
+        if hidden:
+            out["val_rankme"] = rankme(torch.cat(hidden).float())
         if kept:
-            from wdlab.monitor.probes import loss_by_frequency_bucket
-
-            counts = torch.bincount(self.train_ids, minlength=self.vocab_size)
             buckets = loss_by_frequency_bucket(
                 torch.cat([lg.reshape(-1, lg.shape[-1]) for lg, _ in kept]),
                 torch.cat([y.reshape(-1) for _, y in kept]),
-                counts,
+                self.token_counts,
                 self.data_config.frequency_buckets,
             )
             out.update({f"val_loss_{name}": value for name, value in buckets.items()})

@@ -154,10 +154,14 @@ class Digits(Workload):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        from wdlab.monitor.probes import expected_calibration_error  # a pure tensor function
+
         logits = model(self.val_x)
         return {
             "val_accuracy": (logits.argmax(-1) == self.val_y).float().mean().item(),
             "val_loss": nn.functional.cross_entropy(logits, self.val_y).item(),
+            # calibration: noisy labels and weight decay move it (REFERENCE §6)
+            "val_ece": expected_calibration_error(logits, self.val_y, from_logits=True),
         }
 
     def data_hash(self) -> str:

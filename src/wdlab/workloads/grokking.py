@@ -183,6 +183,8 @@ class Grokking(Workload):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        from wdlab.monitor.probes import expected_calibration_error  # a pure tensor function
+
         val_logits, val_y = model(self.x[self.val_index]), self.y[self.val_index]
         train_logits, train_y = model(self.x[self.train_index]), self.y[self.train_index]
         return {
@@ -190,6 +192,8 @@ class Grokking(Workload):
             "val_loss": nn.functional.cross_entropy(val_logits, val_y).item(),
             # memorization vs generalization; not "train_loss", which the engine logs per step
             "train_accuracy": (train_logits.argmax(-1) == train_y).float().mean().item(),
+            # memorized, a model is confidently wrong on held-out pairs: high ECE until it groks
+            "val_ece": expected_calibration_error(val_logits, val_y, from_logits=True),
         }
 
     def data_hash(self) -> str:
