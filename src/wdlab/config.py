@@ -65,6 +65,20 @@ class OptimizerConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_alias(cls, data: Any) -> Any:
+        """An alias (adam, sgd, adamw_torch, ...: wdlab.optim.ALIASES) is stored as the
+        optimizer it names, with the settings that give it its meaning (adam: decay l2)
+        where the config does not set them."""
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            from wdlab.optim import ALIASES
+
+            alias = ALIASES.get(data["name"].lower())
+            if alias is not None:
+                data = {**alias[1], **data, "name": alias[0]}
+        return data
+
     def hyperparameters(self) -> dict[str, Any]:
         """Keyword arguments for the optimizer class (everything but the grouping options)."""
         extra = dict(self.model_extra or {})
@@ -232,14 +246,32 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
 
 
-def _first_error(err: ValidationError, prefix: str = "") -> ConfigError:
+def _known_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """The setting names beside the last part of `loc`, walking nested config sections."""
+    for part in loc[:-1]:
+        if model is None:
+            return []
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(
+            annotation, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _first_error(
+    err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> ConfigError:
+    from wdlab._suggest import did_you_mean
+
     first = err.errors()[0]
     field = prefix + ".".join(str(p) for p in first["loc"])
     got = first.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        message = "unknown setting; check the spelling (see `wdlab run --help` or docs/)"
+        loc = tuple(first["loc"])
+        hint = did_you_mean(str(loc[-1]), _known_keys(model, loc)) if loc else ""
+        message = f"unknown setting{hint or '; check the spelling'} (see `wdlab run --help`)"
     elif first["type"] == "missing":
         message = "required setting is missing"
     fix = f"; set it with --set {field}=VALUE" if first["type"] != "extra_forbidden" else ""
@@ -347,7 +379,7 @@ def validate(tree: dict[str, Any]) -> RunConfig:
     try:
         config = RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise _first_error(err) from None
+        raise _first_error(err, model=RunConfig) from None
     try:
         cls = workloads.get(config.workload)
     except ValueError as err:
@@ -356,5 +388,5 @@ def validate(tree: dict[str, Any]) -> RunConfig:
         try:
             model.model_validate(getattr(config, section))
         except ValidationError as err:
-            raise _first_error(err, prefix=f"{section}.") from None
+            raise _first_error(err, prefix=f"{section}.", model=model) from None
     return config

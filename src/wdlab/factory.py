@@ -24,7 +24,7 @@ def create_optimizer(
     name: str,
     *,
     lr: float,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     example_input: Any = None,
     decay_embedding: bool = True,
     decay_output: bool = True,
@@ -38,13 +38,22 @@ def create_optimizer(
     """wdlab.optim optimizer `name` over wdlab.param_groups(model, ...).
 
     Extra keyword arguments (betas, momentum, decay="independent", ...) go to the
-    optimizer. An unknown `name` fails before the model is probed. With `scaling` (a
+    optimizer. An unknown `name` fails before the model is probed, with a did-you-mean;
+    aliases (adam, sgd, Hugging Face's adamw_torch, ...: wdlab.optim.ALIASES) are accepted.
+
+    weight_decay omitted (None) means the optimizer class's own default, so that
+    create_optimizer(model, "adamw", lr=...) decays like torch.optim.AdamW(..., lr=...)
+    does (0.01) — but only the parameters the grouping decays (matrices and embeddings;
+    never norm gains or biases). Pass weight_decay=0.0 to decay nothing. With `scaling` (a
     wdlab.scaling rule; lr and weight_decay tuned at `base_width`), the model is first
     re-initialized in place by wdlab.scaling.apply_init (init, readout and attention
     multipliers), then grouped with per-role lr and weight decay for `width`
     (default: model.width).
     """
-    optim.get(name)  # fail fast with the list of known names, before any probing
+    name, hparams = optim.resolve(name, hparams)  # fail fast, before any probing
+    if weight_decay is None:
+        default = optim.hyperparameters(name).get("weight_decay", 0.0)
+        weight_decay = float(default) if isinstance(default, (int, float)) else 0.0
     infos = None
     if scaling is not None:  # classify once, before and after the init: names do not change
         infos = classify(

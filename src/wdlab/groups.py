@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "input_weights",
     "param_groups",
     "scaled_settings",
+    "table",
     "PROBE_SCALES",
     "PROBE_TOL",
     "SCREEN_TOL",
@@ -587,3 +588,34 @@ def param_groups(
             "check the names with wdlab.classify(model) (fnmatch syntax, case-sensitive)"
         )
     return list(groups.values())
+
+
+def table(infos: Sequence[ParamInfo]) -> str:
+    """classify's verdicts as an aligned plain-text table, one row per parameter, with the
+    totals below: `print(wdlab.groups.table(wdlab.classify(model)))`."""
+    header = ("name", "shape", "role", "module", "scale-inv.", "decay", "numel")
+    rows = [
+        (
+            info.name + (f" (= {', '.join(info.tied_to)})" if info.tied_to else ""),
+            "x".join(map(str, info.shape)) or "scalar",
+            info.role,
+            info.module_type,
+            "yes" if info.scale_invariant else "",
+            "yes" if info.decay else "",
+            f"{info.numel:,}",
+        )
+        for info in infos
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if i == len(cells) - 1 else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(parts).rstrip()
+
+    total = sum(i.numel for i in infos)
+    decayed = sum(i.numel for i in infos if i.decay)
+    invariant = sum(i.numel for i in infos if i.scale_invariant)
+    lines = [line(header), line(tuple("-" * w for w in widths)), *map(line, rows)]
+    lines.append(f"{total:,} parameters; {decayed:,} decayed; {invariant:,} scale-invariant")
+    return "\n".join(lines)

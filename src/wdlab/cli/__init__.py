@@ -1,5 +1,5 @@
-"""The `wdlab` command line: run | sweep | sweeps | bench | report | runs | show | export |
-inspect | transfer | coordcheck | claims.
+"""The `wdlab` command line: run | sweep | sweeps | bench | report | runs | rm | compare |
+show | export | inspect | transfer | coordcheck | claims.
 
 One subcommand per module (wdlab.cli.<command>: HELP, add_arguments, main). `main` here is
 the one error boundary: every error a user can cause ends in one line on stderr naming the
@@ -30,6 +30,8 @@ COMMANDS = {
     "bench": "bench",
     "report": "report",
     "runs": "runs",
+    "rm": "rm",
+    "compare": "compare",
     "show": "show",
     "export": "export",
     "inspect": "inspect",

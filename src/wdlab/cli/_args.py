@@ -19,11 +19,45 @@ MAX_SEED = 2**63 - 1  # SQLite INTEGER and torch.manual_seed both take it
 _NEGATIVE_NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)$")
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line instead of usage plus message."""
+    """argparse that reports a bad flag in one line instead of usage plus message, with a
+    did-you-mean for a mistyped subcommand, choice or option."""
+
+    def format_help(self) -> str:
+        """argparse's help, with an epilog computed only when help is shown (a subcommand
+        sets `epilog_factory`: listing config keys and optimizers imports torch)."""
+        factory = getattr(self, "epilog_factory", None)
+        if factory is not None:
+            self.epilog = factory()
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
+        message += self._suggestion(message)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {clean(message)} (see {self.prog} --help)\n")
+
+    def _option_strings(self) -> list[str]:
+        """This parser's long options and those of its subcommands' parsers."""
+        out = [o for o in self._option_string_actions if o.startswith("--")]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    out += [o for o in sub._option_string_actions if o.startswith("--")]
+        return sorted(set(out))
+
+    def _suggestion(self, message: str) -> str:
+        from wdlab._suggest import did_you_mean
+
+        choice = _INVALID_CHOICE.search(message)
+        if choice:
+            return did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+        unknown = _UNRECOGNIZED.search(message)
+        if unknown and unknown.group(1).startswith("--"):
+            return did_you_mean(unknown.group(1).partition("=")[0], self._option_strings())
+        return ""
 
 
 def fail(message: str) -> NoReturn:

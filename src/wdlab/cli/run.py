@@ -23,7 +23,12 @@ from wdlab.errors import ConfigError, WdlabError
 HELP = "train one run of a workload to its target"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workload", nargs="?", help="grokking | charlm | digits | teacher")
+    from wdlab.cli._config_help import config_keys_help
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog_factory = config_keys_help  # type: ignore[attr-defined]  # built at --help only
+    p.add_argument("workload", nargs="?", help="grokking | charlm | digits | teacher, or "
+                   "your own as package.module:ClassName (docs/workloads.md)")
     p.add_argument("--optimizer", help="an optimizer name (see wdlab inspect for the list)")
     p.add_argument("--lr", type=finite_float, help="peak learning rate")
     p.add_argument("--wd", type=finite_float, help="weight decay coefficient")
@@ -50,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=positive_int,
                    help="train on N local processes (DDP, or FSDP2 with --set "
                         "train.parallel=fsdp), as `torchrun --nproc_per_node N -m wdlab run` does")
+    p.add_argument("--print-config", action="store_true", dest="print_config",
+                   help="print the resolved config as TOML (a --config file) and exit")
     store_option(p)
 
 
@@ -182,6 +189,11 @@ def _main(args: argparse.Namespace, session: Any = None) -> int:
         except BaseException:
             store.close()
             raise
+        if args.print_config:
+            store.close()
+            return _print_config(config)
+    elif args.print_config:
+        return _print_config(_new_config(args))
     else:
         config = _new_config(args)  # validated before anything is written
         store = _store.LazyStore(args.store)
@@ -227,6 +239,14 @@ def _follow(args: argparse.Namespace, session: Any) -> int:
     tree, run_id = parallel.broadcast(None)
     train.run(validate(tree), parallel.FollowerSink(), _store.runs_root(args.store),
               resume_id=run_id)
+    return 0
+
+
+def _print_config(config: Any) -> int:
+    """The resolved settings as TOML, which `--config FILE` reads back; nothing is run."""
+    from wdlab._toml import dumps
+
+    sys.stdout.write(dumps(config.to_dict()))
     return 0
 
 

@@ -56,16 +56,22 @@ def print_table(
     rows: Iterable[Sequence[Any]],
     *,
     right: Iterable[str] = (),
+    whole: Iterable[str] = ("id",),
     stream: TextIO | None = None,
 ) -> None:
     """A table whose title, headers and cells are all plain text. Columns named in `right`
-    are right-aligned (numbers)."""
+    are right-aligned (numbers); columns named in `whole` (ids) are never wrapped or cut,
+    however narrow the terminal: the other columns give way."""
     from rich.table import Table
 
-    right = set(right)
+    right, whole = set(right), set(whole)
+    rows = [list(r) for r in rows]
     table = Table(title=text(title))
-    for column in columns:
-        table.add_column(text(column), justify="right" if column in right else "left")
+    for i, column in enumerate(columns):
+        keep = column in whole
+        width = max([len(clean(column))] + [len(clean(r[i])) for r in rows if i < len(r)])
+        table.add_column(text(column), justify="right" if column in right else "left",
+                         no_wrap=keep, min_width=width if keep else None)
     for row in rows:
         table.add_row(*(text("" if value is None else value) for value in row))
     out = console(stream)

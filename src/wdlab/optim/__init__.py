@@ -77,7 +77,22 @@ REGISTRY: dict[str, Entry] = {
     )
 }
 
+# Names users type first, from torch and Hugging Face Trainer's `optim=`: each maps to a
+# registered optimizer plus the settings that give the named optimizer's meaning. torch's
+# Adam and SGD add weight_decay * w to the gradient (L2), hence decay="l2"; torch's SGD has
+# no momentum by default. resolve() applies them as defaults: explicit settings win.
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "adam": ("adamw", {"decay": "l2"}),
+    "sgd": ("sgdw", {"decay": "l2", "momentum": 0.0}),
+    "adamw_torch": ("adamw", {}),
+    "adamw_torch_fused": ("adamw", {}),
+    "adamw_hf": ("adamw", {}),
+    "torch.optim.adamw": ("adamw", {}),
+    "lion_32bit": ("lion", {}),
+}
+
 __all__ = [
+    "ALIASES",
     "AdamW",
     "SGDW",
     "Lion",
@@ -96,6 +111,8 @@ __all__ = [
     "entry_for",
     "get",
     "create",
+    "resolve",
+    "hyperparameters",
     "state_bytes",
     "state_bytes_per_param",
 ]
@@ -112,12 +129,47 @@ def available() -> list[str]:
     return sorted(REGISTRY)
 
 
-def get(name: str) -> type[torch.optim.Optimizer]:
-    """The optimizer class registered as `name` (case-insensitive)."""
-    key = name.lower()
+def resolve(name: str, hparams: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """(registered name, hyperparameters) for `name`, an alias resolved: its settings are
+    added where `hparams` does not set them. An unknown name raises ValueError with a
+    did-you-mean."""
+    from wdlab._suggest import did_you_mean
+
+    key = str(name).lower()
+    out = dict(hparams or {})
+    if key in ALIASES:
+        key, settings = ALIASES[key]
+        for setting, value in settings.items():
+            out.setdefault(setting, value)
     if key not in REGISTRY:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(available())}")
-    return REGISTRY[key].load()
+        hint = did_you_mean(str(name), [*REGISTRY, *ALIASES])
+        raise ValueError(
+            f"unknown optimizer {name!r}{hint}; known: {', '.join(available())} (aliases: "
+            f"{', '.join(sorted(ALIASES))})"
+        )
+    return key, out
+
+
+def get(name: str) -> type[torch.optim.Optimizer]:
+    """The optimizer class registered as `name` (case-insensitive; aliases accepted)."""
+    return REGISTRY[resolve(name)[0]].load()
+
+
+def hyperparameters(name: str) -> dict[str, Any]:
+    """The optimizer's keyword arguments and their defaults (from its signature; `params`
+    and the implementation switches left out)."""
+    import inspect
+
+    signature = inspect.signature(get(name).__init__)
+    out = {}
+    for key, param in signature.parameters.items():
+        if key in ("self", "params", "impl", "mode") or param.kind in (
+            param.VAR_KEYWORD, param.VAR_POSITIONAL
+        ):
+            continue
+        default = param.default
+        out[key] = "required" if default is param.empty or "required" in repr(default) else default
+    return out
 
 
 def entry_for(optimizer: torch.optim.Optimizer) -> Entry | None:
@@ -136,8 +188,9 @@ def entry_for(optimizer: torch.optim.Optimizer) -> Entry | None:
 
 
 def create(name: str, params: Iterable[Any], **hparams: Any) -> torch.optim.Optimizer:
-    """Instantiate optimizer `name` over `params` (tensors or param-group dicts)."""
-    return get(name)(params, **hparams)
+    """Instantiate optimizer `name` (or an alias) over `params` (tensors or group dicts)."""
+    key, hparams = resolve(name, hparams)
+    return REGISTRY[key].load()(params, **hparams)
 
 
 def __getattr__(attr: str) -> Any:

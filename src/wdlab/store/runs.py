@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -280,6 +280,23 @@ class RunsMixin:
 
         self._transact(delete)
         self._known_runs.discard(run_id)
+
+    def delete_many(self, run_ids: Sequence[str], sweep_ids: Sequence[str] = ()) -> None:
+        """Delete runs (exact ids, with their metrics and artifact rows) and sweeps (with
+        their trials) in ONE transaction: all of them go, or, on any error, none."""
+        self.flush()
+
+        def delete(c: sqlite3.Connection) -> None:
+            for run_id in run_ids:
+                if c.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount == 0:
+                    raise self._unknown_run(run_id)
+            for sweep_id in sweep_ids:
+                if c.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,)).rowcount == 0:
+                    raise WdlabError(f"no sweep {sweep_id!r} in store {self.path}",
+                                     field="sweep_id")
+
+        self._transact(delete)
+        self._known_runs.difference_update(run_ids)
 
     def resume_hint(self, record: RunRecord) -> str | None:
         """The command that continues `record`, or None when it cannot be continued."""
