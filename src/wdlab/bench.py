@@ -83,6 +83,13 @@ class BenchResult:
     r_max: float = R_MAX
 
 
+QUICK_NOTE = (
+    "--quick is a smoke test, NOT a ranking: tiny recipes with their own easy targets, "
+    "few trials and one study, so the scores below only show that everything runs; "
+    "compare optimizers with the full bench"
+)
+
+
 def _check(optimizers: list[str], workloads: list[str], trials: int, studies: int, workers: int):
     from wdlab import optim
     from wdlab import workloads as wl
@@ -220,6 +227,8 @@ def run_bench(
         file=stream,
         flush=True,
     )
+    if quick:
+        print(QUICK_NOTE, file=stream, flush=True)
     trial_times: dict[str, dict[str, list[list[float]]]] = {}
     sweep_ids: dict[str, dict[str, list[str]]] = {}
     failures: list[str] = []
@@ -297,8 +306,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"tiny recipes, {QUICK['trials']} trials × {QUICK['studies']} study "
-        "(minutes on a laptop)",
+        help=f"a smoke test, not a ranking: tiny recipes, {QUICK['trials']} trials × "
+        f"{QUICK['studies']} study (minutes on a laptop)",
     )
     p.add_argument(
         "--trials",
@@ -340,6 +349,8 @@ def print_result(result: BenchResult, stream: Any = None) -> None:
         for opt in result.optimizers
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    if result.quick:
+        print("quick bench (smoke test, not a ranking):", file=stream)
     print(
         f"time to target ({unit}, median over {result.studies} studies of the fastest of "
         f"{result.trials} trials) and AlgoPerf score (r_max {result.r_max:g}):",

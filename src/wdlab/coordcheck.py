@@ -184,6 +184,23 @@ def coord_slopes(data: Mapping[str, Any], step: int = -1) -> dict[str, float]:
     return slopes
 
 
+FLAT_SLOPE = 0.2  # |log-log slope| at or below this counts as flat across widths
+
+
+def coord_verdict(slopes: Mapping[str, float], tolerance: float = FLAT_SLOPE) -> tuple[bool, str]:
+    """(passed, one line): every layer's activation size flat across widths (|slope| <=
+    tolerance, i.e. it changes by less than 2^tolerance per doubling), or which layers are not."""
+    bad = {k: v for k, v in slopes.items() if abs(v) > tolerance}
+    if not bad:
+        return True, (f"PASS: all {len(slopes)} layers keep their activation size across "
+                      f"widths (|slope| <= {tolerance:g})")
+    worst = max(bad, key=lambda k: abs(bad[k]))
+    direction = "grow" if bad[worst] > 0 else "shrink"
+    return False, (f"FAIL: {len(bad)} of {len(slopes)} layers {direction} with width; worst "
+                   f"{worst} (mean |x| ∝ width^{bad[worst]:+.2f}; flat is |slope| <= "
+                   f"{tolerance:g})")
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -197,18 +214,33 @@ def plot_coord_check(data: Mapping[str, Any], path: str | Path) -> Path:
     """One panel per step: mean |x| of each layer against width (log-log). Written to `path`."""
     plt = _pyplot()
     steps, widths = data["steps"], data["widths"]
-    fig, axes = plt.subplots(1, steps, figsize=(3.2 * steps, 3.2), sharey=True, squeeze=False)
+    slopes = coord_slopes(data)
+    passed, verdict = coord_verdict(slopes)
+    # The layers that move most are drawn in colour and named in the legend (with their
+    # slope); the flat rest stay thin and grey, so a plot of 40 layers stays readable.
+    ranked = sorted(slopes, key=lambda k: -abs(slopes[k]))
+    named = set(ranked[:8])
+    fig, axes = plt.subplots(1, steps, figsize=(3.2 * steps + 3.0, 3.6), sharey=True,
+                             squeeze=False)
     for t, ax in enumerate(axes[0]):
         for layer, rows in data["mean_abs"].items():
-            ax.plot(widths, [r[t] for r in rows], marker=".", linewidth=0.8, label=layer)
+            values = [r[t] for r in rows]
+            if layer in named:
+                ax.plot(widths, values, marker=".", linewidth=1.4,
+                        label=f"{layer} ({slopes[layer]:+.2f})")
+            else:
+                ax.plot(widths, values, color="0.75", linewidth=0.6)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(widths, [str(w) for w in widths])
         ax.set_title(f"step {t + 1}")
         ax.set_xlabel("width")
+        ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean |activation|")
-    fig.suptitle(f"{data['workload']}: coord check, rule {data['rule']}, lr {data['lr']:g}")
-    if len(data["mean_abs"]) <= 12:
-        axes[0][-1].legend(fontsize=6)
+    fig.suptitle(f"{data['workload']}: coord check, rule {data['rule']}, lr {data['lr']:g}\n"
+                 f"{verdict}", color="black" if passed else "darkred", fontsize=9)
+    axes[0][-1].legend(title="largest slopes vs width", fontsize=6, title_fontsize=7,
+                       loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp" + path.suffix)

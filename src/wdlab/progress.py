@@ -14,8 +14,8 @@ from typing import TextIO
 from wdlab._text import clean
 
 
-def _format_fields(fields: dict[str, float]) -> str:
-    return " ".join(f"{key} {value:.4g}" for key, value in fields.items())
+def _format_fields(fields: dict[str, float | None]) -> str:
+    return " ".join(f"{key} {value:.4g}" for key, value in fields.items() if value is not None)
 
 
 class PlainProgress:
@@ -84,8 +84,12 @@ class RichProgress:
         self.bar.start()
         self.task = self.bar.add_task(self.label, total=total, completed=initial, info="")
 
-    def update(self, step: int, fields: dict[str, float]) -> None:
-        self.latest.update(fields)
+    def update(self, step: int, fields: dict[str, float | None]) -> None:
+        for key, value in fields.items():  # None removes a field (a sweep trial that ended)
+            if value is None:
+                self.latest.pop(key, None)
+            else:
+                self.latest[key] = value
         assert self.task is not None
         self.bar.update(self.task, completed=step, info=_format_fields(self.latest))
 

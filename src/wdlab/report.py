@@ -79,8 +79,9 @@ def _positive(series: Iterable[Series]) -> bool:
 def plot_run(metrics: dict[str, Series], out_dir: Path, title: str = "") -> list[Path]:
     """Write the run's PNGs into out_dir and return their paths (only plots with data).
 
-    loss.png (train_loss, val_loss), loss_by_frequency.png (val_loss_freq*), eval.png (other
-    val_* metrics: accuracy, ECE, RankMe, ...), lr.png; with monitor
+    loss.png (train_loss and val_loss together), loss_by_frequency.png (val_loss_freq*),
+    eval.png (other val_* metrics: accuracy, ECE, RankMe, ...; each with its train_* twin
+    where the workload logs one, e.g. grokking's train_accuracy), lr.png; with monitor
     metrics: monitor_angle.png (angular update per role, and the scale-invariant tensors'
     measured vs predicted equilibrium), monitor_norm.png, monitor_eff_lr.png,
     monitor_attention.png (entropy and max logit per layer), monitor_logz.png.
@@ -115,7 +116,11 @@ def plot_run(metrics: dict[str, Series], out_dir: Path, title: str = "") -> list
         fig, axes = _figure(title, len(evals))
         for ax, key in zip(axes, evals, strict=False):
             _plot(ax, metrics[key], key)
-            ax.set_title(key)
+            twin = "train_" + key.removeprefix("val_")  # e.g. train_accuracy beside val_accuracy
+            if twin in has:
+                _plot(ax, metrics[twin], twin, linestyle="--")
+            name = key.removeprefix("val_")
+            ax.set_title(f"{name}: train and val" if twin in has else key)
             _finish(ax, key)
         written.append(_save(fig, out_dir / "eval.png"))
 

@@ -40,6 +40,7 @@ def main(args: argparse.Namespace) -> int:
     from wdlab.coordcheck import (
         coord_check,
         coord_slopes,
+        coord_verdict,
         plot_coord_check,
         plot_singular_values,
         singular_value_check,
@@ -64,8 +65,11 @@ def main(args: argparse.Namespace) -> int:
         raise WdlabError(str(err)) from None
     tables.say(f"coord check ({args.rule}): log-log slope of mean |activation| vs width "
                "(0 = flat)")
-    for layer, slope in coord_slopes(data).items():
+    slopes = coord_slopes(data)
+    for layer, slope in slopes.items():
         tables.say(f"  {layer:<40} {slope:+.3f}")
+    passed, verdict = coord_verdict(slopes)
+    tables.say((verdict, "green" if passed else "red"))
     out.mkdir(parents=True, exist_ok=True)
     tables.say(f"wrote {plot_coord_check(data, out / f'coordcheck_{args.rule}.png')}")
     if sv is not None:

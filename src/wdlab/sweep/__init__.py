@@ -167,7 +167,8 @@ def run_sweep(
     prepared = validated_trials(spec)  # every trial's config: a bad axis creates no store
     if backend == "ray":
         import_ray()  # fail before touching the store
-    from wdlab.progress import make_progress
+    from wdlab.progress import RichProgress, make_progress
+    from wdlab.sweep.live import running_steps, step_fields
 
     start = time.perf_counter()
     store_path = Path(store_path).resolve()  # workers (Ray's too) may run in another cwd
@@ -189,13 +190,23 @@ def run_sweep(
             job = Job(sweep_id, str(runs_root), order, store_path=str(store_path))
             bar = make_progress(f"sweep {record.name}", enabled=progress, unit="trial")
             shown = [-1]
+            live_bar = isinstance(bar, RichProgress)  # plain lines: only when a trial ends
+            live: dict[str, Any] = {"steps": {}, "at": 0.0}
 
             def report() -> dict[str, int]:
                 now = counts(store, sweep_id)
                 done = now["finished"] + now["diverged"] + now["failed"]
-                if bar is not None and done != shown[0]:
+                steps_changed = False
+                if live_bar and time.monotonic() - live["at"] >= 1.0:  # steps inside trials
+                    previous = live["steps"]
+                    live["steps"], live["at"] = running_steps(store, sweep_id), time.monotonic()
+                    steps_changed = live["steps"] != previous
+                if bar is not None and (done != shown[0] or steps_changed):
                     ended = ("finished", "diverged", "failed")
-                    bar.update(done, {k: float(now[k]) for k in ended if now[k]})
+                    fields: dict[str, Any] = {k: float(now[k]) for k in ended if now[k]}
+                    if steps_changed:
+                        fields.update(step_fields(live["steps"], previous))
+                    bar.update(done, fields)
                     shown[0] = done
                 return now
 
