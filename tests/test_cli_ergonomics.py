@@ -179,9 +179,19 @@ def test_help_lists_config_keys_and_optimizer_hyperparameters(capsys) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "train.: eval_every=100" in text and "schedule.: kind=cosine" in text
-    assert "digits model.: width, depth, norm" in text
+    assert "model.*, data.*: the workload's own" in text
     assert "adamw: lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01" in text
     assert "adam -> adamw (decay=l2)" in text
+
+
+def test_help_reads_each_optimizers_signature_from_source_exactly() -> None:
+    """The help reads signatures with ast (no torch at --help); it must agree with
+    inspect.signature of the imported classes."""
+    from wdlab import optim
+    from wdlab.cli._config_help import source_hyperparameters
+
+    for name, entry in optim.REGISTRY.items():
+        assert source_hyperparameters(entry.module, entry.cls) == optim.hyperparameters(name)
 
 
 @pytest.mark.parametrize(

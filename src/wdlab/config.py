@@ -23,7 +23,6 @@ from pydantic import (
     model_validator,
 )
 
-from wdlab import workloads
 from wdlab.errors import ConfigError
 from wdlab.scaling import RULES
 
@@ -287,6 +286,8 @@ def build_config(
     tiny: bool = False,
 ) -> RunConfig:
     """Recipe <- file <- flags <- --set, validated (the workload's model/data sections too)."""
+    from wdlab import workloads  # here: the config's own classes stay torch-free (--help)
+
     try:
         workloads.get(workload)
     except ValueError as err:
@@ -318,6 +319,8 @@ def switch_optimizer(tree: dict[str, Any], name: str) -> dict[str, Any]:
     """A copy of a resolved config tree set to optimizer `name`. Settings that only the old
     optimizer takes are dropped when they are the workload recipe's own (e.g. AdamW's betas);
     ones the user set stay, and the optimizer says if it cannot take them."""
+    from wdlab import workloads
+
     out = copy.deepcopy(tree)
     section = out.setdefault("optimizer", {})
     if str(section.get("name", "")).lower() != str(name).lower():
@@ -375,6 +378,8 @@ def _check_tree(tree: Any) -> None:
 
 def validate(tree: dict[str, Any]) -> RunConfig:
     """A RunConfig from a nested dict, with the workload's sections checked too."""
+    from wdlab import workloads
+
     _check_tree(tree)
     try:
         config = RunConfig.model_validate(tree)
