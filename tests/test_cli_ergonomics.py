@@ -311,3 +311,19 @@ def test_sweep_progress_fields_for_running_trials() -> None:
         assert bar.latest == {"trial 3 step": 120.0, "trial 5 step": 40.0}
     finally:
         bar.stop()
+
+
+def test_running_steps_reads_each_running_trials_last_logged_step(tmp_path: Path) -> None:
+    from wdlab.store import Store
+    from wdlab.sweep.live import running_steps
+
+    with Store(tmp_path / "s.db") as store:
+        sweep = store.create_sweep(spec={"workload": "teacher"}, trials=[{"a": 1}, {"a": 2}])
+        trial = store.claim_trial(sweep, "host:1:w")
+        run_id = store.create_run(workload="teacher", config={}, seed=0, sweep_id=sweep)
+        store.heartbeat_trial(sweep, trial.trial_index, "host:1:w", run_id=run_id)
+        for step in (1, 2, 7):
+            store.log_metrics(run_id, step, {"train_loss": 1.0 / step})
+        store.log_metrics(run_id, 10, {"val_mse": 0.5})  # an eval row is not a train step
+        store.flush()
+        assert running_steps(store, sweep) == {trial.trial_index: 7}

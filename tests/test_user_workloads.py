@@ -216,3 +216,17 @@ def test_from_torch_batches_are_a_pure_function_of_seed_and_step(project: Path) 
         assert torch.equal(x, straight[step][0]) and torch.equal(y, straight[step][1])
     assert not torch.equal(straight[0][1], straight[21][1])  # epoch two is reshuffled
     assert not torch.equal(stream(1).batch(0)[1], straight[0][1])
+
+
+def test_width_rules_take_the_users_width(project: Path, capsys) -> None:
+    """optimizer.scaling uses the workload's declared width (from_torch: width="channels");
+    a workload that declares none gets one line saying so."""
+    scaled = ["--set", "optimizer.scaling=mup", "--set", "optimizer.base_width=4",
+              "--steps", "2", "--quiet", "--store", str(project / "s.db")]
+    assert main(["run", WORKLOAD, "--tiny", *scaled]) == 0
+    assert _only_run(project / "s.db").config["optimizer"]["scaling"] == "mup"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["run", "broken:Broken", *scaled])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "declares no width" in line

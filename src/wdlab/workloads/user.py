@@ -130,8 +130,8 @@ def user_error(path: str, where: str, err: BaseException) -> UserCodeError:
     at = f" at {Path(own[-1].filename).name}:{own[-1].lineno}" if own else ""
     body = (str(err).strip().splitlines() or [""])[0]
     message = (
-        f"your workload {path} raised {type(err).__name__}: {body} in {where}{at} (your "
-        "code; its traceback is above)"
+        f"your workload {path} raised {type(err).__name__}: {body} in {where}{at} (an "
+        "error in your code, not in wdlab)"
     )
     return UserCodeError(message, text)
 
