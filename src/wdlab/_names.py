@@ -17,8 +17,13 @@ SCALE_ROLES = ("matrix", "input", "embedding", "output", "vector", "bias", "atte
 its fan_in does not grow with width, so μP treats it like an embedding) and "attention"
 (the logit multiplier; no parameter)."""
 
-DECAY_MODES = ("decoupled", "independent", "l2")
-"""How an optimizer applies weight decay (REFERENCE.md: decoupled, independent, L2)."""
+DECAY_MODES = ("decoupled", "independent", "l2", "corrected")
+"""How an optimizer applies weight decay (REFERENCE.md: decoupled, independent, L2; corrected is
+Defazio et al. 2025's AdamC rule, docs/optimizers.md)."""
+
+DECAY_TARGETS = ("zero", "init", "ema", "one")
+"""What weight decay pulls a weight toward (wdlab.optim.base, docs/optimizers.md): 0 (classic),
+the weights at the optimizer's first step, an EMA of the weights, or 1 (norm gains)."""
 
 SP_INITS = ("constant", "fan_in")
 """How a standard-parametrized model's own init depends on width (wdlab.scaling)."""

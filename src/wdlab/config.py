@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from wdlab._names import DECAY_MODES, DECAY_TARGETS
 from wdlab.errors import ConfigError
 from wdlab.scaling import RULES
 
@@ -44,7 +45,9 @@ class OptimizerConfig(BaseModel):
     name: str = "adamw"
     lr: float = Field(gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    decay: Literal["decoupled", "independent", "l2"] = "decoupled"
+    decay: Literal[DECAY_MODES] = "decoupled"  # type: ignore[valid-type]
+    decay_to: Literal[DECAY_TARGETS] = "zero"  # type: ignore[valid-type]
+    decay_ema: float = Field(default=0.999, ge=0, lt=1)
     decay_embedding: bool = True
     decay_output: bool = True
     # Width scaling (wdlab.scaling, docs/scaling.md): lr and weight_decay are tuned at
@@ -84,7 +87,10 @@ class OptimizerConfig(BaseModel):
         for key, value in extra.items():
             if isinstance(value, list):
                 extra[key] = tuple(value)
-        return {"weight_decay": self.weight_decay, "decay": self.decay, **extra}
+        target = {}
+        if self.decay_to != "zero":  # only then: an optimizer without decay_to still builds
+            target = {"decay_to": self.decay_to, "decay_ema": self.decay_ema}
+        return {"weight_decay": self.weight_decay, "decay": self.decay, **target, **extra}
 
 
 class ScheduleConfig(_Strict):

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from wdlab._names import DECAY_MODES  # noqa: F401 - re-exported for the subcommands
 from wdlab.cli.tables import clean
 
 EXIT_USAGE = 2
@@ -152,7 +153,6 @@ class LazyChoices(Sequence[str]):
 
 
 RULES = LazyChoices("wdlab.scaling", "RULES")
-DECAY_MODES = ("decoupled", "independent", "l2")
 
 
 def store_option(p: argparse.ArgumentParser) -> None:

@@ -82,6 +82,8 @@ class AdamP(WdOptimizer):
         wd_ratio: float = 0.1,
         nesterov: bool = False,
         *,
+        decay_to: str = "zero",
+        decay_ema: float = 0.999,
         impl: str = "auto",
     ) -> None:
         defaults = dict(
@@ -91,6 +93,8 @@ class AdamP(WdOptimizer):
             eps=eps,
             weight_decay=weight_decay,
             decay=decay,
+            decay_to=decay_to,
+            decay_ema=decay_ema,
             delta=delta,
             wd_ratio=wd_ratio,
             nesterov=nesterov,
@@ -145,6 +149,8 @@ class SGDP(WdOptimizer):
         delta: float = 0.1,
         wd_ratio: float = 0.1,
         *,
+        decay_to: str = "zero",
+        decay_ema: float = 0.999,
         impl: str = "auto",
     ) -> None:
         if lr is None:
@@ -157,6 +163,8 @@ class SGDP(WdOptimizer):
             nesterov=nesterov,
             weight_decay=weight_decay,
             decay=decay,
+            decay_to=decay_to,
+            decay_ema=decay_ema,
             eps=eps,
             delta=delta,
             wd_ratio=wd_ratio,

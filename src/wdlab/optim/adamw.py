@@ -54,12 +54,15 @@ class AdamW(WdOptimizer):
         weight_decay: float = 1e-2,
         decay: str = "decoupled",
         *,
+        decay_to: str = "zero",
+        decay_ema: float = 0.999,
         impl: str | None = None,
         fused: bool | None = None,
     ) -> None:
         impl = impl_from(impl, fused=fused, owner="AdamW")
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, impl=impl
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay,
+            decay_to=decay_to, decay_ema=decay_ema, impl=impl,
         )
         super().__init__(params, defaults)
 

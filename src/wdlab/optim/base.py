@@ -1,12 +1,20 @@
-"""Bookkeeping every wdlab optimizer shares: hyperparameter checks, the three decay modes, the
-step loop over param groups and the creation of torch-compatible state.
+"""Bookkeeping every wdlab optimizer shares: hyperparameter checks, the decay modes and decay
+targets, the step loop over param groups and the creation of torch-compatible state.
 
 The decay modes (REFERENCE.md §1):
   decoupled    w <- w * (1 - lr * wd)           torch.optim.AdamW's meaning
   independent  w <- w * (1 - (lr/initial_lr) * wd)  only the schedule multiplier scales wd
+  corrected    w <- w * (1 - lr**2 * wd / initial_lr)  Defazio et al. 2025 (AdamC): the
+               decoupled λ scaled by lr/lr_max, so λ_t/η_t stays fixed as the lr anneals
   l2           g <- g + wd * w                   classic coupled L2
 Decay is applied before the gradient step; moment buffers see the raw gradient
 (or, for l2, the gradient with wd * w added, as in torch's Adam).
+
+The decay target (decay_to): decay pulls w toward 0 ("zero", the default and the kernels' own
+w*(1 - c)), toward the weights at the group's first step ("init"), toward an EMA of the weights
+(coefficient decay_ema, "ema") or toward 1 ("one", for norm gains):  w <- w - c*(w - target);
+in l2 mode g <- g + wd*(w - target). A non-zero target runs here, before the optimizer's own
+update, which then sees weight_decay 0: every optimizer and impl gets it the same way.
 """
 
 from __future__ import annotations
@@ -17,11 +25,11 @@ from typing import Any, Literal
 
 import torch
 
+from wdlab._names import DECAY_MODES, DECAY_TARGETS
 from wdlab.optim import foreach
 from wdlab.optim._dispatch import check_impl, choose, impl_from, pick
 from wdlab.optim.functional import adamw_step
 
-DECAY_MODES = ("decoupled", "independent", "l2")
 # Params, grads, exp_avgs, exp_avg_sqs, steps: the lists of an AdamW fallback step.
 AdamColumns = tuple[list[torch.Tensor], ...]
 # Where a new Adam "step" counter lives: None = torch.tensor(0.0), else float32 on CPU / p's device.
@@ -67,6 +75,12 @@ def check_decay(decay: Any) -> None:
     check_choice("decay", decay, DECAY_MODES)
 
 
+def check_decay_target(group: dict[str, Any]) -> None:
+    """decay_to one of DECAY_TARGETS and decay_ema (the "ema" target's coefficient) in [0, 1)."""
+    check_choice("decay_to", group["decay_to"], DECAY_TARGETS)
+    check_range("decay_ema", group["decay_ema"], 0.0, 1.0)
+
+
 def check_bool(group: dict[str, Any], name: str) -> None:
     if not isinstance(group[name], bool):
         raise ValueError(f"{name} must be True or False, got {group[name]!r}")
@@ -105,6 +119,10 @@ def decay_factors(group: dict[str, Any]) -> Decay:
       decoupled    c = lr*wd
       independent  c = (lr/initial_lr)*wd   (the schedule multiplier; a group starting at
                                              lr 0 has no schedule and no decay)
+      corrected    c = lr*(lr/initial_lr)*wd (AdamC: λ_t = λ·η_t/η_max with η_max the
+                                             group's initial_lr, which torch's schedulers
+                                             set to the base lr; without a scheduler lr ==
+                                             initial_lr and this is "decoupled")
       l2           gradient += wd*w
     """
     wd, mode = group["weight_decay"], group["decay"]
@@ -120,6 +138,9 @@ def decay_factors(group: dict[str, Any]) -> Decay:
         initial_lr = float(initial_lr)
     if initial_lr <= 0:
         return Decay(0.0, 0.0, 0.0)
+    if mode == "corrected":
+        per_lr = wd * (lr / initial_lr)
+        return Decay(lr * per_lr, 0.0, per_lr)
     return Decay((lr / initial_lr) * wd, 0.0, wd / initial_lr)
 
 
@@ -151,6 +172,8 @@ class WdOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("decay", "decoupled")
+        defaults.setdefault("decay_to", "zero")
+        defaults.setdefault("decay_ema", 0.999)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -174,6 +197,7 @@ class WdOptimizer(torch.optim.Optimizer):
         check_range("lr", lr, 0.0)
         check_range("weight_decay", group["weight_decay"], 0.0)
         check_decay(group["decay"])
+        check_decay_target(group)
         if "impl" in group:
             check_impl(group, self.IMPLS, type(self).__name__)
         for p in group["params"]:
@@ -206,9 +230,52 @@ class WdOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             self._check_step(group)
             params, grads = self._grads_of(group)
-            if params:
+            if not params:
+                continue
+            target = group["decay_to"]
+            if target == "zero" or group["weight_decay"] == 0:
                 self._step_group(group, params, grads)
+                continue
+            grads = self._decay_toward_target(group, params, grads)
+            # The decay is done: the optimizer's own update runs without it.
+            self._step_group(dict(group, weight_decay=0.0), params, grads)
+            if target == "ema":
+                beta = group["decay_ema"]
+                for p in params:
+                    self.state[p]["decay_target"].lerp_(p.detach(), 1.0 - beta)
         return loss
+
+    def _decay_target(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor | None:
+        """p's decay target: None for "one" (the constant 1); a copy of p, taken at the first
+        step that reaches p, for "init" and "ema" (state["decay_target"], checkpointed)."""
+        if group["decay_to"] == "one":
+            return None
+        state = self.state[p]
+        if "decay_target" not in state:
+            state["decay_target"] = p.detach().clone(memory_format=torch.preserve_format)
+        return state["decay_target"]
+
+    def _decay_toward_target(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """w <- w - c*(w - target) for a decoupled mode; the gradients for the update (in l2
+        mode new tensors g + wd*(w - target), p.grad itself is left as it is)."""
+        decay = decay_factors(group)
+        targets = [self._decay_target(group, p) for p in params]
+        if decay.l2:
+            out = []
+            for p, g, t in zip(params, grads, targets, strict=True):
+                pull = p.detach() - (1.0 if t is None else t)
+                out.append(g.add(pull, alpha=decay.l2))
+            return out
+        if decay.rate:
+            for p, t in zip(params, targets, strict=True):
+                w = p.detach()
+                if t is None:
+                    w.mul_(1.0 - decay.rate).add_(decay.rate)
+                else:
+                    w.lerp_(t, decay.rate)
+        return grads
 
     def _check_step(self, group: dict[str, Any]) -> None:
         """Refuse group settings (e.g. from a loaded state_dict) the update can't honour."""

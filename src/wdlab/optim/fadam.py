@@ -57,6 +57,8 @@ class FAdam(WdOptimizer):
         clip: float = 1.0,
         p: float = 0.5,
         *,
+        decay_to: str = "zero",
+        decay_ema: float = 0.999,
         impl: str | None = None,
         mode: str | None = None,
     ) -> None:
@@ -66,6 +68,8 @@ class FAdam(WdOptimizer):
             eps=eps,
             weight_decay=weight_decay,
             decay=decay,
+            decay_to=decay_to,
+            decay_ema=decay_ema,
             clip=clip,
             p=p,
             impl=impl_from(impl, mode=mode, owner="FAdam"),

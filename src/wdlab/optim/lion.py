@@ -35,10 +35,13 @@ class Lion(WdOptimizer):
         weight_decay: float = 0.0,
         decay: str = "decoupled",
         *,
+        decay_to: str = "zero",
+        decay_ema: float = 0.999,
         impl: str | None = None,
         mode: str | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decay=decay,
+                        decay_to=decay_to, decay_ema=decay_ema,
                         impl=impl_from(impl, mode=mode, owner="Lion"))
         super().__init__(params, defaults)
 

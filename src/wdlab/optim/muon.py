@@ -118,6 +118,8 @@ class Muon(WdOptimizer):
         normuon_beta2: float = 0.95,
         normuon_eps: float = 1e-8,
         work_split: str = "auto",
+        decay_to: str = "zero",
+        decay_ema: float = 0.999,
         impl: str = "auto",
     ) -> None:
         defaults = dict(
@@ -132,6 +134,8 @@ class Muon(WdOptimizer):
             eps=eps,
             weight_decay=weight_decay,
             decay=decay,
+            decay_to=decay_to,
+            decay_ema=decay_ema,
             update_scale=update_scale,
             adamw_betas=adamw_betas,
             adamw_eps=adamw_eps,

@@ -63,6 +63,8 @@ class NovoGrad(WdOptimizer):
         grad_averaging: bool = False,
         decay_in_momentum: bool = False,
         *,
+        decay_to: str = "zero",
+        decay_ema: float = 0.999,
         impl: str | None = None,
         mode: str | None = None,
     ) -> None:
@@ -72,6 +74,8 @@ class NovoGrad(WdOptimizer):
             eps=eps,
             weight_decay=weight_decay,
             decay=decay,
+            decay_to=decay_to,
+            decay_ema=decay_ema,
             grad_averaging=grad_averaging,
             decay_in_momentum=decay_in_momentum,
             impl=impl_from(impl, mode=mode, owner="NovoGrad"),

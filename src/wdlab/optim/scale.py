@@ -64,6 +64,8 @@ class SCALE(WdOptimizer):
         adamw_betas: tuple[float, float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
         *,
+        decay_to: str = "zero",
+        decay_ema: float = 0.999,
         impl: str | None = None,
         mode: str | None = None,
     ) -> None:
@@ -72,6 +74,8 @@ class SCALE(WdOptimizer):
             momentum=momentum,
             weight_decay=weight_decay,
             decay=decay,
+            decay_to=decay_to,
+            decay_ema=decay_ema,
             eps=eps,
             adamw_betas=adamw_betas,
             adamw_eps=adamw_eps,

@@ -41,6 +41,8 @@ class SGDW(WdOptimizer):
         weight_decay: float = 0.0,
         decay: str = "decoupled",
         *,
+        decay_to: str = "zero",
+        decay_ema: float = 0.999,
         impl: str | None = None,
         mode: str | None = None,
     ) -> None:
@@ -53,6 +55,8 @@ class SGDW(WdOptimizer):
             nesterov=nesterov,
             weight_decay=weight_decay,
             decay=decay,
+            decay_to=decay_to,
+            decay_ema=decay_ema,
             impl=impl_from(impl, mode=mode, owner="SGDW"),
         )
         super().__init__(params, defaults)
