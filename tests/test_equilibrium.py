@@ -171,3 +171,36 @@ def test_independent_decay_uses_schedule_multiplier():
 def test_unknown_kind_names_the_choices():
     with pytest.raises(ValueError, match="optimizer kind must be one of"):
         predicted_angle("rmsprop", 0.1, 0.1)
+
+
+@pytest.mark.parametrize("decay", ["decoupled", "corrected"])
+def test_grad_to_weight_ratio_settles_where_predicted(decay: str) -> None:
+    """Defazio et al. 2025: at a quarter of the peak lr, plain SGD's ‖g‖/‖w‖ settles at
+    sqrt(2λ/η_t) with decoupled decay and at sqrt(2λ/η_max) (half of it) with corrected."""
+    from wdlab.optim import SGDW
+
+    torch.set_num_threads(1)
+    peak, lam, mult, steps = 0.4, 0.1, 0.25, 1600
+    gen = torch.Generator().manual_seed(2)
+    model = nn.Module()
+    model.weight = nn.Parameter(torch.randn(ROWS, COLS, generator=gen))
+    group = {"params": [model.weight], "role": "matrix", "scale_invariant": True}
+    opt = SGDW([group], lr=peak, momentum=0.0, weight_decay=lam, decay=decay)
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda s: mult)
+    ratios: list[float] = []
+    mon = Monitor(model, opt, every=10, sink=lambda step, m: (
+        ratios.append(m["mon/gw_ratio/weight"]) if step > steps * 3 // 4 else None))
+    w = model.weight
+    for step in range(1, steps + 1):
+        mon.before_forward(step)
+        with torch.no_grad():
+            z = torch.randn(w.shape, generator=gen)
+            norm = w.norm()
+            w.grad = (z - w * (w * z).sum() / norm**2) / norm
+        opt.step()
+        mon.step(step)
+    eta = peak * mult
+    expected = math.sqrt(2 * lam / (peak if decay == "corrected" else eta))
+    assert mon.latest["mon/gw_pred/weight"] == pytest.approx(expected, rel=0.02)
+    measured = sum(ratios) / len(ratios)
+    assert abs(measured - 1) < 0.05, f"measured/predicted ‖g‖/‖w‖ = {measured:.4f}"

@@ -59,6 +59,18 @@ def test_estimate_before_first_step_equals_state_after(name: str) -> None:
     assert before == _measured(opt) == state_bytes(opt)
 
 
+@pytest.mark.parametrize("target", ["init", "ema", "one"])
+def test_decay_target_copy_is_counted(target: str) -> None:
+    model = _model()
+    groups = wdlab.param_groups(model, 1e-3, 0.1)
+    opt = create("adamw", groups, lr=1e-3, weight_decay=0.1, decay_to=target)
+    before = state_bytes(opt)
+    _step(model, opt)
+    assert before == _measured(opt)
+    plain = _make("adamw", _model())
+    assert (before > state_bytes(plain)) == (target != "one")
+
+
 @pytest.mark.parametrize(
     "wrap",
     [

@@ -7,6 +7,7 @@ from wdlab.optim.equilibrium import (
     decay_per_step,
     hyper_for,
     predict,
+    predicted_grad_ratio,
     predicted_angle,
     predicted_norm,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "decay_per_step",
     "hyper_for",
     "predict",
+    "predicted_grad_ratio",
     "predicted_angle",
     "predicted_norm",
 ]

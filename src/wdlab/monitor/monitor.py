@@ -26,7 +26,10 @@ Metric names (all start with "mon/"):
   mon/logz_mean, mon/logz_max, mon/logit_max   output logits of the measured forward
 Per-tensor probes: w_norm, grad_norm, upd_norm, upd_ratio, angle (radians), eff_lr
 (scale-invariant only), angle_pred, angle_ratio, norm_pred, norm_ratio (scale-invariant
-tensors under an optimizer equilibrium.py can predict), lion_bound (Lion: max|w|·λ);
+tensors under an optimizer equilibrium.py can predict), gw (‖g‖/‖w‖, scale-invariant only),
+gw_pred and gw_ratio (its steady state under SGD-type updates: sqrt(2λ/η_t) for decoupled,
+sqrt(2λ/η_max) for corrected decay; equilibrium.predicted_grad_ratio), lion_bound (Lion:
+max|w|·λ);
 in "full" also angle_row, upd_radial, upd_tangential, sigma_max.
 
 Level "summary" (for hosted loggers, where every metric name is a chart): the "light"
@@ -62,6 +65,9 @@ _ROLE_SUMMARY = _LAYER_SUMMARY + (
     "angle_ratio",
     "norm_pred",
     "norm_ratio",
+    "gw",
+    "gw_pred",
+    "gw_ratio",
     "sigma_max",
 )
 _LAYER_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
@@ -322,6 +328,8 @@ class Monitor:
                 h = hypers[t.group]
                 if t.scale_invariant:
                     put("eff_lr", t, probes.effective_lr(lr, w))
+                    if grad_norm is not None:
+                        put("gw", t, grad_norm / w_norm.clamp_min(1e-30))
                     if h is not None:
                         self._predict(
                             t,
@@ -368,6 +376,12 @@ class Monitor:
         per_tensor.append((t, "angle_pred"))
         if angle is not None and angle_pred > 0:
             put("angle_ratio", t, angle / angle_pred)
+        gw_pred = equilibrium.predicted_grad_ratio(h)
+        if gw_pred is not None:
+            floats[f"mon/gw_pred/{t.name}"] = gw_pred
+            per_tensor.append((t, "gw_pred"))
+            if grad_norm is not None:
+                put("gw_ratio", t, grad_norm / w_norm.clamp_min(1e-30) / gw_pred)
         if norm_unit is None:
             return
         if h.kind in ("sgd", "sgdw", "sgdp"):

@@ -38,7 +38,14 @@ momentum-driven norm growth, is 1 − shrink·(L − V)²/(4LV) with V the one-s
 long-run variance of u). "2d" is written exactly as 1 − (1 − d)².
 
 In "independent" decay mode d uses the schedule multiplier (lr/initial_lr)·λ instead of
-lr·λ (REFERENCE §1). Not predicted: Adam with coupled L2 (the decay is divided by
+lr·λ (REFERENCE §1); in "corrected" mode (AdamC) d = lr·(lr/initial_lr)·λ.
+
+The same norm balance fixes the gradient-to-weight ratio of a scale-invariant tensor under
+SGD-type updates (Defazio et al. 2025, "Why Gradients Rapidly Increase Near the End of
+Training"): ‖g‖/‖w‖ = sqrt(shrink/(η²·gain)), i.e. sqrt(2λ/η_t) for plain SGD with decoupled
+decay, which grows as the lr anneals, and sqrt(2λ/η_max) with corrected decay, which does not
+(predicted_grad_ratio). For Adam-type and Lion updates the balance holds for the normalized
+update, not the raw gradient, so no ‖g‖/‖w‖ is predicted there. Not predicted: Adam with coupled L2 (the decay is divided by
 sqrt(v)), AMSGrad, Muon (orthogonalized updates), wdlab optimizers in "l2" mode other
 than SGDW, and any other optimizer class.
 """
@@ -50,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = ("sgd", "sgdw", "adamw", "lion", "adamp", "sgdp")
-DECAYS = ("decoupled", "independent")
+DECAYS = ("decoupled", "independent", "corrected")
 
 
 @dataclass(frozen=True)
@@ -95,9 +102,11 @@ def _momentum_form(h: Hyper) -> tuple[float, float, float]:
 def decay_per_step(h: Hyper) -> float:
     """The fraction d by which decay shrinks ‖w‖ per step (REFERENCE §1 and §2)."""
     _check(h.kind, h.decay)
-    if h.decay == "independent":
+    if h.decay in ("independent", "corrected"):
         init = h.initial_lr if h.initial_lr is not None else h.lr
         rate = (h.lr / init) * h.wd if init > 0 else 0.0
+        if h.decay == "corrected":
+            rate *= h.lr
     else:
         rate = h.lr * h.wd
     if h.kind == "sgd":  # coupled: λ·w passes through the momentum like a gradient
@@ -248,6 +257,17 @@ def _norm(h: Hyper, numel: int, grad_norm_unit: float | None) -> float | None:
         return None
     # ‖w‖² = η²·(‖g̃‖²/‖w‖²)·gain/shrink  =>  ‖w‖⁴ = η²‖g̃‖²·gain/shrink
     return (h.lr**2 * grad_norm_unit**2 * gain / _shrink(d)) ** 0.25
+
+
+def predicted_grad_ratio(h: Hyper) -> float | None:
+    """Steady-state ‖g‖/‖w‖ of a scale-invariant tensor under SGD-type updates (module
+    docstring); None for the other kinds or without decay."""
+    d = decay_per_step(h)
+    if d <= 0 or h.lr <= 0 or h.kind not in ("sgd", "sgdw", "sgdp"):
+        return None
+    var, long_run = _momentum_variance(h, _lag_discount(h, d))
+    gain = var if h.kind == "sgdp" else long_run
+    return math.sqrt(_shrink(d) / (h.lr**2 * gain))
 
 
 def _momentum_hyper(kind: str, group: dict[str, Any], **common: Any) -> Hyper:

@@ -56,13 +56,19 @@ LAYOUTS: dict[str, Callable[[torch.Tensor, dict[str, Any], type], int]] = {
 """State bytes before the first step, per layout name of wdlab.optim.REGISTRY's entries."""
 
 
+def _target_bytes(p: torch.Tensor, group: dict[str, Any]) -> int:
+    """decay_to="init" | "ema" keeps a copy of p (wdlab.optim.base) where p decays."""
+    keeps = group.get("decay_to") in ("init", "ema") and group.get("weight_decay", 0) > 0
+    return _nbytes(p) if keeps else 0
+
+
 def _layout(optimizer: torch.optim.Optimizer, p: torch.Tensor, group: dict[str, Any]) -> int | None:
     """State bytes `optimizer` will create for `p` in `group`; None if the layout is unknown."""
     from wdlab.optim import entry_for
 
     entry = entry_for(optimizer)
     if entry is not None:
-        return LAYOUTS[entry.state](p, group, type(optimizer))
+        return LAYOUTS[entry.state](p, group, type(optimizer)) + _target_bytes(p, group)
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         return _adam(p, group, type(optimizer)) + (_nbytes(p) if group.get("amsgrad") else 0)
     if isinstance(optimizer, torch.optim.SGD):
