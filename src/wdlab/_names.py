@@ -27,3 +27,10 @@ the weights at the optimizer's first step, an EMA of the weights, or 1 (norm gai
 
 SP_INITS = ("constant", "fan_in")
 """How a standard-parametrized model's own init depends on width (wdlab.scaling)."""
+
+SCHEDULE_KINDS = ("constant", "linear", "cosine", "power", "wsd")
+"""Schedule shapes (wdlab.schedules): for the lr (schedule.kind) and the weight decay
+(schedule.wd.kind)."""
+
+COOLDOWN_SHAPES = ("linear", "cosine", "sqrt", "power")
+"""The cooldown of a warmup-stable-decay ("wsd") schedule (wdlab.schedules)."""

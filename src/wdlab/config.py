@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from wdlab._names import DECAY_MODES, DECAY_TARGETS
+from wdlab._names import COOLDOWN_SHAPES, DECAY_MODES, DECAY_TARGETS, SCHEDULE_KINDS
 from wdlab.errors import ConfigError
 from wdlab.scaling import RULES
 
@@ -93,10 +93,33 @@ class OptimizerConfig(BaseModel):
         return {"weight_decay": self.weight_decay, "decay": self.decay, **target, **extra}
 
 
-class ScheduleConfig(_Strict):
-    kind: Literal["cosine", "linear", "constant"] = "cosine"
+class _Shape(_Strict):
+    """The cooldown of a "wsd" schedule and the exponent of "power" (wdlab.schedules)."""
+
+    cooldown: float = Field(default=0.2, gt=0, le=1)  # wsd: fraction of the steps
+    cooldown_shape: Literal[COOLDOWN_SHAPES] = "linear"  # type: ignore[valid-type]
+    power: float = Field(default=2.0, gt=0)
+
+
+class WdScheduleConfig(_Shape):
+    """weight_decay_t = weight_decay · s_t, a schedule of its own (default: constant)."""
+
+    kind: Literal[SCHEDULE_KINDS] = "constant"  # type: ignore[valid-type]
+    warmup: int = Field(default=0, ge=0)
+    final: float = Field(default=0.0, ge=0, le=1)
+
+
+class ScheduleConfig(_Shape):
+    kind: Literal[SCHEDULE_KINDS] = "cosine"  # type: ignore[valid-type]
     warmup: int = Field(default=0, ge=0)
     final_lr_fraction: float = Field(default=0.0, ge=0, le=1)
+    wd: WdScheduleConfig = WdScheduleConfig()
+
+    @field_validator("wd", mode="before")
+    @classmethod
+    def _kind_alone(cls, value: Any) -> Any:
+        """`--set schedule.wd=cosine` is short for schedule.wd.kind=cosine."""
+        return {"kind": value} if isinstance(value, str) else value
 
 
 class TrainConfig(_Strict):

@@ -32,6 +32,7 @@ from wdlab.evaluation import Evaluator
 from wdlab.factory import create_optimizer
 from wdlab.lease import LEASE_BEAT_SECONDS, current_owner
 from wdlab.optim.schedule_free import swap_to
+from wdlab.schedules import Schedule
 
 CHECKPOINT_FORMAT = checkpoint_io.FORMAT
 MAX_SKIPS_IN_A_ROW = 50  # with on_nonfinite=skip, more than this in a row is divergence
@@ -88,16 +89,17 @@ class RunResult:
 
 
 def lr_multiplier(step: int, total: int, kind: str, warmup: int, final: float = 0.0) -> float:
-    """Schedule multiplier s_t for 0-based `step`: linear warm-up, then the decay `kind`."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    span = max(total - warmup, 1)
-    progress = min(max(step - warmup, 0) / span, 1.0)
-    if kind == "linear":
-        return final + (1.0 - final) * (1.0 - progress)
-    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    """Schedule multiplier s_t for 0-based `step` (wdlab.schedules.Schedule, the one formula)."""
+    return Schedule(kind, total, warmup, final)(step)
+
+
+def schedules_of(config: RunConfig) -> tuple[Schedule, Schedule]:
+    """The run's lr and weight-decay schedules (config.schedule, config.schedule.wd)."""
+    sched, wd = config.schedule, config.schedule.wd
+    lr = Schedule(sched.kind, config.steps, sched.warmup, sched.final_lr_fraction,
+                  sched.cooldown, sched.cooldown_shape, sched.power)
+    return lr, Schedule(wd.kind, config.steps, wd.warmup, wd.final, wd.cooldown,
+                        wd.cooldown_shape, wd.power)
 
 
 @contextmanager
@@ -245,6 +247,8 @@ def run(
         raise ConfigError(f"config error: optimizer: {err}", field="optimizer") from None
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
+        group.setdefault("initial_weight_decay", group["weight_decay"])
+    lr_schedule, wd_schedule = schedules_of(config)
     # `net` trains (DDP or FSDP2 under torchrun); `model` is what is saved and evaluated.
     net, optimizer = parallel.wrap(model, optimizer, config.train.parallel)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -381,7 +385,7 @@ def run(
     from wdlab.nn.qk_clip import apply_qk_clip, clipped_modules
 
     qk_clipped = clipped_modules(model)  # model.qk_clip > 0: QK-Clip after every step
-    sched, tcfg = config.schedule, config.train
+    tcfg = config.train
     step, last_eval, consecutive_skips = start_step, -1, 0
     if resumed_done:
         last_eval = step  # killed after its final checkpoint: nothing is left to train
@@ -399,11 +403,13 @@ def run(
                     )
                     break
                 tick = time.perf_counter()
-                multiplier = lr_multiplier(
-                    step, config.steps, sched.kind, sched.warmup, sched.final_lr_fraction
-                )
+                multiplier, wd_multiplier = lr_schedule(step), wd_schedule(step)
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * multiplier
+                    # A checkpoint from before wd schedules has no initial_weight_decay: its
+                    # weight_decay was never scheduled, so it is the initial one.
+                    initial_wd = group.setdefault("initial_weight_decay", group["weight_decay"])
+                    group["weight_decay"] = initial_wd * wd_multiplier
                 if monitor is not None:
                     monitor.before_forward(step + 1)  # steps are logged 1-based
                 loss = workload.loss(net, parallel.local_batch(workload.batch(step)))

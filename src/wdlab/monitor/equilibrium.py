@@ -7,8 +7,8 @@ from wdlab.optim.equilibrium import (
     decay_per_step,
     hyper_for,
     predict,
-    predicted_grad_ratio,
     predicted_angle,
+    predicted_grad_ratio,
     predicted_norm,
 )
 

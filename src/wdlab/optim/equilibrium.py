@@ -45,9 +45,11 @@ SGD-type updates (Defazio et al. 2025, "Why Gradients Rapidly Increase Near the 
 Training"): ‖g‖/‖w‖ = sqrt(shrink/(η²·gain)), i.e. sqrt(2λ/η_t) for plain SGD with decoupled
 decay, which grows as the lr anneals, and sqrt(2λ/η_max) with corrected decay, which does not
 (predicted_grad_ratio). For Adam-type and Lion updates the balance holds for the normalized
-update, not the raw gradient, so no ‖g‖/‖w‖ is predicted there. Not predicted: Adam with coupled L2 (the decay is divided by
-sqrt(v)), AMSGrad, Muon (orthogonalized updates), wdlab optimizers in "l2" mode other
-than SGDW, and any other optimizer class.
+update, not the raw gradient, so no ‖g‖/‖w‖ is predicted there.
+
+Not predicted: Adam with coupled L2 (the decay is divided by sqrt(v)), AMSGrad, Muon
+(orthogonalized updates), wdlab optimizers in "l2" mode other than SGDW, and any other
+optimizer class.
 """
 
 from __future__ import annotations
