@@ -68,6 +68,24 @@ def test_same_seed_same_result_and_lr_follows_schedule(tmp_path) -> None:
     assert lrs[40] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 34 / 35)))
 
 
+def test_wd_schedule_is_independent_of_the_lr_schedule(tmp_path) -> None:
+    config = _config("train.stop_at_target=false", "schedule.kind=wsd", "schedule.cooldown=0.5",
+                     "schedule.cooldown_shape=cosine", "schedule.wd.kind=linear",
+                     "schedule.wd.final=0.5", "optimizer.weight_decay=0.2", steps=20)
+    with Store(tmp_path / "s.db") as store:
+        result = train.run(config, store, tmp_path / "runs")
+        lrs = dict(store.metrics(result.run_id)["lr"])
+    peak = config.optimizer.lr
+    assert lrs[10] == pytest.approx(peak) and lrs[11] == pytest.approx(peak)  # stable to 10
+    assert lrs[16] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
+    saved = torch.load(tmp_path / "runs" / result.run_id / "last.pt", weights_only=True)
+    decaying = [g for g in saved["optimizer"]["param_groups"] if g["initial_weight_decay"] > 0]
+    assert decaying
+    for g in decaying:  # the last step (19) is 19/20 of the way from 1 to 0.5
+        assert g["weight_decay"] == pytest.approx(g["initial_weight_decay"] * (1 - 0.5 * 19 / 20))
+        assert g["lr"] == pytest.approx(g["initial_lr"] * 0.5 * (1 + math.cos(math.pi * 9 / 10)))
+
+
 def test_lr_multiplier_shapes() -> None:
     assert train.lr_multiplier(0, 100, "constant", 0) == 1.0
     assert train.lr_multiplier(9, 100, "linear", 10) == pytest.approx(1.0)
@@ -76,8 +94,13 @@ def test_lr_multiplier_shapes() -> None:
     assert train.lr_multiplier(100, 100, "cosine", 10, final=0.1) == pytest.approx(0.1)
 
 
-def test_resume_in_process_equals_uninterrupted(tmp_path, monkeypatch) -> None:
-    config = _config("train.stop_at_target=false", "train.checkpoint_every=10", steps=30)
+TOOLBOX = ("schedule.kind=wsd", "schedule.cooldown_shape=sqrt", "schedule.wd=linear",
+           "optimizer.weight_decay=0.1", "optimizer.decay=corrected", "optimizer.decay_to=ema")
+
+
+@pytest.mark.parametrize("extra", [(), TOOLBOX], ids=["plain", "toolbox"])
+def test_resume_in_process_equals_uninterrupted(tmp_path, monkeypatch, extra) -> None:
+    config = _config("train.stop_at_target=false", "train.checkpoint_every=10", *extra, steps=30)
     with Store(tmp_path / "s.db") as store:
         full = train.run(config, store, tmp_path / "runs")
 
