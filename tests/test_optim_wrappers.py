@@ -20,6 +20,7 @@ from wdlab.monitor.equilibrium import predicted_angle
 from wdlab.optim import SCALE, SGDW, AdamW, FAdam, Lion, NovoGrad
 from wdlab.optim.wrappers import (
     LAWN,
+    CautiousUpdate,
     CautiousWeightDecay,
     NaP,
     NormGrowthLimiter,
@@ -59,6 +60,9 @@ FACTORIES: dict[str, Callable[[torch.nn.Module], torch.optim.Optimizer]] = {
     "limiter": lambda m: NormGrowthLimiter(SGDW(m.parameters(), lr=0.1, momentum=0.9)),
     "cautious": lambda m: CautiousWeightDecay(Lion(m.parameters(), lr=1e-3, weight_decay=1.0)),
     "nested": lambda m: CautiousWeightDecay(NaP(AdamW(_groups(m)))),
+    "cautious_update": lambda m: CautiousUpdate(
+        AdamW(_groups(m), decay="corrected", decay_to="ema", decay_ema=0.9)
+    ),
 }
 
 

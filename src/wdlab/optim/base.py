@@ -232,50 +232,57 @@ class WdOptimizer(torch.optim.Optimizer):
             params, grads = self._grads_of(group)
             if not params:
                 continue
-            target = group["decay_to"]
-            if target == "zero" or group["weight_decay"] == 0:
+            if group["decay_to"] == "zero" or group["weight_decay"] == 0:
                 self._step_group(group, params, grads)
                 continue
-            grads = self._decay_toward_target(group, params, grads)
+            grads = self.decay_before_update(group, params, grads)
             # The decay is done: the optimizer's own update runs without it.
             self._step_group(dict(group, weight_decay=0.0), params, grads)
-            if target == "ema":
-                beta = group["decay_ema"]
-                for p in params:
-                    self.state[p]["decay_target"].lerp_(p.detach(), 1.0 - beta)
+            self.decay_after_update(group, params)
         return loss
 
     def _decay_target(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor | None:
-        """p's decay target: None for "one" (the constant 1); a copy of p, taken at the first
-        step that reaches p, for "init" and "ema" (state["decay_target"], checkpointed)."""
-        if group["decay_to"] == "one":
+        """p's decay target: None for "zero" and "one" (constants); a copy of p, taken at the
+        first step that reaches p, for "init" and "ema" (state["decay_target"], checkpointed)."""
+        if group["decay_to"] in ("zero", "one"):
             return None
         state = self.state[p]
         if "decay_target" not in state:
             state["decay_target"] = p.detach().clone(memory_format=torch.preserve_format)
         return state["decay_target"]
 
-    def _decay_toward_target(
+    def decay_before_update(
         self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> list[torch.Tensor]:
-        """w <- w - c*(w - target) for a decoupled mode; the gradients for the update (in l2
-        mode new tensors g + wd*(w - target), p.grad itself is left as it is)."""
+        """The group's decay on its own, toward its target: w <- w - c*(w - target) in the
+        decoupled modes; returns the gradients for the update (in l2 mode new tensors
+        g + wd*(w - target), p.grad itself is left as it is). Wrappers that take the decay out
+        of the update (wdlab.optim.wrappers) call this and decay_after_update themselves."""
         decay = decay_factors(group)
         targets = [self._decay_target(group, p) for p in params]
+        constant = 1.0 if group["decay_to"] == "one" else 0.0
         if decay.l2:
-            out = []
-            for p, g, t in zip(params, grads, targets, strict=True):
-                pull = p.detach() - (1.0 if t is None else t)
-                out.append(g.add(pull, alpha=decay.l2))
-            return out
+            return [
+                g.add(p.detach() - (constant if t is None else t), alpha=decay.l2)
+                for p, g, t in zip(params, grads, targets, strict=True)
+            ]
         if decay.rate:
             for p, t in zip(params, targets, strict=True):
                 w = p.detach()
-                if t is None:
-                    w.mul_(1.0 - decay.rate).add_(decay.rate)
-                else:
+                if t is not None:
                     w.lerp_(t, decay.rate)
+                else:
+                    w.mul_(1.0 - decay.rate)
+                    if constant:
+                        w.add_(decay.rate * constant)
         return grads
+
+    def decay_after_update(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """After the update: the "ema" target follows the weights, t <- β*t + (1 - β)*w."""
+        if group["decay_to"] != "ema":
+            return
+        for p in params:
+            self.state[p]["decay_target"].lerp_(p.detach(), 1.0 - group["decay_ema"])
 
     def _check_step(self, group: dict[str, Any]) -> None:
         """Refuse group settings (e.g. from a loaded state_dict) the update can't honour."""

@@ -439,3 +439,58 @@ class CautiousWeightDecay(OptimizerWrapper):
                 w = before[p]
                 agree = (p.detach() - w).mul_(w) < 0  # the step -lr*u moves w toward 0
                 p.detach().sub_(w.mul_(agree), alpha=rate)
+
+
+class CautiousUpdate(OptimizerWrapper):
+    """Cautious update masking (Liang et al. 2024, "Cautious Optimizers", the C- variants).
+
+    The inner optimizer steps without its decoupled decay, giving the update Δ = -lr*u. Where
+    u disagrees in sign with the gradient (u*g <= 0) the update is masked out, and the rest is
+    rescaled per tensor by numel / (mask.sum() + 1), as in the paper and pytorch-optimizer:
+        w <- decay(w) + Δ * m * numel/(Σm + 1),   m = [u*g > 0]
+    The decay is then applied on its own, unmasked: a wdlab optimizer's decay_before_update
+    (its decay mode and decay_to target, the plain rate c of decay_factors; this replaces
+    AdamP's wd_ratio and FAdam's Fisher-scaled forms, as CautiousWeightDecay does), or
+    w*(1 - lr*wd) for a torch optimizer's weight_decay. Groups with decay="l2" keep their
+    decay inside the gradient and so inside the masked update. State: none of its own.
+    """
+
+    def _wrapped_step(self) -> None:
+        decoupled = [g for g in self.param_groups
+                     if g.get("weight_decay", 0) > 0 and g.get("decay") != "l2"]
+        before = self._snapshot(p for g in self.param_groups for p in g["params"])
+        saved = [g["weight_decay"] for g in decoupled]
+        for g in decoupled:
+            g["weight_decay"] = 0.0
+        try:
+            self.optimizer.step()
+        finally:
+            for g, wd in zip(decoupled, saved, strict=True):
+                g["weight_decay"] = wd
+        masked: dict[torch.Tensor, torch.Tensor] = {}
+        for p, w in before.items():
+            delta = p.detach() - w  # -lr*u
+            agree = (delta * p.grad < 0).to(delta.dtype)
+            scale = p.numel() / (settled(agree.sum()) + 1)
+            masked[p] = delta.mul_(agree).mul_(scale)
+            p.detach().copy_(w)
+        decaying = {id(g) for g in decoupled}
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p in masked]
+            if not params:
+                continue
+            if id(group) in decaying:
+                self._decay(group, params)
+            for p in params:
+                p.detach().add_(masked[p])
+            if id(group) in decaying and hasattr(self.optimizer, "decay_after_update"):
+                self.optimizer.decay_after_update(group, params)
+
+    def _decay(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        inner = self.optimizer
+        if hasattr(inner, "decay_before_update") and "decay_to" in group:
+            inner.decay_before_update(group, params, [p.grad for p in params])
+            return
+        rate = decoupled_decay_rate({"decay": "decoupled", **group})
+        for p in params:
+            p.detach().mul_(1.0 - rate)
