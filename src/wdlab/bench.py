@@ -27,11 +27,13 @@ __all__ = [
     "FAMILY_RANGES",
     "methods",
     "FAMILY_SETTINGS",
+    "VARIANTS",
     "BenchResult",
     "add_arguments",
     "bench_main",
     "run_bench",
     "search_space",
+    "split_variant",
 ]
 
 R_MAX = 4.0
@@ -49,6 +51,35 @@ FAMILY_SETTINGS: dict[str, list[str]] = {
     name: list(e.settings) for name, e in REGISTRY.items() if e.settings
 }
 _ADAM = FAMILY_RANGES["adamw"]
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "corrected": ("optimizer.decay=corrected",),
+    "independent": ("optimizer.decay=independent",),
+    "cautious": ("optimizer.cautious=true",),
+    "to-init": ("optimizer.decay_to=init",),
+    "to-ema": ("optimizer.decay_to=ema",),
+    "wsd": ("schedule.kind=wsd",),
+    "wsd-sqrt": ("schedule.kind=wsd", "schedule.cooldown_shape=sqrt"),
+    "wsd-cosine": ("schedule.kind=wsd", "schedule.cooldown_shape=cosine"),
+    "linear": ("schedule.kind=linear",),
+    "power": ("schedule.kind=power",),
+    "wd-cosine": ("schedule.wd.kind=cosine",),
+}
+"""Options a bench entry adds to its optimizer, written NAME+OPTION[+OPTION...], e.g.
+adamw+corrected or lion+cautious+wsd-sqrt: the `--set` settings each option stands for."""
+
+
+def split_variant(entry: str) -> tuple[str, list[str]]:
+    """"adamw+corrected+cautious" -> ("adamw", its settings); ValueError naming a bad option."""
+    name, *options = entry.split("+")
+    settings: list[str] = []
+    for option in options:
+        if option not in VARIANTS:
+            raise ValueError(
+                f"unknown option {option!r} in {entry!r}; known: {', '.join(VARIANTS)}"
+            )
+        settings += VARIANTS[option]
+    return name, settings
 
 
 def search_space(optimizer: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -99,10 +130,15 @@ def _check(optimizers: list[str], workloads: list[str], trials: int, studies: in
         raise ConfigError(
             "--optimizers needs at least one name, e.g. adamw,lion", field="optimizers"
         )
-    for name in optimizers:
+    for entry in optimizers:
+        try:
+            name, _ = split_variant(entry)
+        except ValueError as err:
+            raise ConfigError(f"--optimizers: {err}", field="optimizers") from None
         if name not in known_opt:
             raise ConfigError(
-                f"--optimizers: unknown optimizer {name!r}; known: {', '.join(known_opt)}",
+                f"--optimizers: unknown optimizer {name!r}; known: {', '.join(known_opt)} "
+                f"(options: NAME+{'|'.join(VARIANTS)})",
                 field="optimizers",
             )
     if not workloads:
@@ -137,13 +173,15 @@ def methods(optimizers: list[str], averages: list[str] | None) -> list[tuple[str
     return [(label(opt, avg), opt, avg) for opt in optimizers for avg in specs]
 
 
-def _spec(optimizer: str, workload: str, trials: int, study: int, quick: bool,
+def _spec(entry: str, workload: str, trials: int, study: int, quick: bool,
           average: str = "off"):
     from wdlab.sweep import RangeSpec, SweepSpec
 
+    optimizer, variant = split_variant(entry)
     (lr_lo, lr_hi), (wd_lo, wd_hi) = search_space(optimizer)
     tag = "quick" if quick else "full"
     settings = list(REGISTRY[optimizer].settings) if optimizer in REGISTRY else []
+    settings += variant
     if average != "off":
         settings.append(f"train.average={average}")
     return SweepSpec.create(
@@ -159,7 +197,7 @@ def _spec(optimizer: str, workload: str, trials: int, study: int, quick: bool,
         sample_seed=study,
         tiny=quick,
         assignments=settings,
-        name=f"bench-{tag}-{workload}-{optimizer}{'' if average == 'off' else '-' + average}"
+        name=f"bench-{tag}-{workload}-{entry}{'' if average == 'off' else '-' + average}"
         f"-n{trials}-s{study}",
     )
 
@@ -292,7 +330,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--optimizers",
         default=",".join(DEFAULT_OPTIMIZERS),
         metavar="NAMES",
-        help=f"optimizers to compare (default {','.join(DEFAULT_OPTIMIZERS)})",
+        help=f"optimizers to compare (default {','.join(DEFAULT_OPTIMIZERS)}); NAME+OPTION "
+        f"adds an option ({', '.join(VARIANTS)}), e.g. adamw+corrected",
     )
     p.add_argument(
         "--workloads", metavar="NAMES", help="workloads to run (default: all built-in ones)"

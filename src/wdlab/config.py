@@ -48,6 +48,8 @@ class OptimizerConfig(BaseModel):
     decay: Literal[DECAY_MODES] = "decoupled"  # type: ignore[valid-type]
     decay_to: Literal[DECAY_TARGETS] = "zero"  # type: ignore[valid-type]
     decay_ema: float = Field(default=0.999, ge=0, lt=1)
+    # Cautious update masking (wdlab.optim.wrappers.CautiousUpdate) around the optimizer.
+    cautious: bool = False
     decay_embedding: bool = True
     decay_output: bool = True
     # Width scaling (wdlab.scaling, docs/scaling.md): lr and weight_decay are tuned at

@@ -123,6 +123,36 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+# Options that make an optimizer a variant (docs/optimizers.md): shown beside its name when
+# they differ from the default, whether swept or set in the base config.
+_VARIANT_DEFAULTS = {"optimizer.decay": "decoupled", "optimizer.decay_to": "zero",
+                     "optimizer.cautious": False, "schedule.wd.kind": "constant"}
+_SCHEDULE_KEYS = ("schedule.kind", "schedule.cooldown_shape")  # shown when swept
+
+
+def _dotted(tree: Mapping[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def optimizer_label(params: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """The optimizer's name plus its variant options, e.g. "adamw decay=corrected cautious"."""
+    name = str(params.get(_OPT, _dotted(base, _OPT) or "?"))
+    parts = [name]
+    for key, default in _VARIANT_DEFAULTS.items():
+        value = params.get(key, _dotted(base, key))
+        if value is None or value == default:
+            continue
+        short = key.rsplit(".", 1)[-1] if key.startswith("optimizer.") else key
+        parts.append(short if value is True else f"{short}={value}")
+    parts += [f"{key}={params[key]}" for key in _SCHEDULE_KEYS if key in params]
+    return " ".join(parts)
+
+
 def _trial_views(store: Store, sweep: SweepRecord) -> tuple[list[TrialView], str, bool]:
     """The sweep's trials joined with their runs; plus the metric name and its direction."""
     from wdlab import workloads
@@ -140,7 +170,7 @@ def _trial_views(store: Store, sweep: SweepRecord) -> tuple[list[TrialView], str
             params=p,
             status=trial.status,
             optimizer=method_label(
-                str(p.get(_OPT, base_opt.get("name", "?"))), p.get(_AVG, base_average)
+                optimizer_label(p, sweep.spec.get("base_config") or {}), p.get(_AVG, base_average)
             ),
             lr=_number(p.get(_LR, base_opt.get("lr"))),
             wd=_number(p.get(_WD, base_opt.get("weight_decay"))),
@@ -460,7 +490,8 @@ def _sensitivity(views: list[TrialView], files: Path, title: str) -> list[str]:
     for v in views:
         if v.lr is None or v.status not in ("finished", "diverged"):
             continue
-        others = {k: x for k, x in v.params.items() if k not in (_LR, _OPT, _WD, "seed")}
+        skip = (_LR, _OPT, _WD, "seed", *_VARIANT_DEFAULTS, *_SCHEDULE_KEYS)
+        others = {k: x for k, x in v.params.items() if k not in skip}
         label = f"{v.optimizer} wd={_fmt(v.wd)}"
         if others:
             label += " " + " ".join(f"{k}={x}" for k, x in sorted(others.items()))

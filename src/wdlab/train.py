@@ -245,6 +245,10 @@ def run(
             if theirs is not None:
                 raise theirs from None
         raise ConfigError(f"config error: optimizer: {err}", field="optimizer") from None
+    if config.optimizer.cautious:
+        from wdlab.optim.wrappers import CautiousUpdate
+
+        optimizer = CautiousUpdate(optimizer)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
         group.setdefault("initial_weight_decay", group["weight_decay"])
