@@ -18,6 +18,12 @@ Bytes per parameter that an update must move (fp32, read + write), the bandwidth
   Schedule-Free SGD: read y, g, z; write y, z                     = 20 B
 Muon is compute-bound (Newton-Schulz matmuls): no GB/s column; it runs on 4 square matrices
 (--muon-size, default 1024), with the family's variants (Polar Express, NorMuon, per-head).
+The toolbox rows (docs/optimizers.md):
+  AdamW decay="corrected": the same kernel, only the decay rate differs  = 28 B
+  AdamW decay_to="init": one more pass w.lerp_(t, c): read p, t; write p = 40 B
+  AdamW decay_to="ema": and the EMA t.lerp_(w, 1 - β): read t, p; write t = 52 B
+  CautiousUpdate(Lion): a wrapper of several passes (snapshot, mask, rescale): no bound, its
+  cost is read against pytorch_optimizer's cautious Lion and the bare Lion.
 """
 
 from __future__ import annotations
@@ -134,6 +140,7 @@ def rows(compiled: bool) -> list[tuple[str, list[Entry]]]:
             )
         )
     families.append(("lion", lion))
+    families += toolbox_rows()
     for name, peer, nbytes, kw in (
         ("adamp", "AdamP", 36, dict(lr=1e-3, weight_decay=0.01)),
         ("sgdp", "SGDP", 28, dict(lr=0.01, momentum=0.9, weight_decay=1e-4)),
@@ -214,6 +221,37 @@ def schedule_free_rows() -> list[tuple[str, list[Entry]]]:
     return out
 
 
+def toolbox_rows() -> list[tuple[str, list[Entry]]]:
+    """Corrected decay, decay toward a target and cautious masking (wdlab's toolbox)."""
+    from wdlab.optim.wrappers import CautiousUpdate
+
+    get = wdlab.optim.get
+    have_po = importlib.util.find_spec("pytorch_optimizer") is not None
+    kw = dict(lr=1e-3, weight_decay=0.01)
+    corrected = [
+        Entry("wdlab AdamW corrected", lambda p: get("adamw")(p, **kw, decay="corrected"), 28),
+        Entry("torch AdamW fused", lambda p: torch.optim.AdamW(p, **kw, fused=True), 28),
+    ]
+    targets = [
+        Entry("wdlab AdamW decay_to=init", lambda p: get("adamw")(p, **kw, decay_to="init"), 40),
+        Entry("wdlab AdamW decay_to=ema", lambda p: get("adamw")(p, **kw, decay_to="ema"), 52),
+        Entry("torch AdamW fused", lambda p: torch.optim.AdamW(p, **kw, fused=True), 28),
+    ]
+    lion_kw = dict(lr=1e-4, weight_decay=0.1)
+    cautious = [
+        Entry("wdlab CautiousUpdate(Lion)", lambda p: CautiousUpdate(get("lion")(p, **lion_kw)),
+              None),
+        Entry("wdlab Lion (bare)", lambda p: get("lion")(p, **lion_kw), 20),
+    ]
+    if have_po:
+        import pytorch_optimizer as po
+
+        corrected.append(Entry("pytorch_optimizer AdamC", lambda p: po.AdamC(p, **kw), 28))
+        cautious.append(Entry("pytorch_optimizer Lion cautious",
+                              lambda p: po.Lion(p, **lion_kw, cautious=True), None))
+    return [("corrected", corrected), ("decay_to", targets), ("cautious", cautious)]
+
+
 def cpu_name() -> str:
     """The model name lscpu shows, from /proc/cpuinfo (Linux), else platform's guess."""
     try:
@@ -239,7 +277,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list of families: adamw,sgdw,lion,adamp,sgdp,sf_adamw,sf_sgd,muon",
+        help="comma list of families: adamw,sgdw,lion,corrected,decay_to,cautious,adamp,sgdp,"
+        "sf_adamw,sf_sgd,muon",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
