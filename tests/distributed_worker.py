@@ -47,6 +47,7 @@ from wdlab.optim.distributed import full, is_dtensor
 from wdlab.optim.functional import scale_invariant_view
 from wdlab.optim.wrappers import (
     LAWN,
+    CautiousUpdate,
     CautiousWeightDecay,
     NaP,
     NormGrowthLimiter,
@@ -127,6 +128,11 @@ CASES: dict[str, Build] = {
     "cautious": lambda n: CautiousWeightDecay(AdamW(groups(n), lr=1e-2, weight_decay=0.1)),
     "cautious-nap-lion": lambda n: CautiousWeightDecay(NaP(Lion(groups(n), lr=1e-3,
                                                                 weight_decay=0.5))),
+    # the toolbox: the decay target (a DTensor copy in the state) and cautious masking
+    "adamw-ema-target": lambda n: AdamW(groups(n), lr=1e-2, weight_decay=0.1,
+                                        decay="corrected", decay_to="ema", decay_ema=0.9),
+    "cautious-update-sgdw": lambda n: CautiousUpdate(SGDW(groups(n), lr=0.1, momentum=0.9,
+                                                          weight_decay=0.01, decay_to="init")),
 }
 
 

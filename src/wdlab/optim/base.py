@@ -234,10 +234,10 @@ class WdOptimizer(torch.optim.Optimizer):
                 continue
             if group["decay_to"] == "zero" or group["weight_decay"] == 0:
                 self._step_group(group, params, grads)
-                continue
-            grads = self.decay_before_update(group, params, grads)
-            # The decay is done: the optimizer's own update runs without it.
-            self._step_group(dict(group, weight_decay=0.0), params, grads)
+            else:
+                grads = self.decay_before_update(group, params, grads)
+                # The decay is done: the optimizer's own update runs without it.
+                self._step_group(dict(group, weight_decay=0.0), params, grads)
             self.decay_after_update(group, params)
         return loss
 
@@ -278,11 +278,14 @@ class WdOptimizer(torch.optim.Optimizer):
         return grads
 
     def decay_after_update(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-        """After the update: the "ema" target follows the weights, t <- β*t + (1 - β)*w."""
+        """After the update: the "ema" target follows the weights, t <- β*t + (1 - β)*w (also
+        on steps where a wd schedule has weight_decay at 0, once the target exists)."""
         if group["decay_to"] != "ema":
             return
         for p in params:
-            self.state[p]["decay_target"].lerp_(p.detach(), 1.0 - group["decay_ema"])
+            target = self.state[p].get("decay_target")
+            if target is not None:
+                target.lerp_(p.detach(), 1.0 - group["decay_ema"])
 
     def _check_step(self, group: dict[str, Any]) -> None:
         """Refuse group settings (e.g. from a loaded state_dict) the update can't honour."""
