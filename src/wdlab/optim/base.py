@@ -170,6 +170,9 @@ class WdOptimizer(torch.optim.Optimizer):
     IMPLS: tuple[str, ...] = ("reference", "foreach")
     """The concrete implementations this optimizer has, besides "auto" (see _dispatch.py)."""
 
+    TARGETS: tuple[str, ...] = DECAY_TARGETS
+    """The decay_to targets this optimizer honours (Schedule-Free: "zero" only)."""
+
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("decay", "decoupled")
         defaults.setdefault("decay_to", "zero")
@@ -198,6 +201,11 @@ class WdOptimizer(torch.optim.Optimizer):
         check_range("weight_decay", group["weight_decay"], 0.0)
         check_decay(group["decay"])
         check_decay_target(group)
+        if group["decay_to"] not in self.TARGETS:
+            raise ValueError(
+                f"{type(self).__name__} supports decay_to={', '.join(self.TARGETS)} only, got "
+                f"{group['decay_to']!r}; use decay_to='zero' with it"
+            )
         if "impl" in group:
             check_impl(group, self.IMPLS, type(self).__name__)
         for p in group["params"]:

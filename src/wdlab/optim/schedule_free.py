@@ -147,6 +147,8 @@ class _ScheduleFree(WdOptimizer):
 
     IMPLS = ("reference", "native", "foreach")
     ADAM = True
+    # A decay target would pull y alone, off y = (1-β)·z + β·x: not offered (docs/optimizers.md).
+    TARGETS = ("zero",)
 
     def _beta(self, group: dict[str, Any]) -> float:
         return group["betas"][0] if self.ADAM else group["momentum"]
