@@ -178,7 +178,8 @@ def test_help_lists_config_keys_and_optimizer_hyperparameters(capsys) -> None:
         main(["run", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "train.: eval_every=100" in text and "schedule.: kind=cosine" in text
+    assert "train.: eval_every=100" in text and "schedule.: " in text
+    assert "kind=cosine" in text and "wd.kind=constant" in text  # nested: dotted keys
     assert "model.*, data.*: the workload's own" in text
     assert "adamw: lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01" in text
     assert "adam -> adamw (decay=l2)" in text

@@ -90,20 +90,31 @@ def _arguments(args: ast.arguments, constants: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def _keys(model: Any, prefix: str = "") -> list[str]:
+    """KEY=DEFAULT for each field; a nested section (schedule.wd) as its own dotted keys."""
+    out: list[str] = []
+    for key, field in model.model_fields.items():
+        nested = getattr(field.default, "model_fields", None)
+        if nested is not None:
+            out += _keys(type(field.default), f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}" if field.is_required()
+                       else f"{prefix}{key}={_show(field.default)}")
+    return out
+
+
 def config_keys_help() -> str:
-    from wdlab.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+    from wdlab.config import LogConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
     from wdlab.optim import ALIASES, REGISTRY
 
     lines = ["settings (--set KEY=VALUE, or a [section] of a --config TOML file; "
              "--print-config shows the resolved values):"]
     top = [k for k in RunConfig.model_fields
-           if k not in ("workload", "optimizer", "schedule", "train", "model", "data")]
+           if k not in ("workload", "optimizer", "schedule", "train", "log", "model", "data")]
     lines += _wrap("", top)
     for section, model in (("optimizer", OptimizerConfig), ("schedule", ScheduleConfig),
-                           ("train", TrainConfig)):
-        keys = [k if f.is_required() else f"{k}={_show(f.default)}"
-                for k, f in model.model_fields.items()]
-        lines += _wrap(f"{section}.: ", keys)
+                           ("train", TrainConfig), ("log", LogConfig)):
+        lines += _wrap(f"{section}.: ", _keys(model))
     lines.append("    (optimizer.* also takes the optimizer's own hyperparameters, below)")
     lines += _wrap("model.*, data.*: ", ["the workload's own (e.g. digits model.width",
                                          "charlm model.qk_norm); `wdlab run WORKLOAD "
