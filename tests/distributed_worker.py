@@ -45,6 +45,7 @@ from wdlab.optim import (
 )
 from wdlab.optim.distributed import full, is_dtensor
 from wdlab.optim.functional import scale_invariant_view
+from wdlab.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from wdlab.optim.wrappers import (
     LAWN,
     CautiousUpdate,
@@ -133,6 +134,10 @@ CASES: dict[str, Build] = {
                                         decay="corrected", decay_to="ema", decay_ema=0.9),
     "cautious-update-sgdw": lambda n: CautiousUpdate(SGDW(groups(n), lr=0.1, momentum=0.9,
                                                           weight_decay=0.01, decay_to="init")),
+    # Schedule-Free: its y/z state and group counters, the native kernel refused for DTensors
+    "sf-adamw": lambda n: ScheduleFreeAdamW(groups(n), lr=1e-2, weight_decay=0.1,
+                                            decay="corrected", warmup_steps=2),
+    "sf-sgd": lambda n: ScheduleFreeSGD(groups(n), lr=0.1, momentum=0.9, weight_decay=0.01),
 }
 
 
