@@ -63,8 +63,10 @@ static inline int64_t sum_sizes(const int64_t *sizes, int64_t count) {
 }
 
 static inline real sign_of(real x) {
-    /* torch.sign: -1, 0 or 1, and 0 for NaN, so every mode of Lion gives the same result. */
-    return x > 0 ? (real)1 : (x < 0 ? (real)-1 : (real)0);
+    /* torch.sign: -1, 0 or 1, and 0 for NaN, so every mode of Lion gives the same result.
+     * Written without a branch: the nested ?: compiled to a jump per element on some
+     * compilers (random signs mispredict: Lion ran at 12% of the bandwidth probe). */
+    return (real)(x > 0) - (real)(x < 0);
 }
 
 /* SGD with momentum: u = g + l2*w; buf = fresh ? u : momentum*buf + (1 - dampening)*u;
