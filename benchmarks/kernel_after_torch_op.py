@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from wdlab.optim import native
+from wdlab.optim import _native as native
 
 
 def main() -> None:

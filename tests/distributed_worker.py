@@ -41,9 +41,9 @@ from wdlab.optim import (
     Muon,
     NorMuon,
     NovoGrad,
-    functional,
 )
 from wdlab.optim.distributed import full, is_dtensor
+from wdlab.optim.functional import muon as functional
 from wdlab.optim.functional import scale_invariant_view
 from wdlab.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from wdlab.optim.wrappers import (
@@ -302,7 +302,7 @@ def kernels_case() -> dict[str, Any]:
     """The C kernels and DTensors: supports() says no, a direct call raises TypeError."""
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
-    from wdlab.optim import native
+    from wdlab.optim import _native as native
 
     mesh = init_device_mesh("cpu", (WORLD,))
     x = distribute_tensor(torch.ones(5, 3), mesh, [Shard(0)])

@@ -140,7 +140,7 @@ def test_native_kernels_refuse_dtensors(measured: dict[str, Any]) -> None:
 def test_native_kernels_refuse_what_they_cannot_read() -> None:
     """The C kernels take only plain contiguous CPU float tensors; asked directly with anything
     else they raise one clear error instead of reading a wrong pointer."""
-    from wdlab.optim import native
+    from wdlab.optim import _native as native
 
     if not native.available():
         pytest.skip(native.why_unavailable() or "no native kernels")

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from wdlab.optim import SCALE, SGDP, SGDW, AdamP, AdamW, FAdam, Lion, Muon, NovoGrad, native
+from wdlab.optim import SCALE, SGDP, SGDW, AdamP, AdamW, FAdam, Lion, Muon, NovoGrad
+from wdlab.optim import _native as native
 from wdlab.optim._dispatch import IMPLS
 from wdlab.optim.opcount import count_step
 
@@ -127,7 +128,7 @@ def test_every_impl_matches_the_reference(name: str, dtype: torch.dtype) -> None
 
 def test_projection_is_exercised() -> None:
     """The AdamP/SGDP comparisons above cover all three views: channel, layer and none."""
-    from wdlab.optim.foreach import _views
+    from wdlab.optim.functional.adamp import _views
 
     w = _weights(torch.float64)[:4]
     gen = torch.Generator().manual_seed(1)

@@ -1,4 +1,5 @@
-"""wdlab.optim.native (the one-pass C kernels) against wdlab's torch paths of the same optimizers.
+"""wdlab.optim._native (the one-pass C kernels) against wdlab's torch paths of the same
+optimizers.
 
 Every comparison runs the native path and a torch path ("whole", or for AdamP/SGDP the same
 optimizer with native.supports patched to False) from identical weights and gradients, and
@@ -16,7 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from wdlab.optim import SCALE, SGDP, SGDW, AdamP, FAdam, Lion, NovoGrad, native
+from wdlab.optim import SCALE, SGDP, SGDW, AdamP, FAdam, Lion, NovoGrad
+from wdlab.optim import _native as native
 from wdlab.optim import functional as F
 
 torch.set_num_threads(1)

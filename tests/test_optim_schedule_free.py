@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from wdlab.optim import ScheduleFreeAdamW, ScheduleFreeSGD, native
+from wdlab.optim import ScheduleFreeAdamW, ScheduleFreeSGD
+from wdlab.optim import _native as native
 from wdlab.optim.opcount import count_step
 from wdlab.optim.schedule_free import swap_to
 

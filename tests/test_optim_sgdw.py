@@ -95,7 +95,7 @@ def test_l2_equals_torch_sgd_bit_for_bit(mom: dict[str, Any]) -> None:
 @pytest.mark.parametrize("mom", MOMENTA, ids=lambda m: "-".join(f"{k}{v}" for k, v in m.items()))
 def test_l2_native_equals_torch_sgd_to_float_rounding(mom: dict[str, Any]) -> None:
     """The one-pass C kernel rounds a*b + c differently from torch's op chain, never more."""
-    from wdlab.optim import native
+    from wdlab.optim import _native as native
 
     if not native.available():
         pytest.skip(f"native kernels unavailable: {native.why_unavailable()}")

@@ -1,11 +1,11 @@
 """Which implementation runs a group's update: the `impl=` keyword every optimizer takes.
 
-Every family has one reference implementation (functional.py: plain torch ops per tensor, on
-CPU cut into cache-sized blocks) and separately named fast paths:
+Every family has one reference implementation (functional/<family>.py's <family>_step: plain
+torch ops per tensor, on CPU cut into cache-sized blocks) and separately named fast paths:
   "native"    CPU kernels: wdlab's C kernels (kernels.c), or for Adam-type updates torch's
               fused kernels; only plain dense contiguous tensors of the kinds they check
   "foreach"   torch._foreach_* over the group, per device and dtype, with no host sync
-              inside step() (foreach.py): what every non-CPU device runs
+              inside step() (functional/<family>.py's <family>_foreach): every non-CPU device
   "compiled"  a torch.compile'd update (SGDW, Lion only; seconds of compile on first use)
 "auto" (the default) picks per group and device: "native" on CPU where the kernels take the
 tensors, the reference path on other CPU tensors (its cache blocking beats foreach there, and
@@ -35,7 +35,7 @@ LEGACY_MODES = {
 FUSED_TO_IMPL = {None: "auto", True: "native", False: "reference"}
 """AdamW's older `fused=` keyword (its "native" is torch's fused Adam kernel)."""
 
-# The mode name functional.py's reference/native functions take for each concrete impl.
+# The mode name the functional <family>_step functions take for each concrete impl.
 FUNCTIONAL_MODE = {"reference": "chunked", "native": "native", "compiled": "compiled",
                    "auto": "auto"}
 
@@ -113,9 +113,9 @@ def choose(
 
     `native_ok(*columns_at_those_indices)` says whether the native path takes them (None: the
     family has no native path). An explicit "native" that cannot run is a ValueError naming why.
-    callee_resolves_auto=True: "auto" on CPU stays "auto", for the functional.py functions that
-    pick native or reference themselves (per call, with the same check), so the check is not
-    paid twice per step.
+    callee_resolves_auto=True: "auto" on CPU stays "auto", for the functional <family>_step
+    functions that pick native or reference themselves (per call, with the same check), so the
+    check is not paid twice per step.
     """
     from wdlab.optim.distributed import any_dtensor
 
@@ -125,7 +125,7 @@ def choose(
         impl = wanted
         if any_dtensor(pick(columns[0], idx)):
             # Sharded params: the reference path reduces its statistics across shards
-            # (wdlab.optim.distributed); foreach.py's stacked statistics do not (yet).
+            # (wdlab.optim.distributed); the foreach paths' stacked statistics do not (yet).
             if wanted == "foreach":
                 raise ValueError(
                     "impl='foreach' does not take DTensor (FSDP2/tensor-parallel) params yet; "

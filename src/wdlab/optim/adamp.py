@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from wdlab.optim import foreach
 from wdlab.optim._dispatch import choose, impl_from, pick
 from wdlab.optim.base import (
     WdOptimizer,
@@ -40,7 +39,7 @@ from wdlab.optim.base import (
     decay_factors,
     group_lr,
 )
-from wdlab.optim.functional import adamp_step, sgdp_step
+from wdlab.optim.functional import adamp_foreach, adamp_step, sgdp_foreach, sgdp_step
 
 
 def _on_cpu(params: list[torch.Tensor]) -> bool:
@@ -119,7 +118,7 @@ class AdamP(WdOptimizer):
             # Contiguous: the projection views the update (built from these) as rows.
             columns = self._adam_states(ps, memory_format=torch.contiguous_format)
             if impl == "foreach":
-                foreach.adamp(ps, pick(grads, idx), *columns, **hyper)
+                adamp_foreach(ps, pick(grads, idx), *columns, **hyper)
             else:
                 adamp_step(ps, pick(grads, idx), *columns, fused=impl == "native", **hyper)
 
@@ -193,6 +192,6 @@ class SGDP(WdOptimizer):
         for impl, idx in plan:
             cols = (pick(params, idx), pick(grads, idx), pick(bufs, idx))
             if impl == "foreach":
-                foreach.sgdp(*cols, **hyper)
+                sgdp_foreach(*cols, **hyper)
             else:
                 sgdp_step(*cols, fused=impl == "native", **hyper)

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 
 from wdlab import _compat
-from wdlab.optim import foreach
 from wdlab.optim._dispatch import choose, impl_from, pick
 from wdlab.optim.base import WdOptimizer, check_betas, check_range, decay_factors, group_lr
-from wdlab.optim.functional import adamw_step
+from wdlab.optim.functional import adamw_foreach, adamw_step
 
 
 def _fused_ok(params: list[torch.Tensor]) -> bool:
@@ -96,6 +95,6 @@ class AdamW(WdOptimizer):
             # torch keeps "step" on the param's device for its fused kernels, else on the CPU.
             columns = self._adam_states(ps, step_device="param" if impl == "native" else "cpu")
             if impl == "foreach":
-                foreach.adamw(ps, gs, *columns, **hyper)
+                adamw_foreach(ps, gs, *columns, **hyper)
             else:
                 adamw_step(ps, gs, *columns, fused=impl == "native", **hyper)

@@ -26,9 +26,8 @@ from typing import Any, Literal
 import torch
 
 from wdlab._names import DECAY_MODES, DECAY_TARGETS
-from wdlab.optim import foreach
 from wdlab.optim._dispatch import check_impl, choose, impl_from, pick
-from wdlab.optim.functional import adamw_step
+from wdlab.optim.functional import adamw_foreach, adamw_step
 
 # Params, grads, exp_avgs, exp_avg_sqs, steps: the lists of an AdamW fallback step.
 AdamColumns = tuple[list[torch.Tensor], ...]
@@ -381,7 +380,7 @@ class WdOptimizer(torch.optim.Optimizer):
         for chosen, idx in plan:
             part = [pick(column, idx) for column in columns]
             if chosen == "foreach" or impl == "foreach":
-                foreach.adamw(*part, **hyper)
+                adamw_foreach(*part, **hyper)
             else:
                 adamw_step(*part, **hyper)
 

@@ -14,7 +14,7 @@ Three gaps, handled here and at the call sites:
   - an unevenly sharded DTensor cannot be flattened (reshape(-1), view(1, -1)): whole-tensor
     sums are taken over all dims instead;
   - DTensor has no sharding rule for torch._fused_sgd_ and no data pointer for the C kernels:
-    wdlab.optim.native refuses DTensors, and the chunked path does not slice them (a slice
+    wdlab.optim._native refuses DTensors, and the chunked path does not slice them (a slice
     across the sharded dim would gather it), so they take the per-op "whole" torch path.
 Under DDP every rank holds full plain replicas with all-reduced gradients: nothing changes.
 

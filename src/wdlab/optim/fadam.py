@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from wdlab.optim import foreach, native
+from wdlab.optim import _native as native
 from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
 from wdlab.optim.base import WdOptimizer, check_betas, check_range, decay_factors, group_lr
-from wdlab.optim.functional import fadam_step
+from wdlab.optim.functional import fadam_foreach, fadam_step
 
 
 class FAdam(WdOptimizer):
@@ -96,6 +96,6 @@ class FAdam(WdOptimizer):
         for impl, idx in plan:
             cols = [pick(c, idx) for c in (params, grads, momenta, fims, steps)]
             if impl == "foreach":
-                foreach.fadam(*cols, **hyper)
+                fadam_foreach(*cols, **hyper)
             else:
                 fadam_step(*cols, mode=FUNCTIONAL_MODE[impl], **hyper)

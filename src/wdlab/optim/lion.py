@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from wdlab.optim import foreach, native
+from wdlab.optim import _native as native
 from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
 from wdlab.optim.base import WdOptimizer, check_betas, decay_factors, group_lr
-from wdlab.optim.functional import lion_step
+from wdlab.optim.functional import lion_foreach, lion_step
 
 
 class Lion(WdOptimizer):
@@ -61,6 +61,6 @@ class Lion(WdOptimizer):
         for impl, idx in plan:
             cols = (pick(params, idx), pick(grads, idx), pick(exp_avgs, idx))
             if impl == "foreach":
-                foreach.lion(*cols, **hyper)
+                lion_foreach(*cols, **hyper)
             else:
                 lion_step(*cols, mode=FUNCTIONAL_MODE[impl], **hyper)

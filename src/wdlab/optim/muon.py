@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from wdlab.optim import foreach
 from wdlab.optim._dispatch import choose, impl_from, matmul_dtype, pick
 from wdlab.optim.base import (
     AdamColumns,
@@ -34,6 +33,7 @@ from wdlab.optim.functional import (
     NsCoefficients,
     Split,
     check_ns_coefficients,
+    muon_foreach,
     muon_step,
     normuon_state_like,
     parse_split,
@@ -228,7 +228,7 @@ class Muon(WdOptimizer):
                 normuon_eps=group["normuon_eps"],
             )
             if impl == "foreach":
-                step = foreach.muon
+                step = muon_foreach
             else:
                 step = muon_step
                 extra["replicated"] = group["work_split"] == "replicated"

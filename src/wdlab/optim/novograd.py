@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from wdlab.optim import foreach, native
+from wdlab.optim import _native as native
 from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
 from wdlab.optim.base import (
     WdOptimizer,
@@ -23,7 +23,7 @@ from wdlab.optim.base import (
     decay_factors,
     group_lr,
 )
-from wdlab.optim.functional import novograd_step
+from wdlab.optim.functional import novograd_foreach, novograd_step
 
 
 class NovoGrad(WdOptimizer):
@@ -117,6 +117,6 @@ class NovoGrad(WdOptimizer):
         for impl, idx in plan:
             cols = [pick(c, idx) for c in (params, grads, exp_avgs, exp_avg_sqs, steps)]
             if impl == "foreach":
-                foreach.novograd(*cols, **hyper)
+                novograd_foreach(*cols, **hyper)
             else:
                 novograd_step(*cols, mode=FUNCTIONAL_MODE[impl], **hyper)

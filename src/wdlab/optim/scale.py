@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from wdlab.optim import foreach, native
+from wdlab.optim import _native as native
 from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
 from wdlab.optim.base import (
     AdamColumns,
@@ -24,7 +24,7 @@ from wdlab.optim.base import (
     decay_factors,
     group_lr,
 )
-from wdlab.optim.functional import scale_step
+from wdlab.optim.functional import scale_foreach, scale_step
 
 ADAMW_ROLES = ("vector", "bias")
 
@@ -133,7 +133,7 @@ class SCALE(WdOptimizer):
             for impl, idx in plan:
                 cols = [pick(c, idx) for c in (norm_p, norm_g, bufs, dims)]
                 if impl == "foreach":
-                    foreach.scale(*cols, **hyper)
+                    scale_foreach(*cols, **hyper)
                 else:
                     scale_step(*cols, mode=FUNCTIONAL_MODE[impl], **hyper)
         self._adamw_fallback(group, adam, decay.rate, decay.l2)

@@ -13,16 +13,16 @@ from typing import Any
 import torch
 from torch.optim.optimizer import required  # type: ignore[attr-defined]
 
-from wdlab.optim import foreach, native
+from wdlab.optim import _native as native
 from wdlab.optim._dispatch import FUNCTIONAL_MODE, choose, impl_from, pick
 from wdlab.optim.base import WdOptimizer, check_momentum, decay_factors, group_lr
-from wdlab.optim.functional import sgdw_step
+from wdlab.optim.functional import sgdw_foreach, sgdw_step
 
 
 class SGDW(WdOptimizer):
     """SGD + momentum/Nesterov with decoupled, independent or l2 weight decay.
 
-    impl="auto" (default) runs wdlab.optim.native's one-pass C kernel where it can (contiguous
+    impl="auto" (default) runs wdlab.optim._native's one-pass C kernel where it can (contiguous
     CPU float32/float64), the reference torch ops (block by block in cache) on other CPU
     tensors and "foreach" elsewhere. "native" insists on the C kernel; "compiled" uses
     torch.compile (opt-in: seconds of compile on first step). The older mode= keyword maps
@@ -101,6 +101,6 @@ class SGDW(WdOptimizer):
             for impl, idx in plan:
                 cols = (pick(ps, idx), pick(gs, idx), pick(bs, idx))
                 if impl == "foreach":
-                    foreach.sgdw(*cols, fresh=fresh, **hyper)
+                    sgdw_foreach(*cols, fresh=fresh, **hyper)
                 else:
                     sgdw_step(*cols, fresh=fresh, mode=FUNCTIONAL_MODE[impl], **hyper)

@@ -1,0 +1,151 @@
+"""AdamW/Adam's update: the reference path (op for op torch's single-tensor AdamW, cut into
+cache-sized blocks on CPU), the fused path (torch's _fused_adamw_/_fused_adam_, which is what
+impl="native" means for Adam), and the foreach path (torch._foreach_*, no host sync).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wdlab import _compat
+from wdlab.optim._dispatch import by_device_and_dtype
+from wdlab.optim.functional._common import (
+    Tensors,
+    foreach_elementwise,
+    step_values,
+    use_fused,
+    with_l2,
+)
+
+
+def _adamw_reference(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    step_size: float,
+    bias_correction2_sqrt: float,
+) -> None:
+    # Op for op torch.optim.AdamW's single-tensor path, so the default path matches it exactly.
+    if weight_decay:
+        if decoupled:
+            param.mul_(1 - lr * weight_decay)
+        else:
+            grad = grad.add(param, alpha=weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def adamw_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    fused: bool | None = None,
+) -> None:
+    """One Adam step with torch's meaning of (weight_decay, decoupled); increments state_steps.
+
+    decoupled=True: w <- w*(1 - lr*weight_decay) before the step (AdamW); False: grad +=
+    weight_decay*w (Adam's L2). wdlab's "independent" mode is decoupled with weight_decay =
+    wd/initial_lr, since lr*wd/initial_lr is exactly the schedule multiplier times wd.
+    fused=None uses torch._fused_adamw_/_fused_adam_ where they run (CPU included): that is
+    torch.optim.AdamW(fused=True) bit for bit; otherwise (fused=False) the chunked
+    single-tensor path, equal to torch's default path bit for bit.
+    """
+    if not params:
+        return
+    if use_fused(params, fused):
+        steps = [
+            s if s.device == p.device else s.to(p.device)
+            for s, p in zip(state_steps, params, strict=True)
+        ]
+        torch._foreach_add_(steps, 1)
+        kernel = _compat.fused_adam(decoupled)
+        kernel(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            amsgrad=False,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            eps=eps,
+            maximize=False,
+        )
+        for s, moved in zip(state_steps, steps, strict=True):
+            if s is not moved:
+                s.copy_(moved)
+        return
+    for param, grad, exp_avg, exp_avg_sq, step_t in zip(
+        params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True
+    ):
+        step_t += 1
+        step = float(step_t)
+        scalars = {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "decoupled": decoupled,
+            "step_size": lr / (1 - beta1**step),
+            "bias_correction2_sqrt": (1 - beta2**step) ** 0.5,
+        }
+        foreach_elementwise(_adamw_reference, [[param], [grad], [exp_avg], [exp_avg_sq]], scalars)
+
+
+# ---- AdamW (and the AdamW part of Muon and SCALE) -------------------------------------------
+
+
+def adamw_foreach(
+    params: Tensors,
+    grads: Tensors,
+    exp_avgs: Tensors,
+    exp_avg_sqs: Tensors,
+    steps: Tensors,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> None:
+    """torch.optim.AdamW/Adam's foreach step (torch's meaning of weight_decay, decoupled)."""
+    for p, g, m, v, s in by_device_and_dtype(params, grads, exp_avgs, exp_avg_sqs, steps):
+        t = step_values(s)
+        if weight_decay:
+            if decoupled:
+                torch._foreach_mul_(p, 1 - lr * weight_decay)
+            else:
+                g = with_l2(g, p, weight_decay)
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, 1 - beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, [(1 - beta2**k) ** 0.5 for k in t])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(p, m, denom, [-lr / (1 - beta1**k) for k in t])
+
+

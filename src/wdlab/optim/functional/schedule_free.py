@@ -1,0 +1,103 @@
+"""Schedule-Free AdamW/SGD's step (wdlab.optim.schedule_free has the math in its docstring):
+the reference path (op for op schedulefree's single-tensor path, cut into cache-sized blocks on
+CPU), the native path (kernels.c, one pass) and the foreach path (torch._foreach_*, no host
+sync).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wdlab.optim import _native as native
+from wdlab.optim._dispatch import by_device_and_dtype
+from wdlab.optim.functional._common import Tensors, foreach_elementwise
+
+
+def _schedule_free_reference(
+    y: torch.Tensor,
+    g: torch.Tensor,
+    z: torch.Tensor,
+    v: torch.Tensor | None,
+    *,
+    lr: float,
+    beta2: float,
+    bc2: float,
+    eps: float,
+    l2: float,
+    wdl: float,
+    ckp1: float,
+    yc: float,
+) -> None:
+    # Op for op schedulefree's single-tensor path (without writing into the gradient).
+    if l2:
+        g = g.add(y, alpha=l2)
+    if v is not None:
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        d = g.div(v.div(bc2).sqrt_().add_(eps))
+    else:
+        d = g.clone() if wdl else g
+    if wdl:
+        d.add_(y, alpha=wdl)
+    y.lerp_(end=z, weight=ckp1)
+    y.add_(d, alpha=lr * yc)
+    z.sub_(d, alpha=lr)
+
+
+def schedule_free_step(
+    ys: Tensors,
+    grads: Tensors,
+    zs: Tensors,
+    vs: list[torch.Tensor | None],
+    *,
+    lr: float,
+    beta: float,
+    beta2: float,
+    bc2: float,
+    eps: float,
+    l2: float,
+    wdl: float,
+    ckp1: float,
+    impl: str,
+) -> None:
+    """One Schedule-Free step over parallel lists (vs all None: the SGD form). impl is a
+    concrete one: "reference" (torch ops, cut into cache-sized blocks on the CPU), "native"
+    (kernels.c, one pass) or "foreach" (torch._foreach_*, no host sync)."""
+    yc = beta * (1 - ckp1) - 1
+    if impl == "native":
+        native.run_multi("schedule_free", [ys, grads, zs, vs], lr, beta2, bc2, eps, l2, wdl,
+                         ckp1, lr * yc)
+        native.touched(zs)
+        return
+    if impl == "foreach":
+        schedule_free_foreach(ys, grads, zs, vs, lr=lr, beta2=beta2, bc2=bc2, eps=eps, l2=l2,
+                              wdl=wdl, ckp1=ckp1, yc=yc)
+        return
+    scalars = dict(lr=lr, beta2=beta2, bc2=bc2, eps=eps, l2=l2, wdl=wdl, ckp1=ckp1, yc=yc)
+    foreach_elementwise(_schedule_free_reference, [ys, grads, zs, vs], scalars, mode="chunked")
+
+
+def schedule_free_foreach(
+    ys: Tensors, grads: Tensors, zs: Tensors, vs: list[torch.Tensor | None], *, lr: float,
+    beta2: float, bc2: float, eps: float, l2: float, wdl: float, ckp1: float, yc: float,
+) -> None:
+    adam = vs[0] is not None
+    columns = (ys, grads, zs, vs) if adam else (ys, grads, zs)
+    for bucket in by_device_and_dtype(*columns):
+        y, g, z = bucket[0], bucket[1], bucket[2]
+        if l2:
+            g = list(torch._foreach_add(g, y, alpha=l2))
+        if adam:
+            v = bucket[3]
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+            denom = torch._foreach_div(v, bc2)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, eps)
+            d = list(torch._foreach_div(g, denom))
+        else:
+            d = list(torch._foreach_mul(g, 1.0)) if wdl and not l2 else g
+        if wdl:
+            torch._foreach_add_(d, y, alpha=wdl)
+        torch._foreach_lerp_(y, z, weight=ckp1)
+        torch._foreach_add_(y, d, alpha=lr * yc)
+        torch._foreach_sub_(z, d, alpha=lr)
