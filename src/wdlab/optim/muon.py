@@ -27,7 +27,7 @@ from wdlab.optim.base import (
     group_lr,
 )
 from wdlab.optim.distributed import plan_owners, rank_and_world, settled
-from wdlab.optim.functional import (
+from wdlab.optim.functional.muon import (
     NS_COEFFICIENTS,
     UPDATE_SCALES,
     NsCoefficients,
