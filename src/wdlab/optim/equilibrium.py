@@ -78,6 +78,12 @@ class Hyper:
     initial_lr: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Plain numbers and a tuple whatever the caller passed (ints, a list of betas).
+        object.__setattr__(self, "lr", float(self.lr))
+        object.__setattr__(self, "wd", float(self.wd))
+        object.__setattr__(self, "betas", tuple(self.betas))
+
 
 def _check(kind: str, decay: str) -> None:
     if kind not in KINDS:
@@ -176,18 +182,7 @@ def predicted_angle(
     initial_lr: float | None = None,
 ) -> float:
     """Equilibrium angular update θ̂ (radians per step) of a scale-invariant tensor, §2."""
-    h = Hyper(
-        kind,
-        float(lr),
-        float(wd),
-        momentum,
-        dampening,
-        nesterov,
-        tuple(betas),
-        wd_ratio,
-        decay,
-        initial_lr,
-    )
+    h = Hyper(kind, lr, wd, momentum, dampening, nesterov, betas, wd_ratio, decay, initial_lr)
     return _angle(h)
 
 
@@ -230,18 +225,7 @@ def predicted_norm(
     SGD-type optimizers need `grad_norm_unit` = ‖g̃‖, the gradient norm at unit weight norm
     (‖g‖·‖w‖ for a scale-invariant w); without it they return None.
     """
-    h = Hyper(
-        kind,
-        float(lr),
-        float(wd),
-        momentum,
-        dampening,
-        nesterov,
-        tuple(betas),
-        wd_ratio,
-        decay,
-        initial_lr,
-    )
+    h = Hyper(kind, lr, wd, momentum, dampening, nesterov, betas, wd_ratio, decay, initial_lr)
     return _norm(h, numel, grad_norm_unit)
 
 

@@ -30,6 +30,7 @@ from wdlab.optim.distributed import plan_owners, rank_and_world, settled
 from wdlab.optim.functional.muon import (
     NS_COEFFICIENTS,
     UPDATE_SCALES,
+    MuonSettings,
     NsCoefficients,
     Split,
     check_ns_coefficients,
@@ -221,23 +222,7 @@ class Muon(WdOptimizer):
         for impl, idx in choose(group, [muon_p], None) if muon_p else []:
             ps = pick(muon_p, idx)
             ns_dtype = group["ns_dtype"]
-            extra: dict[str, Any] = dict(
-                splits=pick(splits, idx),
-                row_sqs=pick(row_sqs, idx) if group["normuon"] else None,
-                normuon_beta2=group["normuon_beta2"],
-                normuon_eps=group["normuon_eps"],
-            )
-            if impl == "foreach":
-                step = muon_foreach
-            else:
-                step = muon_step
-                extra["replicated"] = group["work_split"] == "replicated"
-                plan = getattr(self, "_ns_owner", {})
-                extra["owners_at"] = [plan.get(id(p)) for p in ps]
-            step(
-                ps,
-                pick(muon_g, idx),
-                pick(bufs, idx),
+            settings = MuonSettings(
                 lr=group_lr(group),
                 momentum=group["momentum"],
                 nesterov=group["nesterov"],
@@ -248,8 +233,20 @@ class Muon(WdOptimizer):
                 ns_dtype=matmul_dtype(ps[0].device) if ns_dtype == "auto" else ns_dtype,
                 decay_rate=decay.rate,
                 l2=decay.l2,
-                **extra,
+                normuon_beta2=group["normuon_beta2"],
+                normuon_eps=group["normuon_eps"],
             )
+            columns = (ps, pick(muon_g, idx), pick(bufs, idx), settings)
+            per_param: dict[str, Any] = dict(
+                splits=pick(splits, idx),
+                row_sqs=pick(row_sqs, idx) if group["normuon"] else None,
+            )
+            if impl == "foreach":
+                muon_foreach(*columns, **per_param)
+                continue
+            plan = getattr(self, "_ns_owner", {})
+            muon_step(*columns, **per_param, replicated=group["work_split"] == "replicated",
+                      owners_at=[plan.get(id(p)) for p in ps])
         self._adamw_fallback(group, adam, decay.rate, decay.l2)
 
     @torch.no_grad()

@@ -213,3 +213,37 @@ def by_shape(tensors: Sequence[torch.Tensor]) -> list[list[int]]:
             out.setdefault((t.size(0), math.prod(t.shape[1:])), []).append(i)
     return list(out.values())
 
+
+
+def adam_denominators(
+    v: Tensors,
+    g: Tensors,
+    beta2: float | list[float],
+    eps: float | Tensors,
+    *,
+    bias_correction2: float | list[float] | None = None,
+    sqrt_of_corrected: bool = False,
+    power: float = 0.5,
+) -> Tensors:
+    """Advance Adam's second moments in place, v <- beta2*v + (1 - beta2)*g^2 (one beta2, or
+    one per tensor), and return the denominators of the update as new tensors:
+      bias_correction2=c:   sqrt(v)/sqrt(c) + eps (torch's AdamW order; one c or one per
+                            tensor), or sqrt(v/c) + eps with sqrt_of_corrected=True
+                            (schedulefree's order)
+      without it:           v^power + eps (power 0.5: the square root; FAdam's Fisher power)
+    The two orders round differently: each family keeps its peer's, to match it bit for bit.
+    eps: one number, or one (0-d tensor) per tensor."""
+    torch._foreach_mul_(v, beta2)
+    torch._foreach_addcmul_(v, g, g, [1 - b for b in beta2] if isinstance(beta2, list)
+                            else 1 - beta2)
+    if bias_correction2 is not None and sqrt_of_corrected:
+        denom = list(torch._foreach_div(v, bias_correction2))
+        torch._foreach_sqrt_(denom)
+    else:
+        denom = list(torch._foreach_sqrt(v) if power == 0.5 else torch._foreach_pow(v, power))
+        if isinstance(bias_correction2, list):
+            torch._foreach_div_(denom, [c**0.5 for c in bias_correction2])
+        elif bias_correction2 is not None:
+            torch._foreach_div_(denom, bias_correction2**0.5)
+    torch._foreach_add_(denom, eps)
+    return denom

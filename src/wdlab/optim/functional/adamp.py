@@ -16,6 +16,7 @@ from wdlab.optim._dispatch import by_device_and_dtype
 from wdlab.optim.distributed import is_dtensor, scalar
 from wdlab.optim.functional._common import (
     Tensors,
+    adam_denominators,
     as_matrix,
     by_dtype,
     by_shape,
@@ -457,11 +458,7 @@ def adamp_foreach(
         projection = _Projection(p, g, delta, eps)
         g = _l2_by_ratio(g, p, projection, l2, wd_ratio)
         torch._foreach_lerp_(m, g, 1 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, g, g, 1 - beta2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [(1 - beta2**k) ** 0.5 for k in t])
-        torch._foreach_add_(denom, eps)
+        denom = adam_denominators(v, g, beta2, eps, bias_correction2=[1 - beta2**k for k in t])
         numer = torch._foreach_lerp(g, m, beta1) if nesterov else m
         update = list(torch._foreach_div(numer, denom))
         projection.project(update)

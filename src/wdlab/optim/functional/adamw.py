@@ -11,6 +11,7 @@ from wdlab import _compat
 from wdlab.optim._dispatch import by_device_and_dtype
 from wdlab.optim.functional._common import (
     Tensors,
+    adam_denominators,
     foreach_elementwise,
     step_values,
     use_fused,
@@ -141,11 +142,7 @@ def adamw_foreach(
             else:
                 g = with_l2(g, p, weight_decay)
         torch._foreach_lerp_(m, g, 1 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, g, g, 1 - beta2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [(1 - beta2**k) ** 0.5 for k in t])
-        torch._foreach_add_(denom, eps)
+        denom = adam_denominators(v, g, beta2, eps, bias_correction2=[1 - beta2**k for k in t])
         torch._foreach_addcdiv_(p, m, denom, [-lr / (1 - beta1**k) for k in t])
 
 

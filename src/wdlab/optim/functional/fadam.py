@@ -14,6 +14,7 @@ from wdlab.optim._dispatch import by_device_and_dtype
 from wdlab.optim.distributed import scalar
 from wdlab.optim.functional._common import (
     Tensors,
+    adam_denominators,
     foreach_elementwise,
     resolve_mode,
     step_values,
@@ -184,10 +185,7 @@ def fadam_foreach(
         # eps_t = eps*min(1, RMS(g)), or eps where g is all zero
         eps_t = torch.where(rms > 0, rms.clamp(max=1.0) * eps, torch.full_like(rms, eps))
         b2 = [beta2 * (1 - beta2 ** (k - 1)) / (1 - beta2**k) for k in t]
-        torch._foreach_mul_(f, b2)
-        torch._foreach_addcmul_(f, g, g, [1 - b for b in b2])
-        denom = torch._foreach_sqrt(f) if power == 0.5 else torch._foreach_pow(f, power)
-        torch._foreach_add_(denom, list(eps_t.unbind(0)))
+        denom = adam_denominators(f, g, b2, list(eps_t.unbind(0)), power=power)
         natural = torch._foreach_div(g, denom)
         gain = _clip_divisor(natural, root_n, clip)  # max(1, RMS(g/den)/clip)
         torch._foreach_reciprocal_(gain)

@@ -297,58 +297,91 @@ def muon_update(
                          ns_dtype=ns_dtype)
 
 
+@dataclass(frozen=True)
+class MuonSettings:
+    """One Muon step's settings, and the per-tensor work both paths (muon_step, muon_foreach)
+    share after the momentum: Newton-Schulz with the tensor's split, NorMuon's normalization
+    and the update's scale. Like torch.optim.Muon the decay uses the plain lr (not lr*s) and
+    comes before the update; the buffer sees the raw gradient (plus l2*W in l2 mode)."""
+
+    lr: float
+    momentum: float
+    nesterov: bool
+    ns_steps: int
+    ns_coefficients: NsCoefficients
+    eps: float
+    update_scale: str
+    ns_dtype: torch.dtype
+    decay_rate: float
+    l2: float
+    normuon_beta2: float = 0.95
+    normuon_eps: float = 1e-8
+
+    def orthogonalized(self, direction: torch.Tensor, split: Split | None) -> torch.Tensor:
+        """orthogonalize(direction) with this step's Newton-Schulz settings, in ns_dtype."""
+        return orthogonalize(direction, ns_steps=self.ns_steps,
+                             ns_coefficients=self.ns_coefficients, eps=self.eps,
+                             ns_dtype=self.ns_dtype, split=split, update_scale=self.update_scale)
+
+    def normalized(self, ortho: torch.Tensor, row_sq: torch.Tensor | None, split: Split | None,
+                   dtype: torch.dtype) -> torch.Tensor:
+        """NorMuon's normuon_normalize of `ortho` (cast to the param's dtype) when the tensor
+        has a second moment `row_sq`, else `ortho` as it is."""
+        if row_sq is None:
+            return ortho
+        batched = split is not None and split.kind == "batch"
+        return normuon_normalize(ortho.to(dtype), row_sq, beta2=self.normuon_beta2,
+                                 eps=self.normuon_eps, batched=batched)
+
+    def scale(self, param: torch.Tensor) -> float:
+        """muon_scale of the param's global (size(0), -1) shape, so shards agree."""
+        rows = param.size(0)
+        return muon_scale(rows, param.numel() // max(rows, 1), self.update_scale)
+
+
+def _per_param(values: Sequence[Any] | None, count: int) -> list[Any]:
+    return list(values) if values is not None else [None] * count
+
+
 def muon_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     momentum_bufs: list[torch.Tensor],
+    settings: MuonSettings,
     *,
-    lr: float,
-    momentum: float,
-    nesterov: bool,
-    ns_steps: int,
-    ns_coefficients: NsCoefficients,
-    eps: float,
-    update_scale: str,
-    ns_dtype: torch.dtype,
-    decay_rate: float,
-    l2: float,
     splits: Sequence[Split | None] | None = None,
     row_sqs: Sequence[torch.Tensor] | None = None,
-    normuon_beta2: float = 0.95,
-    normuon_eps: float = 1e-8,
     replicated: bool = False,
     owners_at: Sequence[int | None] | None = None,
 ) -> None:
-    """One Muon step on matrix-like params: W <- W*(1 - decay_rate) - lr*s*O.
+    """One Muon step on matrix-like params, the reference path: W <- W*(1 - decay_rate) - lr*s*O.
 
-    Like torch.optim.Muon the decay uses the plain lr (not lr*s) and comes before the update;
-    the buffer sees the raw gradient (plus l2*W in l2 mode). `splits` (one per param) cut a
-    param into the matrices Newton-Schulz sees; `row_sqs` (NorMuon's per-row second moments,
-    one per param) turn on normuon_normalize. Sharded (DTensor) params, and plain ones with
-    `replicated=True` (DDP replicas): the momentum and the update stay where they are, and
-    Newton-Schulz runs on each full matrix once, on its owner rank
-    (wdlab.optim.distributed.gathered_update; `owners_at`: a step-wide plan_owners).
+    `splits` (one per param) cut a param into the matrices Newton-Schulz sees; `row_sqs`
+    (NorMuon's per-row second moments, one per param) turn on normuon_normalize. Sharded
+    (DTensor) params, and plain ones with `replicated=True` (DDP replicas): the momentum and
+    the update stay where they are, and Newton-Schulz runs on each full matrix once, on its
+    owner rank (wdlab.optim.distributed.gathered_update; `owners_at`: a step-wide plan_owners).
     """
-    splits = list(splits) if splits is not None else [None] * len(params)
+    s = settings
+    splits = _per_param(splits, len(params))
+    row_sq = _per_param(row_sqs, len(params))
 
     def ortho_of(direction: torch.Tensor, i: int) -> torch.Tensor:
-        return orthogonalize(direction, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
-                             eps=eps, ns_dtype=ns_dtype, split=splits[i],
-                             update_scale=update_scale)
+        return s.orthogonalized(direction, splits[i])
 
     def apply(i: int, ortho: torch.Tensor) -> None:
-        if row_sqs is not None:
-            batched = splits[i] is not None and splits[i].kind == "batch"
-            ortho = normuon_normalize(ortho.to(params[i].dtype), row_sqs[i],
-                                      beta2=normuon_beta2, eps=normuon_eps, batched=batched)
-        _muon_apply(params[i], ortho, lr, update_scale, decay_rate)
+        param = params[i]
+        ortho = s.normalized(ortho, row_sq[i], splits[i], param.dtype)
+        if s.decay_rate:
+            param.mul_(1 - s.decay_rate)
+        param.add_(ortho, alpha=-s.lr * s.scale(param))
 
     together = replicated or any(is_dtensor(p) for p in params)
     directions: list[torch.Tensor] = []
     for i, (param, grad, buf) in enumerate(zip(params, grads, momentum_bufs, strict=True)):
-        if l2:
-            grad = grad.add(param, alpha=l2)
-        direction = muon_direction(grad, buf, momentum=momentum, nesterov=nesterov)
+        if s.l2:
+            grad = grad.add(param, alpha=s.l2)
+        direction = muon_direction(grad, buf, momentum=s.momentum, nesterov=s.nesterov)
         if together:
             directions.append(direction)  # orthogonalized together below
         else:  # one at a time: a single direction in memory
@@ -359,18 +392,7 @@ def muon_step(
             apply(i, ortho)
 
 
-def _muon_apply(
-    param: torch.Tensor, ortho: torch.Tensor, lr: float, update_scale: str, decay_rate: float
-) -> None:
-    """W <- W*(1 - decay_rate) - lr*s*O (s from the global shape, so shards agree)."""
-    scale = muon_scale(param.size(0), param.numel() // max(param.size(0), 1), update_scale)
-    if decay_rate:
-        param.mul_(1 - decay_rate)
-    param.add_(ortho, alpha=-lr * scale)
-
-
-
-# ---- Muon ----------------------------------------------------------------------------------
+# ---- the foreach path ----------------------------------------------------------------------
 
 
 def newton_schulz_batched(
@@ -384,61 +406,42 @@ def muon_foreach(
     params: Tensors,
     grads: Tensors,
     bufs: Tensors,
+    settings: MuonSettings,
     *,
-    lr: float,
-    momentum: float,
-    nesterov: bool,
-    ns_steps: int,
-    ns_coefficients: NsCoefficients,
-    eps: float,
-    update_scale: str,
-    ns_dtype: torch.dtype,
-    decay_rate: float,
-    l2: float,
     splits: Sequence[Split | None] | None = None,
     row_sqs: Sequence[torch.Tensor] | None = None,
-    normuon_beta2: float = 0.95,
-    normuon_eps: float = 1e-8,
 ) -> None:
-    """Muon on matrix-like params, Newton-Schulz batched over each (rows, cols) shape.
+    """muon_step's math with Newton-Schulz batched over each (rows, cols) shape, no host sync.
 
-    Params with a `split` are orthogonalized one by one (orthogonalize, which
-    batches their equal blocks); NorMuon's normalization runs per tensor. No host sync."""
-    splits = list(splits) if splits is not None else [None] * len(params)
+    Params with a `split` are orthogonalized one by one (orthogonalize batches their equal
+    blocks); NorMuon's normalization runs per tensor."""
+    s = settings
+    splits = _per_param(splits, len(params))
+    row_sq = _per_param(row_sqs, len(params))
     position = {id(p): i for i, p in enumerate(params)}
     for p, g, b in by_device_and_dtype(params, grads, bufs):
         where = [position[id(q)] for q in p]
-        g = with_l2(g, p, l2)
-        torch._foreach_lerp_(b, g, 1 - momentum)
-        direction = list(torch._foreach_lerp(g, b, momentum)) if nesterov else b
-        if decay_rate:
-            torch._foreach_mul_(p, 1 - decay_rate)
+        g = with_l2(g, p, s.l2)
+        torch._foreach_lerp_(b, g, 1 - s.momentum)
+        direction = list(torch._foreach_lerp(g, b, s.momentum)) if s.nesterov else b
+        if s.decay_rate:
+            torch._foreach_mul_(p, 1 - s.decay_rate)
         plain = [i for i, k in enumerate(where) if splits[k] is None]
         updates: dict[int, torch.Tensor] = {}
         for idx in by_shape([p[i] for i in plain]):
             idx = [plain[i] for i in idx]
-            stacked = torch.stack([as_matrix(direction[i]) for i in idx]).to(ns_dtype)
-            ortho = newton_schulz_batched(stacked, ns_steps, ns_coefficients, eps)
+            stacked = torch.stack([as_matrix(direction[i]) for i in idx]).to(s.ns_dtype)
+            ortho = newton_schulz_batched(stacked, s.ns_steps, s.ns_coefficients, s.eps)
             ortho = ortho.to(p[idx[0]].dtype)
             for i, o in zip(idx, ortho.unbind(0), strict=True):
                 updates[i] = o if p[i].ndim == 2 else o.view(p[i].shape)
         for i, k in enumerate(where):
             if splits[k] is not None:
-                updates[i] = orthogonalize(
-                    direction[i], ns_steps=ns_steps, ns_coefficients=ns_coefficients, eps=eps,
-                    ns_dtype=ns_dtype, split=splits[k], update_scale=update_scale,
-                ).to(p[i].dtype)
-            if row_sqs is not None:
-                batched = splits[k] is not None and splits[k].kind == "batch"
-                updates[i] = normuon_normalize(updates[i], row_sqs[k], beta2=normuon_beta2,
-                                               eps=normuon_eps, batched=batched)
+                updates[i] = s.orthogonalized(direction[i], splits[k]).to(p[i].dtype)
+            updates[i] = s.normalized(updates[i], row_sq[k], splits[k], p[i].dtype)
         by_scale: dict[float, list[int]] = {}
         for i in range(len(p)):
-            rows = p[i].size(0)
-            by_scale.setdefault(muon_scale(rows, p[i].numel() // max(rows, 1), update_scale),
-                                []).append(i)
+            by_scale.setdefault(s.scale(p[i]), []).append(i)
         for scale, idx in by_scale.items():
             torch._foreach_add_([p[i] for i in idx], [updates[i] for i in idx],
-                                alpha=-lr * scale)
-
-
+                                alpha=-s.lr * scale)

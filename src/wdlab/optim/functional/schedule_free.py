@@ -10,7 +10,7 @@ import torch
 
 from wdlab.optim import _native as native
 from wdlab.optim._dispatch import by_device_and_dtype
-from wdlab.optim.functional._common import Tensors, foreach_elementwise
+from wdlab.optim.functional._common import Tensors, adam_denominators, foreach_elementwise
 
 
 def _schedule_free_reference(
@@ -88,11 +88,8 @@ def schedule_free_foreach(
             g = list(torch._foreach_add(g, y, alpha=l2))
         if adam:
             v = bucket[3]
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-            denom = torch._foreach_div(v, bc2)
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, eps)
+            denom = adam_denominators(v, g, beta2, eps, bias_correction2=bc2,
+                                      sqrt_of_corrected=True)
             d = list(torch._foreach_div(g, denom))
         else:
             d = list(torch._foreach_mul(g, 1.0)) if wdl and not l2 else g
