@@ -243,7 +243,7 @@ def test_tied_head_declared_output_stays_embedding() -> None:
 
 def test_example_input_inference_and_errors() -> None:
     emb = nn.Sequential(nn.Embedding(11, 4), nn.Flatten(), nn.Linear(32, 2))
-    assert by_name(classify(emb))["2.weight"].role == "output"  # ints of shape (2, 8)
+    assert by_name(classify(emb))["2.weight"].role == "output"  # ints of shape (1, 8)
 
     class NormFirst(nn.Module):
         def __init__(self) -> None:
@@ -262,6 +262,62 @@ def test_example_input_inference_and_errors() -> None:
     wrong = nn.Sequential(nn.Linear(4, 4), nn.Linear(5, 2))  # inferred input cannot run
     with pytest.raises(ValueError, match="example_input"):
         classify(wrong)
+
+
+def test_token_input_is_one_sequence_and_two_where_a_batch_norm_needs_them() -> None:
+    """The inferred token input is one sequence of 8 (memory: the screen's graph grows with
+    the tokens); a model whose BatchNorm normalizes pooled sequences cannot train on one,
+    and is probed on two, the input the probe drew before (same seed, same verdicts)."""
+    from wdlab._probe import infer_input
+
+    emb = nn.Sequential(nn.Embedding(11, 4), nn.Flatten(), nn.Linear(32, 2))
+    assert infer_input(emb)[0].shape == (1, 8)
+    assert infer_input(emb, token_batch=2)[0].shape == (2, 8)
+
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok = nn.Embedding(20, 8)
+            self.lin = nn.Linear(8, 8, bias=False)
+            self.bn = nn.BatchNorm1d(8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.bn(self.lin(self.tok(idx).mean(1)))))
+
+    torch.manual_seed(0)
+    model = Pooled()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model.train()(infer_input(model)[0])
+    infos = classify(model)
+    torch.manual_seed(0)
+    two = torch.randint(0, 20, (2, 8))
+    assert zoo.verdicts(infos) == zoo.verdicts(classify(model, two))
+    assert [i.probe_change for i in infos] == [i.probe_change for i in classify(model, two)]
+    assert by_name(infos)["head.weight"].role == "output"
+
+
+def test_affine_sums_equal_the_whole_tensor_formula() -> None:
+    """The output layer's screen sums, taken a block of rows at a time, equal the sums of
+    the whole product t = g·(y - b) (Linear, Conv2d, Embedding, a vector output)."""
+    from wdlab._probe import _affine_sums
+
+    gen = torch.Generator().manual_seed(0)
+    cases = [
+        ((3, 5, 70), (70,)),  # Linear: bias over the last dim
+        ((4, 6, 9, 9), (6, 1, 1)),  # Conv2d: bias over the channels
+        ((2, 8, 33), None),  # Embedding: no bias
+        ((70,), (70,)),  # a Linear on one vector: the bias spans every dim
+    ]
+    for shape, bias_shape in cases:
+        g, y = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+        b = None if bias_shape is None else torch.randn(bias_shape, generator=gen)
+        t = (g * (y - b) if b is not None else g * y).double()
+        scale = (g * y).double().abs().sum()
+        want = (float(t.sum()), float((t * t).sum()), float(t.abs().sum() + scale))
+        got = _affine_sums(g, y, b, chunk=64)  # blocks of rows smaller than one row, too
+        assert got == pytest.approx(want, rel=1e-6), (shape, bias_shape)
+
 
 
 def test_nondeterministic_model_is_refused() -> None:

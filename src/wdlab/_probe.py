@@ -159,11 +159,14 @@ def relative_change(base: list[torch.Tensor], new: list[torch.Tensor]) -> float:
     return worst
 
 
-def infer_input(model: nn.Module) -> tuple[Any, str]:
-    """An example input built from the first leaf module with parameters, and a description."""
+def infer_input(model: nn.Module, token_batch: int = 1) -> tuple[Any, str]:
+    """An example input built from the first leaf module with parameters, and a description.
+    Token ids come as one sequence of 8 (`token_batch` sequences): the screen's autograd
+    graph grows with the tokens, and per-token layers decide the same on one sequence."""
     first = next((m for m in model.modules() if is_layer(m)), None)
     if isinstance(first, (nn.Embedding, nn.EmbeddingBag)):
-        return torch.randint(0, first.num_embeddings, (2, 8)), "Embedding -> ints (2, 8)"
+        shape = (token_batch, 8)
+        return torch.randint(0, first.num_embeddings, shape), f"Embedding -> ints {shape}"
     if isinstance(first, nn.Linear):
         return torch.randn(4, first.in_features), f"Linear -> randn(4, {first.in_features})"
     spatial = {nn.Conv1d: (64,), nn.Conv2d: (32, 32), nn.Conv3d: (8, 8, 8)}
@@ -294,19 +297,35 @@ class Probe:
             torch.float32,
         )
         _reseed()
+        inferred = False
         if example_input is None and callable(getattr(self.replica, "example_input", None)):
             example_input, self.source = self.replica.example_input(), "model.example_input()"
         elif example_input is None:
             example_input, source = infer_input(self.replica)
-            self.source = f"inferred ({source})"
+            self.source, inferred = f"inferred ({source})", True
         else:
             self.source = "the given"
+        self._set_input(example_input)
+        if not screen:
+            return
+        try:
+            self._screen()
+        except ValueError:
+            # One token sequence fails where a layer needs a batch (BatchNorm1d over pooled
+            # sequences): the two-sequence input, drawn as the probe always drew it.
+            if not (inferred and self.input.ndim == 2 and self.input.shape[0] == 1):
+                raise
+            _reseed()
+            example_input, source = infer_input(self.replica, token_batch=2)
+            self.source = f"inferred ({source})"
+            self._set_input(example_input)
+            self._screen()
+
+    def _set_input(self, example_input: Any) -> None:
         self.input = _map_tensors(
             example_input,
             lambda t: t.detach().to(self.device, self.dtype if t.is_floating_point() else None),
         )
-        if screen:
-            self._screen()
 
     # ---- tensors
 
@@ -521,14 +540,8 @@ class Probe:
             if id(k) not in self._affine:
                 found[id(k)] = g
                 return
-            bias = self._affine[id(k)]  # y = op(x, w) + b, op linear in w: ∂y/∂c = y - b
-            terms = g * k.detach()  # the one temporary
-            sums = _sums(terms)
-            scale = sums[2]  # Σ|g·y|
-            if bias is not None:
-                terms.addcmul_(g, bias.expand_as(g), value=-1)
-                sums = _sums(terms)
-            found[id(k)] = (sums[0], sums[1], sums[2] + scale)
+            # y = op(x, w) + b, op linear in w: ∂y/∂c = y - b
+            found[id(k)] = _affine_sums(g, k.detach(), self._affine[id(k)])
 
         return hook
 
@@ -815,6 +828,30 @@ def _sums(terms: torch.Tensor, chunk: int = 1 << 16) -> tuple[float, float, floa
         square += float(torch.dot(wide, wide))
         size += float(wide.abs_().sum())
     return total, square, size
+
+
+def _affine_sums(
+    g: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None, chunk: int = 1 << 16
+) -> tuple[float, float, float]:
+    """(Σt, Σt², Σ|t| + Σ|g·y|) for t = g·(y - bias), a block of rows at a time: the
+    product g·y of the output layer alone (GPT-2's logits: 3.2 MB) is the largest temporary
+    the screen would make, at the moment its autograd graph is largest."""
+    lead = g.ndim - (bias.ndim if bias is not None else 0)  # dims the bias does not span
+    if lead >= 1:
+        g, y = g.flatten(0, lead - 1), y.flatten(0, lead - 1)
+    else:
+        g, y = g.unsqueeze(0), y.unsqueeze(0)
+    rows = max(1, chunk // max(1, g[0].numel()))
+    total = square = size = scale = 0.0
+    for g_part, y_part in zip(g.split(rows), y.split(rows), strict=True):
+        terms = g_part * y_part
+        t_sum, t_square, t_size = _sums(terms, chunk)
+        scale += t_size  # Σ|g·y|
+        if bias is not None:
+            terms.addcmul_(g_part, bias, value=-1)
+            t_sum, t_square, t_size = _sums(terms, chunk)
+        total, square, size = total + t_sum, square + t_square, size + t_size
+    return total, square, size + scale
 
 
 def _capture_hook(orig: int, store: dict[int, list[Any]], keep: bool = True) -> Any:
