@@ -109,3 +109,107 @@ def test_hf_probe_input_without_dummy_inputs() -> None:
     assert x.shape == (2, 5) and int(x.max()) < 11
     with pytest.raises(ValueError, match="example_input"):
         hf.probe_input(torch.nn.Linear(2, 2))
+
+
+def _lrs(optimizer: torch.optim.Optimizer, scheduler, steps: int) -> list[float]:
+    """The lr each of `steps` optimizer steps uses (read before the scheduler steps)."""
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def _sgd(lr: float = 0.3) -> torch.optim.SGD:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_integration_schedule_is_every_wdlab_schedule() -> None:
+    """The scheduler the HF and Lightning helpers build follows wdlab.schedules.Schedule for
+    every kind and cooldown shape (values past the end included), cosine and power equal
+    torch's CosineAnnealingLR and PolynomialLR, and a state_dict round trip continues."""
+    from wdlab._names import COOLDOWN_SHAPES, SCHEDULE_KINDS
+    from wdlab.integrations._schedule import lr_scheduler
+    from wdlab.schedules import Schedule
+
+    cases = [{"schedule": k} for k in SCHEDULE_KINDS if k != "wsd"]
+    cases += [{"schedule": "wsd", "cooldown": 0.4, "cooldown_shape": s} for s in COOLDOWN_SHAPES]
+    seen = set()
+    for case in cases:
+        opt = _sgd()
+        sched = lr_scheduler(opt, 20, warmup_steps=3, final_lr_fraction=0.1, power=1.5, **case)
+        want = Schedule(case["schedule"], 20, warmup=3, final=0.1,
+                        cooldown=case.get("cooldown", 0.2),
+                        shape=case.get("cooldown_shape", "linear"), power=1.5)
+        got = _lrs(opt, sched, 25)
+        assert got == pytest.approx([0.3 * want(t) for t in range(25)], rel=1e-12), case
+        seen.add(tuple(round(v, 12) for v in got))
+    assert len(seen) == len(cases)  # every kind and shape gives its own curve
+
+    for ours, theirs in (
+        (dict(schedule="cosine"), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 20)),
+        (dict(schedule="power", power=2.0),
+         lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=20, power=2.0)),
+    ):
+        a, b = _sgd(), _sgd()
+        assert _lrs(a, lr_scheduler(a, 20, **ours), 20) == pytest.approx(
+            _lrs(b, theirs(b), 20), rel=1e-9, abs=1e-15)
+
+    opt = _sgd()
+    sched = lr_scheduler(opt, 12, schedule="wsd", cooldown_shape="sqrt", warmup_steps=2)
+    _lrs(opt, sched, 5)
+    state = sched.state_dict()
+    reference = _lrs(opt, sched, 7)
+    again = _sgd()
+    again.param_groups[0]["initial_lr"] = 0.3
+    resumed = lr_scheduler(again, 12, schedule="wsd", cooldown_shape="sqrt", warmup_steps=2)
+    resumed.load_state_dict(state)
+    again.param_groups[0]["lr"] = resumed.get_last_lr()[0]
+    assert _lrs(again, resumed, 7) == reference
+
+    with pytest.raises(ValueError, match="schedule kind must be one of .*wsd.*'cosin'"):
+        lr_scheduler(_sgd(), 10, schedule="cosin")
+    with pytest.raises(ValueError, match="cooldown shape must be one of .*sqrt"):
+        lr_scheduler(_sgd(), 10, schedule="wsd", cooldown_shape="root")
+    with pytest.raises(ValueError, match="total_steps must be a positive integer"):
+        lr_scheduler(_sgd(), 0)
+
+
+def test_hf_and_lightning_helpers_take_wsd_and_schedule_objects() -> None:
+    """hf.optimizers and lightning's configure_optimizers pass the schedule fields through
+    (a 1 - sqrt cooldown here), and take a wdlab.schedules.Schedule as it is."""
+    import lightning.pytorch as pl
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from wdlab.integrations import hf
+    from wdlab.integrations import lightning as wl
+    from wdlab.schedules import Schedule
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16,
+                                       n_positions=8))
+    opt, sched = hf.optimizers(model, "adamw", lr=1e-2, num_training_steps=10, warmup_steps=2,
+                               schedule="wsd", cooldown=0.5, cooldown_shape="sqrt",
+                               final_lr_fraction=0.05)
+    want = Schedule("wsd", 10, warmup=2, final=0.05, cooldown=0.5, shape="sqrt")
+    assert _lrs(opt, sched, 12) == pytest.approx([1e-2 * want(t) for t in range(12)])
+
+    class Net(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+            self.example_input_array = torch.randn(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    given = Schedule("power", 8, warmup=1, power=3.0)
+    out = wl.configure_optimizers(Net(), "sgdw", lr=0.1, schedule=given)  # no trainer needed
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    assert _lrs(opt, sched, 9) == pytest.approx([0.1 * given(t) for t in range(9)])
+    out = wl.configure_optimizers(Net(), "sgdw", lr=0.1, total_steps=6, schedule="wsd",
+                                  cooldown_shape="cosine")
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    want = Schedule("wsd", 6, shape="cosine")
+    assert _lrs(opt, sched, 6) == pytest.approx([0.1 * want(t) for t in range(6)])

@@ -31,7 +31,8 @@ except ImportError as err:  # pragma: no cover - the extra is missing
 
 from wdlab import groups, optim
 from wdlab.factory import create_optimizer as _create_optimizer
-from wdlab.integrations._schedule import lambda_lr
+from wdlab.integrations._schedule import lr_scheduler
+from wdlab.schedules import LRSchedule, Schedule
 
 
 def probe_input(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -76,15 +77,19 @@ def create_optimizer(model: nn.Module, name: str = "adamw", *, lr: float,
                              **hparams)
 
 
-def optimizers(model: nn.Module, name: str = "adamw", *, lr: float, num_training_steps: int,
-               weight_decay: float = 0.0, warmup_steps: int = 0, schedule: str = "cosine",
-               final_lr_fraction: float = 0.0, **hparams: Any
-               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """`Trainer(optimizers=...)`: a wdlab optimizer and the lab's schedule (linear warm-up,
-    then cosine | linear | constant down to final_lr_fraction), stepped per optimizer step."""
+def optimizers(model: nn.Module, name: str = "adamw", *, lr: float,
+               num_training_steps: int, weight_decay: float = 0.0, warmup_steps: int = 0,
+               schedule: str | Schedule = "cosine", final_lr_fraction: float = 0.0,
+               cooldown: float = 0.2, cooldown_shape: str = "linear", power: float = 2.0,
+               **hparams: Any) -> tuple[torch.optim.Optimizer, LRSchedule]:
+    """`Trainer(optimizers=...)`: a wdlab optimizer and the lab's schedule over
+    num_training_steps, stepped per optimizer step: linear warm-up, then `schedule`
+    (constant | linear | cosine | power | wsd, the fields of wdlab.schedules.Schedule; or a
+    Schedule as it is) down to final_lr_fraction."""
     opt = create_optimizer(model, name, lr=lr, weight_decay=weight_decay, **hparams)
-    sched = lambda_lr(opt, num_training_steps, schedule=schedule, warmup_steps=warmup_steps,
-                      final_lr_fraction=final_lr_fraction)
+    sched = lr_scheduler(opt, num_training_steps, schedule=schedule, warmup_steps=warmup_steps,
+                         final_lr_fraction=final_lr_fraction, cooldown=cooldown,
+                         cooldown_shape=cooldown_shape, power=power)
     return opt, sched
 
 

@@ -28,31 +28,37 @@ except ImportError as err:  # pragma: no cover - the extra is missing
     ) from err
 
 from wdlab.factory import create_optimizer
-from wdlab.integrations._schedule import lambda_lr
+from wdlab.integrations._schedule import lr_scheduler
+from wdlab.schedules import Schedule
 
 
 def configure_optimizers(module: pl.LightningModule, name: str = "adamw", *, lr: float,
                          weight_decay: float = 0.0, example_input: Any = None,
-                         schedule: str | None = "cosine", total_steps: int | None = None,
-                         warmup_steps: int = 0, final_lr_fraction: float = 0.0,
+                         schedule: str | Schedule | None = "cosine",
+                         total_steps: int | None = None, warmup_steps: int = 0,
+                         final_lr_fraction: float = 0.0, cooldown: float = 0.2,
+                         cooldown_shape: str = "linear", power: float = 2.0,
                          **hparams: Any) -> Any:
     """What `LightningModule.configure_optimizers` returns: a wdlab optimizer over the
-    module's wdlab groups and, unless `schedule=None`, the lab's schedule stepped every
-    optimizer step over `total_steps` (default: the trainer's estimated_stepping_batches)."""
+    module's wdlab groups and, unless `schedule=None`, the lab's schedule (constant | linear |
+    cosine | power | wsd, the fields of wdlab.schedules.Schedule; or a Schedule as it is)
+    stepped every optimizer step over `total_steps` (default: the trainer's
+    estimated_stepping_batches)."""
     if example_input is None:
         example_input = getattr(module, "example_input_array", None)
     opt = create_optimizer(module, name, lr=lr, weight_decay=weight_decay,
                            example_input=example_input, **hparams)
     if schedule is None:
         return opt
-    if total_steps is None:
+    if total_steps is None and not isinstance(schedule, Schedule):
         trainer = module._trainer  # None outside fit: the property would raise
         if trainer is None:
             raise ValueError("configure_optimizers needs total_steps=... outside Trainer.fit "
                              "(or schedule=None)")
         total_steps = int(trainer.estimated_stepping_batches)
-    sched = lambda_lr(opt, total_steps, schedule=schedule, warmup_steps=warmup_steps,
-                      final_lr_fraction=final_lr_fraction)
+    sched = lr_scheduler(opt, total_steps, schedule=schedule, warmup_steps=warmup_steps,
+                         final_lr_fraction=final_lr_fraction, cooldown=cooldown,
+                         cooldown_shape=cooldown_shape, power=power)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
