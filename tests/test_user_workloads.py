@@ -230,3 +230,39 @@ def test_width_rules_take_the_users_width(project: Path, capsys) -> None:
         main(["run", "broken:Broken", *scaled])
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "declares no width" in line
+
+
+def test_a_failed_run_and_sweep_trial_keep_the_users_traceback(project: Path, capsys) -> None:
+    """A run that fails in the user's code keeps their frames beside the one-line message,
+    for a plain `wdlab run` and for a sweep trial alike (the trial's error stays one line);
+    `wdlab show RUN` prints them."""
+    from wdlab.store import Store
+
+    store = project / "w.db"
+    with pytest.raises(SystemExit):
+        main(["run", "broken:Broken", "--quiet", "--store", str(store)])
+    assert main(["sweep", "broken:Broken", "--lr", "1e-3,2e-3", "--workers", "1", "--quiet",
+                 "--name", "bad", "--store", str(store)]) in (0, 1)
+    with Store(store) as s:
+        (sweep,) = s.list_sweeps()
+        trials = s.trials(sweep.id)
+        runs = [s.get_run(t.run_id) for t in trials]
+        plain = [r for r in s.list_runs() if r.sweep_id is None]
+    assert [t.status for t in trials] == ["failed", "failed"]
+    assert all("\n" not in t.error and "user bug here" in t.error for t in trials)
+    for record in [*plain, *runs]:
+        text = record.result["traceback"]
+        assert text.startswith("Traceback (most recent call last):")
+        assert f'{project / "broken.py"}"' in text and "in helper" in text
+        assert "wdlab/train.py" not in text  # the user's frames only
+        assert text.rstrip().endswith("ZeroDivisionError: user bug here")
+        assert "\n" not in record.message
+    capsys.readouterr()
+    assert main(["show", runs[0].id, "--no-plots", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "  traceback\n" in out and "in helper" in out
+    assert "    ZeroDivisionError: user bug here" in out
+    finished = project / "ok.db"
+    assert main(["run", WORKLOAD, "--tiny", "--steps", "2", "--quiet", "--store",
+                 str(finished)]) == 0
+    assert "traceback" not in _only_run(finished).result  # only failed runs carry one

@@ -34,3 +34,16 @@ class UserCodeError(Exception):
     def __init__(self, message: str, traceback_text: str) -> None:
         self.traceback_text = traceback_text
         super().__init__(message)
+
+
+def stored_traceback(err: BaseException) -> str | None:
+    """What a failed run keeps besides its one-line message (`wdlab show RUN` prints it): the
+    user's own frames for an error in their code, the whole traceback for anything else that
+    is not the user's to fix in one line (a bug); None for a WdlabError or an interrupt."""
+    if isinstance(err, UserCodeError):
+        return err.traceback_text or None
+    if isinstance(err, (WdlabError, KeyboardInterrupt)):
+        return None
+    import traceback
+
+    return "".join(traceback.format_exception(err))

@@ -554,9 +554,11 @@ def _run_body(store: Store, run: RunRecord, files: Path) -> list[str]:
         ("message", run.message),
     ]
     result = run.result or {}
-    info += [(k, v) for k, v in result.items() if k != "final_metrics"]
+    info += [(k, v) for k, v in result.items() if k not in ("final_metrics", "traceback")]
     info += [(f"final {k}", v) for k, v in sorted((result.get("final_metrics") or {}).items())]
     body += ["<h2>Summary</h2>", _kv_table(info)]
+    if isinstance(result.get("traceback"), str):  # a failed run: where it failed
+        body += ["<h2>Traceback</h2>", f"<pre>{_e(result['traceback'])}</pre>"]
     metrics = store.metrics(run.id)
     pngs = report.plot_run(metrics, files, title=f"{run.name} ({run.workload})")
     if pngs:

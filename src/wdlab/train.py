@@ -27,7 +27,7 @@ from wdlab import averaging, parallel, workloads
 from wdlab import checkpoint as checkpoint_io
 from wdlab._compat import total_norm
 from wdlab.config import RunConfig, parse_assignment, set_dotted, validate
-from wdlab.errors import ConfigError, WdlabError
+from wdlab.errors import ConfigError, WdlabError, stored_traceback
 from wdlab.evaluation import Evaluator
 from wdlab.factory import create_optimizer
 from wdlab.lease import LEASE_BEAT_SECONDS, current_owner
@@ -72,6 +72,7 @@ class RunResult:
     message: str = ""
     checkpoint: str | None = None
     higher_is_better: bool | None = None  # the metric's direction, for display
+    traceback: str | None = None  # a failed run's (user-frames) traceback, kept in its result
 
     def summary(self) -> dict[str, Any]:
         """The JSON stored as the run's result."""
@@ -85,6 +86,7 @@ class RunResult:
             "seconds_to_target": self.seconds_to_target,
             "train_seconds": self.train_seconds,
             "final_metrics": self.final_metrics,
+            **({"traceback": self.traceback} if self.traceback else {}),
         }
 
 
@@ -492,6 +494,7 @@ def run(
         # Raised mid-step: the state may be half-updated, so no checkpoint is written.
         result.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         result.message = parallel.peer_failure(err) or f"{type(err).__name__}: {err}"
+        result.traceback = stored_traceback(err)
         raise
     finally:
         progress.stop()

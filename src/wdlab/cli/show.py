@@ -35,13 +35,17 @@ def main(args: argparse.Namespace) -> int:
     say(f"  seed        {rec.seed}   data {rec.data_hash or '-'}")
     result = rec.result if isinstance(rec.result, dict) else {}
     for key, value in result.items():
-        if key != "final_metrics":
+        if key not in ("final_metrics", "traceback"):
             say(f"  {key:<11} {_format(value)}")
     final = result.get("final_metrics") or {}
     for key, value in sorted(final.items() if isinstance(final, dict) else []):
         say(f"  {key:<11} {_format(value)}")
     if rec.message:
         say(f"  message     {rec.message}")
+    if isinstance(result.get("traceback"), str):  # a failed run: where it failed
+        say("  traceback")
+        for text in result["traceback"].rstrip().splitlines():
+            say(f"    {text}")
     hint = getattr(rec, "resume_hint", None)
     if hint or rec.status == "interrupted":
         say(f"  resume      {hint or f'wdlab run --resume {rec.id} --store {args.store}'}")
