@@ -2,7 +2,11 @@
 
 One W&B run per process under <dir>/wandb/, with the wdlab run id as its id and the
 config as its config; `wandb sync <dir>/wandb/offline-run-*` uploads it later. A resumed
-run writes a second offline run with the same id, starting after the checkpoint's step.
+run asks for the same W&B run (resume="allow" with the stored id), which continues it online;
+offline, wandb (0.31) ignores resume and every init opens a new offline-run-<time>-<id>
+folder, so a resumed run writes a second offline run with the same id, starting after the
+checkpoint's step: `wandb sync --id <id> <dir>/wandb/offline-run-*` uploads both as one run,
+in order of start time.
 """
 
 from __future__ import annotations
