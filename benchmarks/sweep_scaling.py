@@ -45,6 +45,7 @@ from typing import Any
 
 from wdlab.store import Store
 from wdlab.sweep import SweepSpec, run_sweep, shutdown_workers
+from wdlab.sweep.reaper import process_tree
 
 KINDS = ("local x1", "local x2", "ray x2", "cluster x2")
 # workload: (trials, steps, lr range) for the full and the --quick measurement
@@ -92,6 +93,7 @@ def measure(
         "per_hour": len(summary.trials) / wall * 3600,
         "trial_seconds": busy / len(summary.trials),
         "busy": busy / (workers * wall),
+        "workers": workers,
     }
 
 
@@ -158,30 +160,72 @@ class RayDriver:
 # --------------------------------------------------------------------------- measuring
 
 
-def _cpu_seconds_of(marker: str) -> dict[int, float]:
-    """CPU seconds so far of every other process whose command line contains `marker`."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker.encode() not in f.read():
-                    continue
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        found[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return found
+def _cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(own, reaped children's) user + system CPU seconds of a live process so far (Linux
+    /proc), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
-def _idle_ray_cpu(seconds: float) -> float:
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _role(pid: int, drivers: set[int]) -> str:
+    """Which part of a sweep a process of this benchmark's tree is."""
+    if pid == os.getpid() or pid in drivers:
+        return "driver"
+    command = _cmdline(pid)
+    if "ray::Mailbox" in command:
+        return "mailbox"
+    if "ray::" in command or "multiprocessing.spawn" in command:
+        return "workers"  # Ray's task workers (ray::ray_worker, ray::IDLE), the local pool
+    return "ray"  # raylet, gcs_server, Ray's agents and monitors, wdlab's reaper
+
+
+def cpu_snapshot(drivers: set[int]) -> dict[int, tuple[str, float, float]]:
+    """{pid: (role, own CPU s, reaped children's CPU s)} of this process and all its
+    descendants: the local pool, the Ray driver processes, all that Ray started."""
+    if not os.path.isdir("/proc"):
+        return {}
+    out = {}
+    for pid in [os.getpid(), *process_tree(os.getpid())]:
+        seconds = _cpu_seconds(pid)
+        if seconds is not None:
+            out[pid] = (_role(pid, drivers), *seconds)
+    return out
+
+
+def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds each role used between two snapshots. A process that ended meanwhile
+    (the sweep's Mailbox actor is killed at its end) is counted, through its parent's
+    reaped-children time, as "ended"."""
+    used = dict.fromkeys(("driver", "workers", "mailbox", "ray", "ended"), 0.0)
+    for pid, (role, own, reaped) in after.items():
+        _, own_before, reaped_before = before.get(pid, (role, 0.0, 0.0))
+        used[role] += own - own_before
+        used["ended"] += reaped - reaped_before
+    for pid, (_, own_before, _) in before.items():
+        if pid not in after:
+            used["ended"] -= own_before  # what it had used before is not this sweep's
+    return used
+
+
+def _idle_ray_cpu(seconds: float, drivers: set[int]) -> float:
     """Share of one core the idle Ray clusters' own processes use (Linux /proc)."""
-    before = _cpu_seconds_of("ray")
+    before = cpu_snapshot(drivers)
     time.sleep(seconds)
-    after = _cpu_seconds_of("ray")
-    return sum(t - before[pid] for pid, t in after.items() if pid in before) / seconds
+    used = cpu_by_role(before, cpu_snapshot(drivers))
+    return (used["ray"] + used["mailbox"] + used["workers"] + used["ended"]) / seconds
 
 
 def _print_row(workload: str, label: str, row: dict[str, float]) -> None:
@@ -191,6 +235,15 @@ def _print_row(workload: str, label: str, row: dict[str, float]) -> None:
         f"busy {100 * row['busy']:3.0f}%",
         flush=True,
     )
+    if "cpu" in row:
+        cpu = row["cpu"]
+        print(
+            f"  {'':<8} {'':<10} CPU s: workers {cpu['workers']:.1f} "
+            f"({100 * cpu['workers'] / (row['workers'] * row['wall']):.0f}% of their cores), "
+            f"driver {cpu['driver']:.2f}, Ray's own {cpu['ray']:.2f}, ended processes "
+            f"(the Mailbox) {cpu['ended'] + cpu['mailbox']:.2f}",
+            flush=True,
+        )
 
 
 def _medians(rounds: list[dict[str, dict[str, dict[str, float]]]], kinds: list[str]) -> dict:
@@ -235,6 +288,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--cold", action="store_true", help="start the local workers afresh for every sweep"
+    )
+    parser.add_argument(
+        "--no-warmup", action="store_true",
+        help="no untimed 2-trial sweep of every kind first (then round 1 pays the start-up)",
     )
     parser.add_argument("--ray-idle-seconds", type=float, default=10.0,
                         help="first measure the idle Ray clusters' CPU use this long (0: skip)")
@@ -284,13 +341,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             drivers["cluster x2"] = RayDriver(cluster.address)
             print(f"cluster x2: two 1-CPU nodes up and connected in "
                   f"{time.perf_counter() - start:.1f} s (apart)")
+        driver_pids = {d.process.pid for d in drivers.values()}
         if drivers and args.ray_idle_seconds > 0 and os.path.isdir("/proc"):
             time.sleep(5)  # let start-up settle
-            share = _idle_ray_cpu(args.ray_idle_seconds)
+            share = _idle_ray_cpu(args.ray_idle_seconds, driver_pids)
             print(f"idle Ray processes: {100 * share:.1f}% of one core "
                   f"(over {args.ray_idle_seconds:g} s)")
         rounds: list[dict[str, dict[str, dict[str, float]]]] = []
         with tempfile.TemporaryDirectory() as tmp:
+
+            def sweep(label: str, spec: SweepSpec, path: Path) -> dict[str, Any]:
+                before = cpu_snapshot(driver_pids)
+                if label in drivers:
+                    row = drivers[label].sweep(spec, path)
+                else:
+                    if args.cold:
+                        shutdown_workers()  # this sweep starts its workers afresh
+                    row = measure(spec, path, int(label.split("x")[1]), "local", None)
+                if before:
+                    row["cpu"] = cpu_by_role(before, cpu_snapshot(driver_pids))
+                return row
+
+            if not args.cold and not args.no_warmup and rounds_wanted:
+                for name in specs:  # every worker imports what a trial of `name` needs
+                    for label in kinds:
+                        path = Path(tmp) / f"warmup-{name}-{label.replace(' ', '')}.db"
+                        row = sweep(label, _spec(name, 2, 2, args.threads), path)
+                        print(f"warm-up {name:<8} {label:<10} {row['wall']:6.2f} s (apart: "
+                              "worker start-up, imports, first builds)", flush=True)
             for r in range(rounds_wanted):
                 order = kinds[r % len(kinds):] + kinds[: r % len(kinds)]
                 print(f"round {r + 1}/{rounds_wanted}: {', '.join(order)}", flush=True)
@@ -299,13 +377,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     this[name] = {}
                     for label in order:
                         path = Path(tmp) / f"r{r}-{name}-{label.replace(' ', '')}.db"
-                        if label in drivers:
-                            row = drivers[label].sweep(spec, path)
-                        else:
-                            if args.cold:
-                                shutdown_workers()  # this sweep starts its workers afresh
-                            workers = int(label.split("x")[1])
-                            row = measure(spec, path, workers, "local", None)
+                        row = sweep(label, spec, path)
                         _print_row(name, label, row)
                         this[name][label] = row
                 rounds.append(this)

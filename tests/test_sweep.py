@@ -18,6 +18,7 @@ import pytest
 from wdlab.errors import ConfigError
 from wdlab.store import Store
 from wdlab.sweep import (
+    TRIAL_CHECKPOINT_SECONDS,
     RangeSpec,
     SweepSpec,
     parse_axis,
@@ -153,12 +154,14 @@ def test_identity_follows_the_spec_and_the_config_file(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- running
 
-# Long enough (no stop at target) that a kill can land mid-trial after a checkpoint;
+# Long enough (no stop at target) that a kill can land mid-trial after a checkpoint (a
+# checkpoint every 20 steps: a sweep's own cadence, 30 s, would see none in these trials);
 # one torch thread everywhere so every executor computes bit-identical numbers.
 BASE = [
     "steps=200",
     "train.stop_at_target=false",
     "train.eval_every=20",
+    "train.checkpoint_every=20",
     'train.monitor="off"',
     "train.threads=1",
 ]
@@ -508,6 +511,30 @@ def test_a_trial_gives_the_same_result_with_one_or_two_workers(tmp_path: Path) -
             pa, pb = _params_of(paths[1], a.run_id), _params_of(paths[2], b.run_id)
             assert pa.keys() == pb.keys()
             assert all(np.array_equal(pa[k].numpy(), pb[k].numpy()) for k in pa)
+
+
+@pytest.mark.parametrize(
+    ("assignments", "cadence"),
+    [
+        ([], (None, TRIAL_CHECKPOINT_SECONDS)),  # left open: on time, not every evaluation
+        (["train.checkpoint_every=20"], (20, 60.0)),  # the user's, as given
+        (["train.checkpoint_seconds=5"], (500, 5.0)),
+        (["train.checkpoint_every=0", "train.checkpoint_seconds=0"], (None, None)),
+    ],
+)
+def test_a_sweep_checkpoints_on_time_unless_its_cadence_is_given(
+    tmp_path: Path, assignments: list[str], cadence: tuple
+) -> None:
+    from wdlab.sweep import find_or_create_sweep
+
+    spec = SweepSpec.create(workload="teacher", axes={"optimizer.lr": [1e-3]}, tiny=True,
+                            assignments=assignments)
+    with Store(tmp_path / "wdlab.db") as store:
+        sweep_id, _ = find_or_create_sweep(store, spec)
+        train = store.get_sweep(sweep_id).spec["base_config"]["train"]
+        trial = trial_config(store.get_sweep(sweep_id).spec["base_config"], {}, "x")
+    assert (train["checkpoint_every"], train["checkpoint_seconds"]) == cadence
+    assert (trial.train.checkpoint_every, trial.train.checkpoint_seconds) == cadence
 
 
 def _sweep_id(path: Path) -> str:

@@ -43,6 +43,7 @@ from wdlab.sweep.results import SweepSummary, TrialResult, counts, summarize
 from wdlab.sweep.spec import (
     FLAG_KEYS,
     MAX_TRIALS,
+    TRIAL_CHECKPOINT_SECONDS,
     TRIAL_THREADS,
     RangeSpec,
     SweepSpec,
@@ -62,6 +63,7 @@ __all__ = [
     "HEARTBEAT_SECONDS",
     "MAX_TRIALS",
     "STALE_SECONDS",
+    "TRIAL_CHECKPOINT_SECONDS",
     "TRIAL_THREADS",
     "RangeSpec",
     "SweepInterrupted",

@@ -29,6 +29,7 @@ from wdlab.sweep.worker import Job, one_line, serve, worker_loop
 
 MAX_WORKER_CRASHES = 5  # worker processes dying (not trials failing): a broken environment
 IDLE_GRACE = 2.0  # seconds a Ray sweep with no trial left waits for its workers to end
+LOCAL_IDLE_SECONDS = 1.0  # the longest a local pool's dispatcher sleeps between looks
 
 
 def cores() -> int:
@@ -219,7 +220,17 @@ class LocalExecutor:
         return len(running)
 
     def idle(self, seconds: float) -> None:
-        time.sleep(seconds)
+        """Block until a worker answers or dies, or LOCAL_IDLE_SECONDS pass: the workers
+        claim their trials themselves, so the dispatcher has nothing to do in between, and
+        on a machine whose cores all train, a dispatcher waking every `seconds` to look
+        takes its CPU from the workers."""
+        from multiprocessing.connection import wait
+
+        handles = [p.conn for p in self.mine] + [p.process.sentinel for p in self.mine]
+        if handles:
+            wait(handles, timeout=max(seconds, LOCAL_IDLE_SECONDS))
+        else:
+            time.sleep(seconds)
 
     def release_idle(self) -> None:
         pass

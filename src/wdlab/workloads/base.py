@@ -7,6 +7,7 @@ it is called, so a resumed run needs only the step to continue the data stream e
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,8 +23,15 @@ def epoch_indices(n: int, batch_size: int, seed: int, step: int, stream: int) ->
     seeded by (seed, epoch, stream), sliced by the step's position in the epoch. The last
     incomplete batch of an epoch is dropped, so every batch has batch_size examples."""
     epoch, position = divmod(step, n // batch_size)
-    order = np.random.default_rng([seed, epoch, stream]).permutation(n)
-    return torch.from_numpy(order[position * batch_size : (position + 1) * batch_size])
+    order = _permutation(n, seed, epoch, stream)
+    return order[position * batch_size : (position + 1) * batch_size].clone()
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int, stream: int) -> torch.Tensor:
+    """One epoch's order, drawn once: drawing it at every step (a generator and a
+    permutation of n) cost a 3000-step teacher trial ~5% of its training time."""
+    return torch.from_numpy(np.random.default_rng([seed, epoch, stream]).permutation(n))
 
 
 class Section(BaseModel):
