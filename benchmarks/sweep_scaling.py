@@ -39,6 +39,7 @@ import multiprocessing
 import os
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -160,16 +161,14 @@ class RayDriver:
 # --------------------------------------------------------------------------- measuring
 
 
-def _cpu_seconds(pid: int) -> tuple[float, float] | None:
-    """(own, reaped children's) user + system CPU seconds of a live process so far (Linux
-    /proc), None if it is gone."""
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc), None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cmdline(pid: int) -> str:
@@ -181,51 +180,72 @@ def _cmdline(pid: int) -> str:
 
 
 def _role(pid: int, drivers: set[int]) -> str:
-    """Which part of a sweep a process of this benchmark's tree is."""
+    """Which part of a sweep a process of this benchmark's tree is ("" if unknown yet)."""
     if pid == os.getpid() or pid in drivers:
         return "driver"
     command = _cmdline(pid)
+    if not command:
+        return ""  # a zombie: its role was read while it lived
     if "ray::Mailbox" in command:
         return "mailbox"
-    if "ray::" in command or "multiprocessing.spawn" in command:
-        return "workers"  # Ray's task workers (ray::ray_worker, ray::IDLE), the local pool
+    if "ray::" in command:
+        return "ray workers"  # Ray's task workers (ray::ray_worker, idle ones: ray::IDLE)
+    if "multiprocessing.spawn" in command:
+        return "pool"  # the persistent local workers
     return "ray"  # raylet, gcs_server, Ray's agents and monitors, wdlab's reaper
 
 
-def cpu_snapshot(drivers: set[int]) -> dict[int, tuple[str, float, float]]:
-    """{pid: (role, own CPU s, reaped children's CPU s)} of this process and all its
-    descendants: the local pool, the Ray driver processes, all that Ray started."""
-    if not os.path.isdir("/proc"):
-        return {}
-    out = {}
-    for pid in [os.getpid(), *process_tree(os.getpid())]:
-        seconds = _cpu_seconds(pid)
-        if seconds is not None:
-            out[pid] = (_role(pid, drivers), *seconds)
-    return out
+ROLES = ("driver", "pool", "ray workers", "mailbox", "ray")
 
 
-def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
-    """CPU seconds each role used between two snapshots. A process that ended meanwhile
-    (the sweep's Mailbox actor is killed at its end) is counted, through its parent's
-    reaped-children time, as "ended"."""
-    used = dict.fromkeys(("driver", "workers", "mailbox", "ray", "ended"), 0.0)
-    for pid, (role, own, reaped) in after.items():
-        _, own_before, reaped_before = before.get(pid, (role, 0.0, 0.0))
-        used[role] += own - own_before
-        used["ended"] += reaped - reaped_before
-    for pid, (_, own_before, _) in before.items():
-        if pid not in after:
-            used["ended"] -= own_before  # what it had used before is not this sweep's
-    return used
+class CpuMeter:
+    """CPU seconds per role over one sweep, for this process and all its descendants (the
+    local pool, the Ray driver processes, all that Ray started). A thread looks every
+    `every` seconds, so processes that end during the sweep (its Mailbox actor) count up to
+    their last look; between looks, they lose at most `every` seconds of CPU."""
+
+    def __init__(self, drivers: set[int], every: float = 2.0) -> None:
+        self.drivers, self.every = drivers, every
+        self.roles: dict[int, str] = {}
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.done = threading.Event()
+        self._look(first=True)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _look(self, first: bool = False) -> None:
+        for pid in [os.getpid(), *process_tree(os.getpid())]:
+            seconds = _cpu_seconds(pid)
+            if seconds is None:
+                continue
+            if not self.roles.get(pid):
+                self.roles[pid] = _role(pid, self.drivers)
+            if first:
+                self.first[pid] = seconds
+            self.last[pid] = seconds
+
+    def _run(self) -> None:
+        while not self.done.wait(self.every):
+            self._look()
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.thread.join()
+        self._look()
+        used = dict.fromkeys(ROLES, 0.0)
+        for pid, seconds in self.last.items():
+            role = self.roles.get(pid) or "ray"
+            used[role] += seconds - self.first.get(pid, 0.0)
+        return used
 
 
 def _idle_ray_cpu(seconds: float, drivers: set[int]) -> float:
     """Share of one core the idle Ray clusters' own processes use (Linux /proc)."""
-    before = cpu_snapshot(drivers)
+    meter = CpuMeter(drivers)
     time.sleep(seconds)
-    used = cpu_by_role(before, cpu_snapshot(drivers))
-    return (used["ray"] + used["mailbox"] + used["workers"] + used["ended"]) / seconds
+    used = meter.stop()
+    return (used["ray"] + used["mailbox"] + used["ray workers"]) / seconds
 
 
 def _print_row(workload: str, label: str, row: dict[str, float]) -> None:
@@ -237,13 +257,8 @@ def _print_row(workload: str, label: str, row: dict[str, float]) -> None:
     )
     if "cpu" in row:
         cpu = row["cpu"]
-        print(
-            f"  {'':<8} {'':<10} CPU s: workers {cpu['workers']:.1f} "
-            f"({100 * cpu['workers'] / (row['workers'] * row['wall']):.0f}% of their cores), "
-            f"driver {cpu['driver']:.2f}, Ray's own {cpu['ray']:.2f}, ended processes "
-            f"(the Mailbox) {cpu['ended'] + cpu['mailbox']:.2f}",
-            flush=True,
-        )
+        print(f"  {'':<8} {'':<10} CPU s: " + ", ".join(f"{k} {cpu[k]:.2f}" for k in ROLES),
+              flush=True)
 
 
 def _medians(rounds: list[dict[str, dict[str, dict[str, float]]]], kinds: list[str]) -> dict:
@@ -351,15 +366,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
 
             def sweep(label: str, spec: SweepSpec, path: Path) -> dict[str, Any]:
-                before = cpu_snapshot(driver_pids)
+                meter = CpuMeter(driver_pids) if os.path.isdir("/proc") else None
                 if label in drivers:
                     row = drivers[label].sweep(spec, path)
                 else:
                     if args.cold:
                         shutdown_workers()  # this sweep starts its workers afresh
                     row = measure(spec, path, int(label.split("x")[1]), "local", None)
-                if before:
-                    row["cpu"] = cpu_by_role(before, cpu_snapshot(driver_pids))
+                if meter is not None:
+                    row["cpu"] = meter.stop()
                 return row
 
             if not args.cold and not args.no_warmup and rounds_wanted:
