@@ -22,8 +22,14 @@ the ratios are taken within a round, and the verdict is the median over rounds.
 
 Wall time is the whole run_sweep call. Each Ray kind has its own driver process that stays
 connected through all rounds (a process holds one Ray connection), so, like the local
-pool's persistent workers, only its first sweep pays the workers' start-up (spawn and torch
-import); --cold makes every local sweep pay it, as a fresh `wdlab sweep` command does.
+pool's persistent workers, only its first sweep pays the workers' start-up (spawn, torch
+and wdlab imports, the first optimizer's lazy torch._dynamo import): an untimed 2-trial
+warm-up sweep of every kind and workload pays it before round 1 (--no-warmup: round 1
+pays it); --cold makes every local sweep pay it, as a fresh `wdlab sweep` command does.
+Under every sweep's row, "CPU s" is the CPU seconds of each role's processes over that sweep
+(Linux /proc, sampled every 2 s): the driver (which also trains with one local worker),
+the local pool, Ray's task workers, the Mailbox actor and Ray's own processes (raylet,
+GCS, agents, log monitor: idle they take ~6-7% of one core, all of it from the workers).
 Clusters start before the rounds and are timed apart; their idle processes run beside every
 sweep. "busy" is the trials' own training seconds over (workers x wall): what is left to
 100% is each trial's evaluation, set-up and saving, and the sweep's own costs (start-up,
