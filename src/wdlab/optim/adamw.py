@@ -37,12 +37,13 @@ class AdamW(WdOptimizer):
     impl (see wdlab.optim._dispatch): "native" runs torch's fused Adam kernel, which is
     torch.optim.AdamW(fused=True) bit for bit; "reference" is the op-for-op copy of torch's
     single-tensor path (bit for bit torch's default there); "foreach" is torch's foreach
-    path with the step counter on the CPU (no host sync); "auto" (default) is "native" on
-    CPU and "foreach" on other devices. The older fused=None/True/False means
+    path with the step counter on the CPU (no host sync); "compiled" is the reference math
+    torch.compile'd (opt-in: seconds of compile on the first step); "auto" (default) is
+    "native" on CPU and "foreach" on other devices. The older fused=None/True/False means
     impl="auto"/"native"/"reference".
     """
 
-    IMPLS = ("reference", "native", "foreach")
+    IMPLS = ("reference", "native", "foreach", "compiled")
 
     def __init__(
         self,
@@ -97,4 +98,5 @@ class AdamW(WdOptimizer):
             if impl == "foreach":
                 adamw_foreach(ps, gs, *columns, **hyper)
             else:
-                adamw_step(ps, gs, *columns, fused=impl == "native", **hyper)
+                adamw_step(ps, gs, *columns, fused=impl == "native", compiled=impl == "compiled",
+                           **hyper)

@@ -40,11 +40,11 @@ class FAdam(WdOptimizer):
     ports use min(eps, eps2*RMS(g)) with a second one), and the clip divisor max(1, RMS/clip).
     Defaults are the paper's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, clip 1, p 0.5, wd 0.1.
     State: "step" (float32 0-d), "momentum" and "fim" (like p), pytorch-optimizer's names.
-    impl: "auto" (default), "reference", "native" or "foreach", as NovoGrad's (mode= is the
-    older keyword).
+    impl: "auto" (default), "reference", "native", "foreach" or "compiled", as NovoGrad's
+    (mode= is the older keyword).
     """
 
-    IMPLS = ("reference", "native", "foreach")
+    IMPLS = ("reference", "native", "foreach", "compiled")
 
     def __init__(
         self,

@@ -46,11 +46,13 @@ class NovoGrad(WdOptimizer):
     of apex's FusedNovoGrad. impl: "auto" (default: "native" on CPU, the one-pass C SGD kernel
     with dampening 1 - a/(sqrt(v) + eps); "reference" on other CPU tensors; "foreach"
     elsewhere), "native", "reference" (decay pass plus torch's fused SGD kernel per
-    cache-sized block; reads each layer norm on the host) or "foreach" (layer norms stay on
-    the device). The older mode= keyword maps "chunked"/"whole" to "reference".
+    cache-sized block; reads each layer norm on the host), "foreach" (layer norms stay on
+    the device) or "compiled" (each layer's whole step, its norm included, torch.compile'd;
+    opt-in: seconds of compile on the first step). The older mode= keyword maps
+    "chunked"/"whole" to "reference".
     """
 
-    IMPLS = ("reference", "native", "foreach")
+    IMPLS = ("reference", "native", "foreach", "compiled")
 
     def __init__(
         self,

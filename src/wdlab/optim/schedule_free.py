@@ -52,7 +52,7 @@ Tensors = list[torch.Tensor]
 class _ScheduleFree(WdOptimizer):
     """Shared bookkeeping: the averaging weights, the train/eval swap, the step."""
 
-    IMPLS = ("reference", "native", "foreach")
+    IMPLS = ("reference", "native", "foreach", "compiled")
     ADAM = True
     # A decay target would pull y alone, off y = (1-β)·z + β·x: not offered (docs/optimizers.md).
     TARGETS = ("zero",)
@@ -153,7 +153,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     warmup_steps 0, r 0, weight_lr_power 2). Use a constant lr schedule: the averaging
     replaces the decay (the engine's warm-up equals warmup_steps). impl: "auto" (the C
     kernel on contiguous CPU float32/float64, "foreach" on other devices), "reference",
-    "native", "foreach".
+    "native", "foreach", "compiled" (torch.compile, opt-in: seconds of compile at first).
     """
 
     def __init__(

@@ -50,14 +50,22 @@ def resolve_mode(mode: str, *tensor_lists: Sequence[torch.Tensor | None]) -> str
         raise ValueError(f"mode='native' cannot run: {why}; use mode='auto' to fall back")
     return "chunked"
 
-_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+COMPILE_BACKEND = "inductor"
+"""The torch.compile backend of impl="compiled" (torch's default, which generates fused C++ /
+Triton kernels). "aot_eager" traces the same graph without generating code: what the tests
+use to check the compiled paths' math in seconds, as inductor's code generation is torch's."""
+
+_COMPILED: dict[tuple[Callable[..., Any], str], Callable[..., Any]] = {}
 
 
 def compiled_once(update: Callable[..., Any]) -> Callable[..., Any]:
-    """torch.compile(update) once per process; dynamic shapes so every tensor shares one graph."""
-    fn = _COMPILED.get(update)
+    """torch.compile(update) once per process and backend; dynamic shapes so every tensor
+    shares one graph."""
+    key = (update, COMPILE_BACKEND)
+    fn = _COMPILED.get(key)
     if fn is None:
-        fn = _COMPILED[update] = torch.compile(update, dynamic=True)
+        fn = _COMPILED[key] = torch.compile(update, dynamic=True, backend=COMPILE_BACKEND)
     return fn
 
 
@@ -126,12 +134,15 @@ def foreach_elementwise(
 
 
 def _flat_if_elementwise(tensors: Sequence[torch.Tensor | None]) -> Sequence[Any]:
-    """1-D views when all tensors share one contiguous shape, so every rank shares a graph."""
+    """1-D views when all tensors share one contiguous shape, so every rank shares a graph;
+    otherwise the tensors, a 0-d one as a 1-element view: torch 2.13's torch.compile drops
+    in-place writes to 0-d tensor inputs (NovoGrad's per-layer second moment), with every
+    backend, while a view's write goes through."""
     first = tensors[0]
     assert first is not None
     if all(t is None or (t.shape == first.shape and t.is_contiguous()) for t in tensors):
         return [None if t is None else t.view(-1) for t in tensors]
-    return tensors
+    return [t.view(1) if t is not None and t.ndim == 0 else t for t in tensors]
 
 
 # ---- torch's fused Adam/SGD kernels -------------------------------------------------------

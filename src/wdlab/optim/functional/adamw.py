@@ -46,6 +46,34 @@ def _adamw_reference(
     param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
+def _adamw_compiled(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    lr: torch.Tensor,
+    beta1: torch.Tensor,
+    beta2: torch.Tensor,
+    eps: torch.Tensor,
+    weight_decay: torch.Tensor,
+    decoupled: bool,
+    step_size: torch.Tensor,
+    bias_correction2_sqrt: torch.Tensor,
+) -> None:
+    # _adamw_reference's math with tensor scalars (no alpha=/value=): inductor fuses one pass.
+    if decoupled:
+        kept = param * (1 - lr * weight_decay)
+    else:
+        kept = param
+        grad = grad + weight_decay * param
+    m = torch.lerp(exp_avg, grad, 1 - beta1)
+    v = exp_avg_sq * beta2 + grad * grad * (1 - beta2)
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+    param.copy_(kept - step_size * m / (v.sqrt() / bias_correction2_sqrt + eps))
+
+
 def adamw_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -60,6 +88,7 @@ def adamw_step(
     weight_decay: float,
     decoupled: bool,
     fused: bool | None = None,
+    compiled: bool = False,
 ) -> None:
     """One Adam step with torch's meaning of (weight_decay, decoupled); increments state_steps.
 
@@ -68,11 +97,12 @@ def adamw_step(
     wd/initial_lr, since lr*wd/initial_lr is exactly the schedule multiplier times wd.
     fused=None uses torch._fused_adamw_/_fused_adam_ where they run (CPU included): that is
     torch.optim.AdamW(fused=True) bit for bit; otherwise (fused=False) the chunked
-    single-tensor path, equal to torch's default path bit for bit.
+    single-tensor path, equal to torch's default path bit for bit. compiled=True (with
+    fused=False) runs the same math torch.compile'd, one graph for every tensor.
     """
     if not params:
         return
-    if use_fused(params, fused):
+    if not compiled and use_fused(params, fused):
         steps = [
             s if s.device == p.device else s.to(p.device)
             for s, p in zip(state_steps, params, strict=True)
@@ -98,6 +128,7 @@ def adamw_step(
             if s is not moved:
                 s.copy_(moved)
         return
+    kernel, mode = (_adamw_compiled, "compiled") if compiled else (_adamw_reference, "chunked")
     for param, grad, exp_avg, exp_avg_sq, step_t in zip(
         params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True
     ):
@@ -113,7 +144,7 @@ def adamw_step(
             "step_size": lr / (1 - beta1**step),
             "bias_correction2_sqrt": (1 - beta2**step) ** 0.5,
         }
-        foreach_elementwise(_adamw_reference, [[param], [grad], [exp_avg], [exp_avg_sq]], scalars)
+        foreach_elementwise(kernel, [[param], [grad], [exp_avg], [exp_avg_sq]], scalars, mode=mode)
 
 
 # ---- AdamW (and the AdamW part of Muon and SCALE) -------------------------------------------

@@ -70,6 +70,42 @@ def _fadam_update_reference(
     param.add_(exp_avg, alpha=-lr)
 
 
+def _fadam_compiled(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    fim: torch.Tensor,
+    *,
+    lr: torch.Tensor,
+    beta1: torch.Tensor,
+    beta2: torch.Tensor,
+    eps: torch.Tensor,
+    clip: torch.Tensor,
+    power: torch.Tensor,
+    decay_rate: torch.Tensor,
+    inv_numel: torch.Tensor,
+    sqrt: bool,
+    with_decay: bool,
+) -> None:
+    # The whole per-tensor step in one graph, its RMS values and clips included: nothing is
+    # read on the host (the reference path reads them as Python floats). beta2 is b2_t.
+    rms_g = ((grad * grad).sum() * inv_numel).sqrt()
+    eps_t = torch.where(rms_g > 0, eps * rms_g.clamp(max=1.0), eps)
+    f = fim * beta2 + grad * grad * (1 - beta2)
+    fim.copy_(f)
+    denom = (f.sqrt() if sqrt else f.pow(power)) + eps_t
+    natural = grad / denom
+    div_g = (((natural * natural).sum() * inv_numel).sqrt() / clip).clamp(min=1.0)
+    m = exp_avg * beta1 + natural * ((1 - beta1) / div_g)
+    exp_avg.copy_(m)
+    if with_decay:
+        w_nat = param / denom
+        div_w = (((w_nat * w_nat).sum() * inv_numel).sqrt() / clip).clamp(min=1.0)
+        param.copy_(param - w_nat * (decay_rate / div_w) - lr * m)
+    else:
+        param.copy_(param - lr * m)
+
+
 def fadam_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -94,6 +130,7 @@ def fadam_step(
     g_nat = (g/den)/max(1, RMS(g/den)/clip); m <- b1*m + (1 - b1)*g_nat (no bias correction);
     w_nat = (w/den)/max(1, RMS(w/den)/clip); w <- w - decay_rate*w_nat - lr*m.
     Three reads of g (RMS, Fisher pass, update pass): the clips need whole-tensor RMS values.
+    mode as in foreach_elementwise ("compiled": the whole per-tensor step torch.compile'd).
     """
     sqrt = power == 0.5
     for param, grad, exp_avg, fim, step_t in zip(
@@ -105,6 +142,13 @@ def fadam_step(
         t = float(step_t)
         numel = max(grad.numel(), 1)
         beta2_t = beta2 * (1 - beta2 ** (t - 1)) / (1 - beta2**t)
+        if mode == "compiled":
+            compiled = {"lr": lr, "beta1": beta1, "beta2": beta2_t, "eps": eps, "clip": clip,
+                        "power": power, "decay_rate": decay_rate, "inv_numel": 1.0 / numel,
+                        "sqrt": sqrt, "with_decay": decay_rate > 0}
+            foreach_elementwise(_fadam_compiled, [[param], [grad], [exp_avg], [fim]], compiled,
+                                mode="compiled")
+            continue
         on_c = resolve_mode(mode, [param, grad, exp_avg, fim]) == "native"
         if on_c:
             native.same_size(param, grad, exp_avg, fim)

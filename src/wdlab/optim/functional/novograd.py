@@ -58,6 +58,31 @@ def _novograd_reference(
     param.add_(exp_avg, alpha=-lr)
 
 
+def _novograd_compiled(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    lr: torch.Tensor,
+    beta1: torch.Tensor,
+    beta2: torch.Tensor,
+    eps: torch.Tensor,
+    avg: torch.Tensor,
+    decay_gain: torch.Tensor,
+    keep: torch.Tensor,
+    first: bool,
+) -> None:
+    # The whole per-layer step in one graph, the layer norm included: nothing is read on the
+    # host (the reference path reads ||g|| and v as Python floats).
+    norm_sq = (grad * grad).sum()
+    v = norm_sq if first else exp_avg_sq * beta2 + norm_sq * (1 - beta2)
+    exp_avg_sq.copy_(v)
+    m = exp_avg * beta1 + grad * (avg / (v.sqrt() + eps)) + param * decay_gain
+    exp_avg.copy_(m)
+    param.copy_(param * keep - lr * m)
+
+
 def novograd_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -81,7 +106,8 @@ def novograd_step(
     d = g/(sqrt(v) + eps); m <- d on the first step (m is still 0 there: b1*0 + d), else
     b1*m + a*d with a = 1 - b1 if grad_averaging else 1; w <- w*(1 - decay_rate) - lr*m.
     decay_in_momentum=True is the paper's form instead: d gains (decay_rate/lr)*w and w is not
-    shrunk separately. g includes l2*w.
+    shrunk separately. g includes l2*w. mode as in foreach_elementwise ("compiled": the
+    whole per-layer step torch.compile'd, the layer norm computed in the graph).
     """
     for param, grad, exp_avg, exp_avg_sq, step_t in zip(
         params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True
@@ -90,15 +116,22 @@ def novograd_step(
             grad = grad.add(param, alpha=l2)
         step_t += 1
         first = float(step_t) == 1.0
+        avg = 1.0 if first or not grad_averaging else 1 - beta1
+        in_m = decay_in_momentum and decay_rate > 0 and lr > 0
+        decay_gain = avg * decay_rate / lr if in_m else 0.0
+        decays = not decay_in_momentum and decay_rate > 0
+        if mode == "compiled":
+            compiled = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "avg": avg,
+                        "decay_gain": decay_gain, "keep": 1.0 - decay_rate if decays else 1.0,
+                        "first": first}
+            foreach_elementwise(_novograd_compiled, [[param], [grad], [exp_avg], [exp_avg_sq]],
+                                compiled, mode="compiled")
+            continue
         on_c = resolve_mode(mode, [param, grad, exp_avg]) == "native"
         norm_sq = native.sum_of_squares(grad) if on_c else scalar(torch.linalg.vector_norm(grad))**2
         exp_avg_sq.fill_(norm_sq if first else beta2 * float(exp_avg_sq) + (1 - beta2) * norm_sq)
         scale = 1.0 / (float(exp_avg_sq) ** 0.5 + eps)
-        avg = 1.0 if first or not grad_averaging else 1 - beta1
-        in_m = decay_in_momentum and decay_rate > 0 and lr > 0
         gain = avg * scale
-        decay_gain = avg * decay_rate / lr if in_m else 0.0
-        decays = not decay_in_momentum and decay_rate > 0
         if on_c:
             # m <- b1*m + gain*(g + (decay_gain/gain)*w); w <- keep*w - lr*m: the SGD kernel
             # with dampening 1 - gain, as the chunked path uses torch's fused SGD.

@@ -43,6 +43,35 @@ def _schedule_free_reference(
     z.sub_(d, alpha=lr)
 
 
+def _schedule_free_compiled(
+    y: torch.Tensor,
+    g: torch.Tensor,
+    z: torch.Tensor,
+    v: torch.Tensor | None,
+    *,
+    lr: torch.Tensor,
+    beta2: torch.Tensor,
+    bc2: torch.Tensor,
+    eps: torch.Tensor,
+    l2: torch.Tensor,
+    wdl: torch.Tensor,
+    ckp1: torch.Tensor,
+    step_y: torch.Tensor,
+) -> None:
+    # _schedule_free_reference's math with tensor scalars, for torch.compile (one pass).
+    g = g + l2 * y
+    if v is not None:
+        v_new = v * beta2 + g * g * (1 - beta2)
+        v.copy_(v_new)
+        d = g / ((v_new / bc2).sqrt() + eps)
+    else:
+        d = g
+    d = d + wdl * y
+    y_new = torch.lerp(y, z, ckp1) + step_y * d  # from the z before this step
+    z.copy_(z - lr * d)
+    y.copy_(y_new)
+
+
 def schedule_free_step(
     ys: Tensors,
     grads: Tensors,
@@ -61,7 +90,8 @@ def schedule_free_step(
 ) -> None:
     """One Schedule-Free step over parallel lists (vs all None: the SGD form). impl is a
     concrete one: "reference" (torch ops, cut into cache-sized blocks on the CPU), "native"
-    (kernels.c, one pass) or "foreach" (torch._foreach_*, no host sync)."""
+    (kernels.c, one pass), "foreach" (torch._foreach_*, no host sync) or "compiled" (the
+    update torch.compile'd, one graph for every tensor)."""
     yc = beta * (1 - ckp1) - 1
     if impl == "native":
         native.run_multi("schedule_free", [ys, grads, zs, vs], lr, beta2, bc2, eps, l2, wdl,
@@ -71,6 +101,12 @@ def schedule_free_step(
     if impl == "foreach":
         schedule_free_foreach(ys, grads, zs, vs, lr=lr, beta2=beta2, bc2=bc2, eps=eps, l2=l2,
                               wdl=wdl, ckp1=ckp1, yc=yc)
+        return
+    if impl == "compiled":
+        compiled = dict(lr=lr, beta2=beta2, bc2=bc2, eps=eps, l2=l2, wdl=wdl, ckp1=ckp1,
+                        step_y=lr * yc)
+        foreach_elementwise(_schedule_free_compiled, [ys, grads, zs, vs], compiled,
+                            mode="compiled")
         return
     scalars = dict(lr=lr, beta2=beta2, bc2=bc2, eps=eps, l2=l2, wdl=wdl, ckp1=ckp1, yc=yc)
     foreach_elementwise(_schedule_free_reference, [ys, grads, zs, vs], scalars, mode="chunked")

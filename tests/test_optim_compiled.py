@@ -1,0 +1,126 @@
+"""impl="compiled": every optimizer that offers it computes the reference update, and the
+ones that do not say so in one line naming their impls.
+
+torch.compile's inductor backend spends seconds per graph generating and compiling C++, so
+the per-family comparisons trace with the "aot_eager" backend (the same captured graph, run
+by torch's eager kernels: it checks the compiled functions' math and that they trace) and one
+test runs AdamW through inductor end to end.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from wdlab.optim import (
+    SCALE,
+    SGDP,
+    SGDW,
+    AdamP,
+    AdamW,
+    FAdam,
+    Lion,
+    Muon,
+    NovoGrad,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)
+from wdlab.optim.functional import _common
+
+SHAPES = [(6, 5), (4, 3, 2), (7,)]
+STEPS = 3
+
+Builder = Callable[[list[torch.nn.Parameter], str], torch.optim.Optimizer]
+BUILDERS: dict[str, Builder] = {
+    "adamw": lambda ps, impl: AdamW(ps, lr=0.01, weight_decay=0.1, impl=impl),
+    "adamw-l2": lambda ps, impl: AdamW(ps, lr=0.01, weight_decay=0.1, decay="l2", impl=impl),
+    "sgdw": lambda ps, impl: SGDW(ps, lr=0.05, momentum=0.9, weight_decay=0.1, impl=impl),
+    "lion": lambda ps, impl: Lion(ps, lr=1e-3, weight_decay=0.5, impl=impl),
+    "novograd": lambda ps, impl: NovoGrad(ps, lr=0.01, weight_decay=0.1, grad_averaging=True,
+                                          impl=impl),
+    "novograd-in-momentum-l2": lambda ps, impl: NovoGrad(
+        [{"params": ps[:2], "decay_in_momentum": True}, {"params": ps[2:], "decay": "l2"}],
+        lr=0.01, weight_decay=0.1, impl=impl),
+    "fadam": lambda ps, impl: FAdam(ps, lr=0.01, weight_decay=0.1, impl=impl),
+    "fadam-p0.25-l2": lambda ps, impl: FAdam(ps, lr=0.01, weight_decay=0.1, p=0.25, clip=0.5,
+                                             decay="l2", impl=impl),
+    "schedule-free-adamw": lambda ps, impl: ScheduleFreeAdamW(ps, lr=0.01, weight_decay=0.1,
+                                                              warmup_steps=2, impl=impl),
+    "schedule-free-sgd": lambda ps, impl: ScheduleFreeSGD(ps, lr=0.05, weight_decay=0.1,
+                                                          impl=impl),
+}
+COMPILED_KERNEL = {"adamw": "_adamw_compiled", "sgdw": "_sgdw_compiled",
+                   "lion": "_lion_compiled", "novograd": "_novograd_compiled",
+                   "fadam": "_fadam_compiled", "schedule": "_schedule_free_compiled"}
+
+
+def _run(build: Builder, impl: str, dtype: torch.dtype) -> tuple[list[torch.Tensor], Any]:
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype))
+              for s in SHAPES]
+    opt = build(params, impl)
+    for _ in range(STEPS):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype)
+        opt.step()
+    state = [v.double() for s in opt.state_dict()["state"].values()
+             for _, v in sorted(s.items()) if isinstance(v, torch.Tensor)]
+    return [p.detach().clone() for p in params], state
+
+
+def _assert_close(got: list[torch.Tensor], want: list[torch.Tensor], what: str,
+                  **tol: float) -> None:
+    assert len(got) == len(want), what
+    for i, (x, y) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(x, y, **tol, msg=lambda m, i=i: f"{what} {i}: {m}")
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> dict[Any, Any]:
+    """impl="compiled" through the aot_eager backend, with a fresh cache of compiled graphs."""
+    monkeypatch.setattr(_common, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(_common, "_COMPILED", {})
+    return _common._COMPILED
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_compiled_matches_the_reference(name: str, traced: dict[Any, Any]) -> None:
+    """float64, so that a wrong formula shows far above rounding: the compiled NovoGrad and
+    FAdam compute their layer norms and RMS clips inside the graph, the reference in Python."""
+    want, want_state = _run(BUILDERS[name], "reference", torch.float64)
+    got, state = _run(BUILDERS[name], "compiled", torch.float64)
+    kernel = COMPILED_KERNEL[name.split("-")[0]]
+    assert kernel in {update.__name__ for update, _ in traced}, "the compiled path did not run"
+    _assert_close(got, want, f"{name} param", rtol=1e-10, atol=1e-12)
+    _assert_close(state, want_state, f"{name} state", rtol=1e-10, atol=1e-12)
+
+
+def _inductor_unavailable() -> str | None:
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile is not supported on this Python"
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        return "inductor needs a C++ compiler"
+    return None
+
+
+@pytest.mark.skipif(_inductor_unavailable() is not None,
+                    reason=_inductor_unavailable() or "")
+def test_compiled_adamw_through_inductor_matches_the_reference() -> None:
+    """The real backend end to end: generated C++ against the reference, float32 rounding."""
+    want, want_state = _run(BUILDERS["adamw"], "reference", torch.float32)
+    got, state = _run(BUILDERS["adamw"], "compiled", torch.float32)
+    _assert_close(got, want, "param", rtol=1e-5, atol=1e-6)
+    _assert_close(state, want_state, "state", rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [AdamP, SGDP, SCALE, Muon])
+def test_optimizers_without_a_compiled_path_name_their_impls(cls: type) -> None:
+    impls = ", ".join(["auto", *cls.IMPLS])
+    assert "compiled" not in cls.IMPLS
+    with pytest.raises(ValueError, match=rf"^impl='compiled' is not available for "
+                                         rf"{cls.__name__}; choose one of {impls}$"):
+        cls([torch.nn.Parameter(torch.ones(2, 2))], lr=0.1, impl="compiled")
