@@ -29,7 +29,7 @@ from wdlab.optim import (
     ScheduleFreeAdamW,
     ScheduleFreeSGD,
 )
-from wdlab.optim.functional import _common
+from wdlab.optim.functional import _common, scale_invariant_view
 
 SHAPES = [(6, 5), (4, 3, 2), (7,)]
 STEPS = 3
@@ -48,6 +48,14 @@ BUILDERS: dict[str, Builder] = {
     "fadam": lambda ps, impl: FAdam(ps, lr=0.01, weight_decay=0.1, impl=impl),
     "fadam-p0.25-l2": lambda ps, impl: FAdam(ps, lr=0.01, weight_decay=0.1, p=0.25, clip=0.5,
                                              decay="l2", impl=impl),
+    "adamp": lambda ps, impl: AdamP(ps, lr=0.01, weight_decay=0.1, impl=impl),
+    "adamp-nesterov-l2": lambda ps, impl: AdamP(ps, lr=0.01, weight_decay=0.1, decay="l2",
+                                                nesterov=True, impl=impl),
+    "sgdp": lambda ps, impl: SGDP(ps, lr=0.05, momentum=0.9, weight_decay=0.1, impl=impl),
+    "sgdp-nesterov-l2": lambda ps, impl: SGDP(ps, lr=0.05, momentum=0.9, nesterov=True,
+                                              weight_decay=0.1, decay="l2", impl=impl),
+    "sgdp-no-momentum": lambda ps, impl: SGDP(ps, lr=0.05, momentum=0.0, dampening=0.1,
+                                              weight_decay=0.1, impl=impl),
     "schedule-free-adamw": lambda ps, impl: ScheduleFreeAdamW(ps, lr=0.01, weight_decay=0.1,
                                                               warmup_steps=2, impl=impl),
     "schedule-free-sgd": lambda ps, impl: ScheduleFreeSGD(ps, lr=0.05, weight_decay=0.1,
@@ -55,7 +63,20 @@ BUILDERS: dict[str, Builder] = {
 }
 COMPILED_KERNEL = {"adamw": "_adamw_compiled", "sgdw": "_sgdw_compiled",
                    "lion": "_lion_compiled", "novograd": "_novograd_compiled",
-                   "fadam": "_fadam_compiled", "schedule": "_schedule_free_compiled"}
+                   "fadam": "_fadam_compiled", "schedule": "_schedule_free_compiled",
+                   "adamp": "_adamp_compiled", "sgdp": "_sgdp_compiled"}
+
+
+def _grad(w: torch.Tensor, i: int, gen: torch.Generator) -> torch.Tensor:
+    """Orthogonal to w per row (i = 0: AdamP/SGDP's channel view), to w as a whole (i = 1: the
+    layer view), or random (no projection)."""
+    g = torch.randn(w.shape, generator=gen, dtype=torch.float64).to(w.dtype)
+    if i > 1:
+        return g
+    rows = w.reshape(w.size(0), -1) if i == 0 else w.reshape(1, -1)
+    gr = g.reshape(rows.shape)
+    coef = (gr * rows).sum(dim=1, keepdim=True) / rows.square().sum(dim=1, keepdim=True)
+    return (gr - coef * rows).reshape(w.shape)
 
 
 def _run(build: Builder, impl: str, dtype: torch.dtype) -> tuple[list[torch.Tensor], Any]:
@@ -64,8 +85,8 @@ def _run(build: Builder, impl: str, dtype: torch.dtype) -> tuple[list[torch.Tens
               for s in SHAPES]
     opt = build(params, impl)
     for _ in range(STEPS):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype)
+        for i, p in enumerate(params):
+            p.grad = _grad(p.detach(), i, gen)
         opt.step()
     state = [v.double() for s in opt.state_dict()["state"].values()
              for _, v in sorted(s.items()) if isinstance(v, torch.Tensor)]
@@ -99,6 +120,17 @@ def test_compiled_matches_the_reference(name: str, traced: dict[Any, Any]) -> No
     _assert_close(state, want_state, f"{name} state", rtol=1e-10, atol=1e-12)
 
 
+def test_the_gradients_exercise_every_projection_view() -> None:
+    """AdamP/SGDP's comparisons above cover the channel view, the layer view and none."""
+    gen = torch.Generator().manual_seed(3)
+    views = []
+    for i, shape in enumerate(SHAPES):
+        w = torch.randn(shape, generator=gen, dtype=torch.float64)
+        views.append(scale_invariant_view(w, _grad(w, i, gen), 0.1, 1e-8)[0]
+                     if w.ndim > 1 else None)
+    assert views == ["channel", "layer", None]
+
+
 def _inductor_unavailable() -> str | None:
     if not torch._dynamo.is_dynamo_supported():
         return "torch.compile is not supported on this Python"
@@ -117,7 +149,7 @@ def test_compiled_adamw_through_inductor_matches_the_reference() -> None:
     _assert_close(state, want_state, "state", rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cls", [AdamP, SGDP, SCALE, Muon])
+@pytest.mark.parametrize("cls", [SCALE, Muon])
 def test_optimizers_without_a_compiled_path_name_their_impls(cls: type) -> None:
     impls = ", ".join(["auto", *cls.IMPLS])
     assert "compiled" not in cls.IMPLS

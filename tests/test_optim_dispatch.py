@@ -260,9 +260,9 @@ def test_unknown_impl_is_an_error_naming_the_field(cls: type) -> None:
 
 
 def test_impl_an_optimizer_lacks_names_its_choices() -> None:
-    with pytest.raises(ValueError, match=r"^impl='compiled' is not available for AdamP; "
+    with pytest.raises(ValueError, match=r"^impl='compiled' is not available for SCALE; "
                                          r"choose one of auto, reference, native, foreach$"):
-        AdamP([torch.nn.Parameter(torch.ones(2))], impl="compiled")
+        SCALE([torch.nn.Parameter(torch.ones(2))], impl="compiled")
     with pytest.raises(ValueError, match=r"^impl='native' is not available for Muon"):
         Muon([torch.nn.Parameter(torch.ones(2, 2))], impl="native")
 

@@ -6,9 +6,9 @@ torch ops per tensor, on CPU cut into cache-sized blocks) and separately named f
               fused kernels; only plain dense contiguous tensors of the kinds they check
   "foreach"   torch._foreach_* over the group, per device and dtype, with no host sync
               inside step() (functional/<family>.py's <family>_foreach): every non-CPU device
-  "compiled"  a torch.compile'd update (SGDW, Lion, AdamW, NovoGrad, FAdam, Schedule-Free;
-              seconds of compile on first use): elementwise updates as one fused pass,
-              NovoGrad's and FAdam's per-tensor statistics inside the graph (no host read)
+  "compiled"  a torch.compile'd update (all but SCALE and Muon; seconds of compile on first
+              use): elementwise updates as one fused pass, the per-tensor statistics of
+              NovoGrad, FAdam and AdamP/SGDP inside the graph (no host read)
 "auto" (the default) picks per group and device: "native" on CPU where the kernels take the
 tensors, the reference path on other CPU tensors (its cache blocking beats foreach there, and
 a CPU has no host sync to avoid), "foreach" on every other device.

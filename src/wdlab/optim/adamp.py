@@ -19,7 +19,9 @@ the steady-state pull of L2 through a momentum buffer. In l2 mode momentum alrea
 impl: "native" (what "auto" runs on CPU) uses torch's fused Adam/SGD kernels for the moments
 and kernels.c for the cosine test where the tensors allow; "reference" is the plain per-op
 path; "foreach" (auto off the CPU) makes the test and the projection torch.where masks over
-stacked same-shape matrices, with no host sync.
+stacked same-shape matrices, with no host sync; "compiled" (opt-in: seconds of compile on
+the first step) runs each tensor's test, projection and update as one torch.compile'd graph,
+the decision as masks there too.
 """
 
 from __future__ import annotations
@@ -39,7 +41,14 @@ from wdlab.optim.base import (
     decay_factors,
     group_lr,
 )
-from wdlab.optim.functional import adamp_foreach, adamp_step, sgdp_foreach, sgdp_step
+from wdlab.optim.functional import (
+    adamp_compiled,
+    adamp_foreach,
+    adamp_step,
+    sgdp_compiled,
+    sgdp_foreach,
+    sgdp_step,
+)
 
 
 def _on_cpu(params: list[torch.Tensor]) -> bool:
@@ -67,7 +76,7 @@ class AdamP(WdOptimizer):
     "exp_avg", "exp_avg_sq" (torch's names). See the module docstring for the decay modes.
     """
 
-    IMPLS = ("reference", "native", "foreach")
+    IMPLS = ("reference", "native", "foreach", "compiled")
 
     def __init__(
         self,
@@ -119,6 +128,8 @@ class AdamP(WdOptimizer):
             columns = self._adam_states(ps, memory_format=torch.contiguous_format)
             if impl == "foreach":
                 adamp_foreach(ps, pick(grads, idx), *columns, **hyper)
+            elif impl == "compiled":
+                adamp_compiled(ps, pick(grads, idx), *columns, **hyper)
             else:
                 adamp_step(ps, pick(grads, idx), *columns, fused=impl == "native", **hyper)
 
@@ -133,7 +144,7 @@ class SGDP(WdOptimizer):
     momentum > 0).
     """
 
-    IMPLS = ("reference", "native", "foreach")
+    IMPLS = ("reference", "native", "foreach", "compiled")
 
     def __init__(
         self,
@@ -193,5 +204,7 @@ class SGDP(WdOptimizer):
             cols = (pick(params, idx), pick(grads, idx), pick(bufs, idx))
             if impl == "foreach":
                 sgdp_foreach(*cols, **hyper)
+            elif impl == "compiled":
+                sgdp_compiled(*cols, **hyper)
             else:
                 sgdp_step(*cols, fused=impl == "native", **hyper)

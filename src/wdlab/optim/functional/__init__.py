@@ -25,10 +25,12 @@ from wdlab.optim.functional._common import (
 )
 from wdlab.optim.functional.adamp import (
     VIEWS,
+    adamp_compiled,
     adamp_foreach,
     adamp_project,
     adamp_step,
     scale_invariant_view,
+    sgdp_compiled,
     sgdp_foreach,
     sgdp_step,
 )
@@ -76,6 +78,7 @@ __all__ = [
     "NsCoefficients",
     "Quintic",
     "Split",
+    "adamp_compiled",
     "adamp_foreach",
     "adamp_project",
     "adamp_step",
@@ -107,6 +110,7 @@ __all__ = [
     "scale_step",
     "schedule_free_foreach",
     "schedule_free_step",
+    "sgdp_compiled",
     "sgdp_foreach",
     "sgdp_step",
     "sgdw_foreach",

@@ -108,12 +108,7 @@ def foreach_elementwise(
         for tensors in zip(*tensor_lists, strict=True):
             dtype = tensors[0].dtype  # type: ignore[union-attr]
             if dtype not in cache:
-                # fp32 scalars for half types: a bf16 lr would keep three digits.
-                wide = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-                cache[dtype] = {
-                    k: torch.tensor(v, dtype=wide) if isinstance(v, float) else v
-                    for k, v in kwargs.items()
-                }
+                cache[dtype] = scalar_tensors(kwargs, dtype)
             fn(*_flat_if_elementwise(tensors), **cache[dtype])
         return
     for tensors in zip(*tensor_lists, strict=True):
@@ -131,6 +126,15 @@ def foreach_elementwise(
             end = start + block
             parts = [t[start:end] if s else t for t, s in zip(tensors, sliced, strict=True)]  # type: ignore[index]
             update(*parts, **kwargs)
+
+
+def scalar_tensors(scalars: Mapping[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """Python-float scalars as 0-d CPU tensors (dtype's, fp32 for half types: a bf16 lr would
+    keep three digits), so a compiled graph takes a changing lr without recompiling; other
+    values (bools, ints, tensors) as they are."""
+    wide = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    return {k: torch.tensor(v, dtype=wide) if isinstance(v, float) else v
+            for k, v in scalars.items()}
 
 
 def _flat_if_elementwise(tensors: Sequence[torch.Tensor | None]) -> Sequence[Any]:

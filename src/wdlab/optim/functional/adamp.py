@@ -20,7 +20,9 @@ from wdlab.optim.functional._common import (
     as_matrix,
     by_dtype,
     by_shape,
+    compiled_once,
     fusable,
+    scalar_tensors,
     sgd_fusable,
     step_values,
 )
@@ -497,3 +499,153 @@ def sgdp_foreach(
         torch._foreach_add_(p, direction, alpha=-lr)
 
 
+
+
+# ---- AdamP / SGDP compiled: the test and projection per tensor, inside the graph -----------
+
+
+def _projection_masks(
+    w: torch.Tensor, g: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, wd_ratio: Any
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """For one (rows, cols) matrix: (r = wd_ratio where projected else 1, 1/(||w_row||+eps)^2
+    per row where the channel view holds else 0 (rows,), the same for the layer view (1,))."""
+    channel, layer, w_norms, w_norm = _views(w[None], g[None], delta, eps)
+    ratio = 1 + (channel + layer)[0] * (wd_ratio - 1)
+    return ratio, channel[0] / (w_norms[0] + eps).square(), layer[0] / (w_norm[0] + eps).square()
+
+
+def _without_radial(w: torch.Tensor, u: torch.Tensor, per_row: torch.Tensor,
+                    whole: torch.Tensor) -> torch.Tensor:
+    """u minus its component along each row of w (channel view) or along w (layer view)."""
+    dots = (w * u).sum(dim=-1)
+    return u - w * (dots.sum() * whole + dots * per_row)[:, None]
+
+
+def _adamp_compiled(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    lr: torch.Tensor,
+    beta1: torch.Tensor,
+    beta2: torch.Tensor,
+    eps: torch.Tensor,
+    delta: torch.Tensor,
+    wd_ratio: torch.Tensor,
+    decay_rate: torch.Tensor,
+    l2: torch.Tensor,
+    step_size: torch.Tensor,
+    bias_correction2_sqrt: torch.Tensor,
+    nesterov: bool,
+    matrix: bool,
+) -> None:
+    # adamp_step's math for one tensor with the view decision as masks (no host read): the
+    # test on the raw gradient, then moments, direction, projection, decay, update.
+    w = param.reshape(param.size(0), -1) if matrix else param
+    g = grad.reshape(w.shape)
+    if matrix:
+        ratio, per_row, whole = _projection_masks(w, g, delta, eps, wd_ratio)
+    else:
+        ratio = 1.0
+    g = g + (l2 * ratio) * w
+    m = torch.lerp(exp_avg.reshape(w.shape), g, 1 - beta1)
+    v = exp_avg_sq.reshape(w.shape) * beta2 + g * g * (1 - beta2)
+    exp_avg.copy_(m.reshape(exp_avg.shape))
+    exp_avg_sq.copy_(v.reshape(exp_avg_sq.shape))
+    update = (torch.lerp(g, m, beta1) if nesterov else m) / (v.sqrt() / bias_correction2_sqrt
+                                                             + eps)
+    if matrix:
+        update = _without_radial(w, update, per_row, whole)
+    param.copy_((w * (1 - decay_rate * ratio) - step_size * update).reshape(param.shape))
+
+
+def adamp_compiled(
+    params: Tensors,
+    grads: Tensors,
+    exp_avgs: Tensors,
+    exp_avg_sqs: Tensors,
+    steps: Tensors,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    delta: float,
+    wd_ratio: float,
+    nesterov: bool,
+    decay_rate: float,
+    l2: float,
+) -> None:
+    """adamp_step's math torch.compile'd, one graph per tensor kind (matrix or not)."""
+    fn = compiled_once(_adamp_compiled)
+    for p, g, m, v, step_t in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
+        step_t += 1
+        t = float(step_t)
+        scalars = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "delta": delta,
+                   "wd_ratio": wd_ratio, "decay_rate": decay_rate, "l2": l2,
+                   "step_size": lr / (1 - beta1**t), "bias_correction2_sqrt": (1 - beta2**t) ** 0.5}
+        fn(p, g, m, v, **scalar_tensors({k: float(x) for k, x in scalars.items()}, p.dtype),
+           nesterov=nesterov, matrix=p.ndim >= 2)
+
+
+def _sgdp_compiled(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    buf: torch.Tensor | None,
+    *,
+    lr: torch.Tensor,
+    momentum: torch.Tensor,
+    dampening: torch.Tensor,
+    eps: torch.Tensor,
+    delta: torch.Tensor,
+    wd_ratio: torch.Tensor,
+    decay_rate: torch.Tensor,
+    l2: torch.Tensor,
+    nesterov: bool,
+    matrix: bool,
+) -> None:
+    # sgdp_step's math for one tensor, the view decision as masks; without Nesterov the buffer
+    # keeps the projected direction, as clovaai's SGDP.
+    w = param.reshape(param.size(0), -1) if matrix else param
+    g = grad.reshape(w.shape)
+    if matrix:
+        ratio, per_row, whole = _projection_masks(w, g, delta, eps, wd_ratio)
+    else:
+        ratio = 1.0
+    g = g + (l2 * ratio) * w
+    if buf is not None:
+        b = buf.reshape(w.shape) * momentum + g * (1 - dampening)
+        direction = g + momentum * b if nesterov else b
+    else:
+        direction = g * (1 - dampening)
+    if matrix:
+        direction = _without_radial(w, direction, per_row, whole)
+    if buf is not None:
+        buf.copy_((b if nesterov else direction).reshape(buf.shape))
+    keep = 1 - decay_rate * ratio / (1 - momentum)
+    param.copy_((w * keep - lr * direction).reshape(param.shape))
+
+
+def sgdp_compiled(
+    params: Tensors,
+    grads: Tensors,
+    bufs: list[torch.Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    eps: float,
+    delta: float,
+    wd_ratio: float,
+    decay_rate: float,
+    l2: float,
+) -> None:
+    """sgdp_step's math torch.compile'd, one graph per tensor kind (matrix or not)."""
+    fn = compiled_once(_sgdp_compiled)
+    scalars = {"lr": lr, "momentum": momentum, "dampening": dampening, "eps": eps,
+               "delta": delta, "wd_ratio": wd_ratio, "decay_rate": decay_rate, "l2": l2}
+    for p, g, b in zip(params, grads, bufs, strict=True):
+        fn(p, g, b, **scalar_tensors({k: float(x) for k, x in scalars.items()}, p.dtype),
+           nesterov=nesterov, matrix=p.ndim >= 2)
