@@ -1,9 +1,13 @@
 """`wdlab run` on 2 gloo ranks (DDP and FSDP2) against one process on the same global batch;
 SIGKILL of a rank mid-checkpoint then --resume against an uninterrupted 2-rank run; sharded
-checkpoints resharded 2 -> 1 and 1 -> 2; a failing rank ending the job with one line.
+checkpoints resharded 2 -> 1, 1 -> 2 and continued 2 -> 2; a failing rank ending the job with
+one line.
 
 Each scenario is one launch (module-scoped fixtures), on charlm's tiny recipe: 12 steps,
-a checkpoint every 4 (none by wall time, so runs are deterministic), one thread per rank.
+a checkpoint every 4 (none by wall time, so runs are deterministic), one thread per rank, an
+EMA weight average kept and evaluated beside the raw weights (every comparison covers the
+averaged weights and their avg_val_* metrics too), an evaluation every 5 steps (so FSDP2
+trains on after an evaluation: the reshard wdlab.parallel.reshard does).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ pytestmark = pytest.mark.skipif(
 FAULT = str(Path(__file__).with_name("parallel_fault.py"))
 RUN = ["run", "charlm", "--tiny", "--steps", "12", "--lr", "1e-3", "--threads", "1", "--quiet",
        "--set", "train.checkpoint_every=4", "--set", "train.checkpoint_seconds=0",
-       "--set", "train.eval_every=6", "--set", "train.stop_at_target=false"]
+       "--set", "train.eval_every=5", "--set", "train.stop_at_target=false",
+       "--set", "train.average=ema:0.9"]
+PARTS = ("/model/", "/optimizer/", "/average/")
 REL = 1e-5
 """fp32, relative, for metrics (train loss, gradient norm, val loss), weights and optimizer
 state: a 2-rank run against one process on the same global batch. Measured at lr 1e-3
@@ -74,7 +80,8 @@ def _only_run(where: Path) -> str:
 
 
 def _state(where: Path, run_id: str) -> dict[str, torch.Tensor]:
-    """Every tensor of the run's checkpoint (model and optimizer), by path, as whole tensors."""
+    """Every tensor of the run's checkpoint (model, optimizer, weight average), by path, as
+    whole tensors."""
     run_dir = where / "wdlab-runs" / run_id
     if (run_dir / parallel.SINGLE_FILE).exists():
         payload = torch.load(run_dir / parallel.SINGLE_FILE, weights_only=True)
@@ -87,9 +94,9 @@ def _state(where: Path, run_id: str) -> dict[str, torch.Tensor]:
             dcp_to_torch_save((run_dir / parallel.SHARDED_LINK).resolve(), flat)
         payload = torch.load(flat, weights_only=True)
         flat.unlink()
-        return {k: v for k, v in payload.items() if k.startswith(("/model/", "/optimizer/"))}
+        return {k: v for k, v in payload.items() if k.startswith(PARTS)}
     tensors: dict[str, torch.Tensor] = {}
-    parallel._split({"model": payload["model"], "optimizer": payload["optimizer"]}, "", tensors)
+    parallel._split({k: payload[k] for k in ("model", "optimizer", "average")}, "", tensors)
     return tensors
 
 
@@ -159,19 +166,26 @@ def fsdp(root: Path, one: Path) -> Path:
 
 
 def _compare(where: Path, ref: Path, label: str) -> None:
-    """`where`'s run equals `ref`'s (one process) to fp32 rounding: metrics, weights, state."""
+    """`where`'s run equals `ref`'s (one process) to fp32 rounding: metrics (the averaged
+    weights' avg_val_loss too), weights, optimizer state, the weight average."""
     run_id, ref_id = _only_run(where), _only_run(ref)
     got, expected = _metrics(where, run_id), _metrics(ref, ref_id)
     assert got.keys() == expected.keys()
     rel_metrics = _metrics_rel(got, expected, ("train_loss", "grad_norm", "val_loss"))
+    rel_avg_metrics = _metrics_rel(got, expected, ("avg_val_loss", "avg_val_bits_per_char"))
     state, ref_state = _state(where, run_id), _state(ref, ref_id)
     rel_model = _max_rel(state, ref_state, "/model/")
     rel_optim = _max_rel(state, ref_state, "/optimizer/")
+    rel_avg = _max_rel(state, ref_state, "/average/")
     print(f"{label}: metrics {rel_metrics:.1e}, weights {rel_model:.1e}, "
-          f"optimizer {rel_optim:.1e}")
+          f"optimizer {rel_optim:.1e}, average {rel_avg:.1e}, avg metrics {rel_avg_metrics:.1e}")
     losses = [value for _, value in expected["train_loss"]]
     assert losses[0] - losses[-1] > 0.1  # the runs compared learned: not two no-ops
+    # the average is not the raw weights (else its comparison would repeat the weights')
+    assert abs(expected["avg_val_loss"][-1][1] - expected["val_loss"][-1][1]) > 0.01
+    assert any(k.startswith("/average/params/") for k in state)
     assert rel_metrics < REL and rel_model < REL and rel_optim < REL
+    assert rel_avg < REL and rel_avg_metrics < REL
     with Store(where / "wdlab.db") as store:
         assert store.get_run(run_id).status == "finished"
 
@@ -203,6 +217,17 @@ def test_sharded_checkpoint_continues_on_one_process(root: Path, fsdp: Path) -> 
     _compare(where, root / "one-20", "2->1")
     run_dir = where / "wdlab-runs" / run_id
     assert [p.name for p in run_dir.iterdir()] == [parallel.SINGLE_FILE]
+
+
+def test_sharded_checkpoint_continues_on_two_ranks(root: Path, fsdp: Path) -> None:
+    """2 -> 2: the FSDP2 run stopped at its budget (16) and resumed under FSDP2 to step 20
+    loads its DCP shards (the weight average's too) and goes on like one process."""
+    where = root / "fsdp-to-two"
+    shutil.copytree(fsdp, where)
+    run_id = _only_run(where)
+    _ok(_nproc(where, "run", "--resume", run_id, "--steps", "20", "--quiet",
+               "--set", "train.parallel=fsdp"))
+    _compare(where, root / "one-20", "fsdp 2->2")
 
 
 def test_sigkill_of_a_rank_mid_checkpoint_then_resume_is_bit_identical(

@@ -22,9 +22,10 @@ recomputed for the averaged weights by wdlab.evaluation.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -133,19 +134,26 @@ def canonical(text: Any) -> str:
 
 
 class WeightAverage:
-    """The average of `model`'s parameters under `spec`, kept in a copy of the model.
+    """The average of `model`'s parameters under `spec`, kept as one tensor per parameter.
 
-    `update(model, step)` after each optimizer step; `averaged()` is the copy holding the
-    averaged parameters (its buffers as the copy left them: refresh them before evaluating);
-    `state_dict()` / `load_state_dict()` carry everything a resumed run needs.
+    Each averaged tensor has its parameter's layout: a plain tensor in one process and under
+    DDP (the same on every rank), this rank's shard (a DTensor) under FSDP2. Every update is
+    elementwise, so a sharded average is the one-process average cut the same way, and no
+    rank ever holds a whole copy of the model (why there is no deep copy of the model: FSDP2
+    refuses one, and it would hold every buffer twice).
+
+    `update(step)` after each optimizer step; `values()` are the averaged tensors;
+    `swapped_in()` puts them into the live parameters for an evaluation and the raw ones back
+    (wdlab.evaluation); `state_dict()` / `load_state_dict()` carry what a resumed run needs.
     """
 
     def __init__(self, spec: AverageSpec, model: torch.nn.Module, steps: int) -> None:
         self.spec = spec
         self.steps = steps
-        self.model = copy.deepcopy(model)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        # The live parameters, held from here on: after an FSDP2 forward without backward
+        # (an evaluation) model.parameters() names the gathered ones for a while.
+        self.params = [p for p in model.parameters()]
+        self.average = [p.detach().clone() for p in self.params]  # LAWA: unused
         self.count = 0  # updates taken (LAWA: snapshots taken, of which the last K are kept)
         self.ring: list[list[torch.Tensor]] = []
 
@@ -153,48 +161,73 @@ class WeightAverage:
     def started(self) -> bool:
         return self.count > 0
 
-    def _targets(self) -> list[torch.Tensor]:
-        return [p.detach() for p in self.model.parameters()]
-
-    def update(self, model: torch.nn.Module, step: int) -> bool:
-        """Take `model`'s weights after 1-based `step` if the spec says so; whether it did."""
+    def update(self, step: int) -> bool:
+        """Take the parameters after 1-based `step` if the spec says so; whether it did."""
         if not self.spec.due(step, self.steps):
             return False
         import torch
 
-        current = [p.detach() for p in model.parameters()]  # detached: no autograd here
+        current = [p.detach() for p in self.params]  # detached: no autograd here
         if self.spec.kind == "lawa":
             self.ring.append([p.clone() for p in current])
             del self.ring[: -self.spec.keep]  # type: ignore[misc]
         elif self.count == 0:
-            for a, p in zip(self._targets(), current, strict=True):
+            for a, p in zip(self.average, current, strict=True):
                 a.copy_(p)
         else:
             weight = 1 - self.spec.decay if self.spec.kind == "ema" else 1 / (self.count + 1)
-            targets = self._targets()
-            floats = [i for i, a in enumerate(targets) if a.is_floating_point()]
-            torch._foreach_lerp_([targets[i] for i in floats], [current[i] for i in floats],
-                                 weight)
+            pairs = [(_local(a), _local(p)) for a, p in zip(self.average, current, strict=True)
+                     if a.is_floating_point()]
+            if pairs:
+                torch._foreach_lerp_([a for a, _ in pairs], [p for _, p in pairs], weight)
         self.count += 1
         return True
 
-    def averaged(self) -> torch.nn.Module:
-        """The copy of the model with the averaged parameters (LAWA: the window's mean)."""
-        if self.spec.kind == "lawa" and self.ring:
-            for i, a in enumerate(self._targets()):
-                total = self.ring[0][i].clone()
-                for snapshot in self.ring[1:]:
-                    total.add_(snapshot[i])
-                a.copy_(total.div_(len(self.ring)))
-        return self.model
+    def values(self) -> list[torch.Tensor]:
+        """The averaged tensors, in the order of model.parameters() (LAWA: the window's mean,
+        computed here; before any update, the parameters as they were at construction)."""
+        if self.spec.kind != "lawa" or not self.ring:
+            return self.average
+        out = []
+        for i in range(len(self.params)):
+            total = self.ring[0][i].clone()
+            for snapshot in self.ring[1:]:
+                total.add_(snapshot[i])
+            out.append(total.div_(len(self.ring)))
+        return out
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The live parameters hold the average inside the block and exactly their own values
+        after it. Under FSDP2 the caller reshards around it (wdlab.parallel.reshard): the
+        gathered copy a forward leaves behind would otherwise be used instead."""
+        import torch
+
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in self.params]
+            for p, a in zip(self.params, self.values(), strict=True):
+                p.detach().copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, raw in zip(self.params, saved, strict=True):
+                    p.detach().copy_(raw)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the state holds (for the non-finite check before a checkpoint)."""
+        if self.spec.kind == "lawa":
+            return [t for snapshot in self.ring for t in snapshot]
+        return self.average
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain values only (checkpoints load with weights_only=True)."""
+        """Tensors and plain values only (checkpoints load with weights_only=True); each
+        tensor laid out as its parameter (wdlab.parallel shards and reshards them so)."""
         out: dict[str, Any] = {"spec": self.spec.text, "count": self.count}
         if self.spec.kind == "lawa":
             out["ring"] = [[t.clone() for t in snap] for snap in self.ring]
         else:
-            out["params"] = [a.clone() for a in self._targets()]
+            out["params"] = [a.clone() for a in self.average]
         return out
 
     def load_state_dict(self, state: Any) -> None:
@@ -207,12 +240,16 @@ class WeightAverage:
         count = state.get("count")
         if not isinstance(count, int) or count < 0:
             raise ValueError(f"has an impossible average count {count!r}")
-        targets = self._targets()
 
         def fits(tensors: Any) -> bool:
-            return (isinstance(tensors, list) and len(tensors) == len(targets) and all(
-                isinstance(t, torch.Tensor) and t.shape == a.shape
-                for t, a in zip(tensors, targets, strict=True)))
+            return (isinstance(tensors, list) and len(tensors) == len(self.params) and all(
+                isinstance(t, torch.Tensor) and t.shape == p.shape
+                and _is_dtensor(t) == _is_dtensor(p)
+                for t, p in zip(tensors, self.params, strict=True)))
+
+        def finite(tensors: list[torch.Tensor]) -> bool:
+            return all(not t.is_floating_point() or bool(torch.isfinite(_local(t)).all())
+                       for t in tensors)
 
         if self.spec.kind == "lawa":
             ring = state.get("ring")
@@ -220,14 +257,28 @@ class WeightAverage:
                 fits(s) for s in ring
             ):
                 raise ValueError("has an average window that does not fit this model")
+            if not all(finite(s) for s in ring):
+                raise ValueError("holds a non-finite weight average")
             self.ring = [[t.clone() for t in snap] for snap in ring]
         else:
             params = state.get("params")
             if not fits(params):
                 raise ValueError("has averaged weights that do not fit this model")
-            for a, t in zip(targets, params, strict=True):
-                a.copy_(t)
+            if not finite(params):
+                raise ValueError("holds a non-finite weight average")
+            with torch.no_grad():
+                for a, t in zip(self.average, params, strict=True):
+                    a.copy_(t)
         self.count = count
+
+
+def _is_dtensor(t: Any) -> bool:
+    return hasattr(t, "to_local") and hasattr(t, "placements")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's piece of a DTensor (FSDP2), the tensor itself when plain."""
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def from_config(text: str, model: torch.nn.Module, steps: int) -> WeightAverage | None:

@@ -22,8 +22,11 @@ FORMAT = 2  # 2 adds progress.final_metrics / finished / message to format 1
 READABLE_FORMATS = (1, 2)
 
 
-def first_nonfinite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
-    """The name of the first model or optimizer-state tensor holding NaN or inf, else None."""
+def first_nonfinite(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, average: Any = None
+) -> str | None:
+    """The name of the first model, optimizer-state or weight-average (wdlab.averaging)
+    tensor holding NaN or inf, else None."""
     for name, tensor in model.state_dict().items():
         if _nonfinite(tensor):
             return f"model.{name}"
@@ -32,6 +35,8 @@ def first_nonfinite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
         for key, value in state.items():
             if _nonfinite(value):
                 return f"optimizer state {key!r} of {names.get(id(param), 'a parameter')}"
+    if average is not None and any(_nonfinite(t) for t in average.tensors()):
+        return f"the weight average {average.spec.text}"
     return None
 
 

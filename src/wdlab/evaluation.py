@@ -11,6 +11,11 @@ averaged weights, the Schedule-Free x), so they are recomputed from `bn_batches`
 batches, the last ones before the step (deterministic: batch(step) is a pure function), with a
 cumulative mean as torch.optim.swa_utils.update_bn does. The live model's statistics are put
 back afterwards, so evaluating changes nothing in the training state (resume stays exact).
+
+The averaged weights are evaluated in the live model (swapped in, then the raw ones put back),
+so the same code serves one process, DDP replicas and FSDP2 shards. Under FSDP2 every
+evaluation ends with a reshard: a forward without backward leaves the gathered weights in
+place, and the next forward would use them instead of what the shards hold by then.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import torch
 
+from wdlab import parallel
 from wdlab.averaging import WeightAverage
 from wdlab.optim.schedule_free import swap_to
 
@@ -104,6 +110,7 @@ class Evaluator:
                 metrics = self.workload.evaluate(model)
         finally:
             model.train()
+            parallel.reshard(model)  # FSDP2: drop the gathered weights this forward left
         return {k: float(v) for k, v in metrics.items()}
 
     def _raw(self, step: int) -> dict[str, float]:
@@ -119,14 +126,13 @@ class Evaluator:
                 swap_to(self.optimizer, "train")
 
     def _averaged(self, step: int) -> dict[str, float]:
+        """The live model evaluated with the averaged parameters swapped in (its own buffers,
+        BatchNorm's recomputed for them); parameters and buffers are put back exactly."""
         assert self.average is not None
-        shadow = self.average.averaged()
-        with torch.no_grad():
-            for mine, live in zip(shadow.buffers(), self.model.buffers(), strict=True):
-                mine.copy_(live)
-        if self.bn_batches:
-            recompute_bn(shadow, self.workload, bn_steps(step, self.bn_batches))
-        return self._run(shadow)
+        with self.average.swapped_in(), bn_kept(self.model):
+            if self.bn_batches:
+                recompute_bn(self.model, self.workload, bn_steps(step, self.bn_batches))
+            return self._run(self.model)
 
     def __call__(self, step: int) -> dict[str, float]:
         """The metrics at `step`: raw ones under their names, averaged ones as avg_*."""

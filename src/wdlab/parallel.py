@@ -388,6 +388,21 @@ def wrap(
     return _DDP(model), optimizer
 
 
+def reshard(model: nn.Module) -> None:
+    """Put an FSDP2 model's parameters back into their shards (a no-op otherwise).
+
+    Why: FSDP2 keeps the root module's gathered parameters after a forward that no backward
+    follows (an evaluation), and the next forward uses them without gathering again, so a
+    change made to the shards in between (the weight average swapped in or out, a
+    Schedule-Free x/y swap, an optimizer step after an evaluation) would be invisible."""
+    if _SESSION is None:
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.reshard()
+
+
 def _on_cuda(model: nn.Module) -> bool:
     return any(p.is_cuda for p in model.parameters())
 
@@ -721,7 +736,8 @@ def _templates(
 ) -> dict[str, torch.Tensor]:
     """An empty tensor for every tensor of the checkpoint, laid out as this process holds it.
 
-    Model entries: the model's own state_dict (DTensor shards under FSDP2). Optimizer state:
+    Model entries: the model's own state_dict (DTensor shards under FSDP2). Optimizer state
+    and the weight average (wdlab.averaging, one tensor per model parameter, in order):
     like its parameter when shaped like it and the parameter is sharded; else sharded as it
     was saved when this job is sharded too; else a whole plain tensor (DCP reads every
     layout into every other)."""
@@ -732,6 +748,7 @@ def _templates(
 
     own = inner(model).state_dict()
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    model_params = list(inner(model).parameters())  # the weight average's order
     mesh = next((p.device_mesh for p in params if is_dtensor(p)), None)
     out: dict[str, torch.Tensor] = {}
     for marker in _markers(skeleton):
@@ -750,6 +767,9 @@ def _templates(
         if parts[:2] == ["optimizer", "state"] and len(parts) >= 4 and parts[2].isdigit():
             index = int(parts[2])
             param = params[index] if index < len(params) else None
+        elif parts[0] == "average" and parts[-1].isdigit():  # params/I or ring/K/I
+            index = int(parts[-1])
+            param = model_params[index] if index < len(model_params) else None
         if param is not None and is_dtensor(param) and tuple(param.shape) == shape:
             out[key] = torch.empty_like(param, dtype=dtype)
         elif mesh is not None and marker.get("placements"):

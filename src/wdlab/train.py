@@ -334,7 +334,7 @@ def run(
     parallel.remove_stale(checkpoint_path.parent)  # left by killed writers; the run is ours
 
     def checkpoint(step: int, finished: bool = False) -> None:
-        bad = parallel.first_of_ranks(checkpoint_io.first_nonfinite(model, optimizer))
+        bad = parallel.first_of_ranks(checkpoint_io.first_nonfinite(model, optimizer, average))
         if bad is not None:
             raise _NonFiniteState(bad)
         store.flush()  # every row up to this step is durable before the checkpoint exists
@@ -449,7 +449,7 @@ def run(
                     monitor.step()
                 step += 1
                 if average is not None:
-                    average.update(model, step)
+                    average.update(step)
                 result.train_seconds += time.perf_counter() - tick
                 if step % tcfg.log_every == 0:
                     lr_now = optimizer.param_groups[0]["lr"]

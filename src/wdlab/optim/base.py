@@ -273,15 +273,14 @@ class WdOptimizer(torch.optim.Optimizer):
                 g.add(p.detach() - (constant if t is None else t), alpha=decay.l2)
                 for p, g, t in zip(params, grads, targets, strict=True)
             ]
-        if decay.rate:
-            for p, t in zip(params, targets, strict=True):
-                w = p.detach()
-                if t is not None:
-                    w.lerp_(t, decay.rate)
-                else:
-                    w.mul_(1.0 - decay.rate)
-                    if constant:
-                        w.add_(decay.rate * constant)
+        if decay.rate:  # multi-tensor ops: a few kernels per group on a device, none per tensor
+            weights = list(params)  # in place under step()'s no_grad: no detach op per tensor
+            if group["decay_to"] in ("init", "ema"):
+                torch._foreach_lerp_(weights, targets, decay.rate)
+            else:
+                torch._foreach_mul_(weights, 1.0 - decay.rate)
+                if constant:
+                    torch._foreach_add_(weights, decay.rate * constant)
         return grads
 
     def decay_after_update(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
@@ -289,10 +288,11 @@ class WdOptimizer(torch.optim.Optimizer):
         on steps where a wd schedule has weight_decay at 0, once the target exists)."""
         if group["decay_to"] != "ema":
             return
-        for p in params:
-            target = self.state[p].get("decay_target")
-            if target is not None:
-                target.lerp_(p.detach(), 1.0 - group["decay_ema"])
+        pairs = [(t, p) for p in params
+                 if (t := self.state[p].get("decay_target")) is not None]
+        if pairs:
+            torch._foreach_lerp_([t for t, _ in pairs], [w for _, w in pairs],
+                                 1.0 - group["decay_ema"])
 
     def _check_step(self, group: dict[str, Any]) -> None:
         """Refuse group settings (e.g. from a loaded state_dict) the update can't honour."""
