@@ -13,7 +13,9 @@ Columns: ops = every ATen op of one step; host reads = reads of the optimizer's 
 scalars (the "step" counters, a tensor lr; torch's foreach AdamW reads each counter twice),
 which never wait for a device; syncs = reads of any other tensor's value on the host, or
 copies between the CPU and the device (each one waits). `--time N` adds the median wall time
-of N steps (synchronized after each).
+of N steps (synchronized after each). The toolbox rows: decay_to targets (one multi-tensor
+pass more than decay toward zero; "ema" two) and CautiousUpdate (a per-tensor wrapper: its
+op count grows with the number of tensors, its host syncs stay zero).
 """
 
 from __future__ import annotations
@@ -26,8 +28,21 @@ from typing import Any
 
 import torch
 
-from wdlab.optim import SCALE, SGDP, SGDW, AdamP, AdamW, FAdam, Lion, Muon, NovoGrad
+from wdlab.optim import (
+    SCALE,
+    SGDP,
+    SGDW,
+    AdamP,
+    AdamW,
+    FAdam,
+    Lion,
+    Muon,
+    NovoGrad,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)
 from wdlab.optim.opcount import count_step
+from wdlab.optim.wrappers import CautiousUpdate
 
 D = 256
 SHAPES = [(D, D)] * 20 + [(4 * D, D)] * 4 + [(D, 4 * D)] + [(D,)] * 25
@@ -66,7 +81,24 @@ def rows(impl: str) -> list[tuple[str, Make]]:
         ("wdlab NovoGrad", lambda p: NovoGrad(p, weight_decay=0.1, impl=impl)),
         ("wdlab FAdam", lambda p: FAdam(p, impl=impl)),
         ("wdlab SCALE", lambda p: SCALE(by_role(p), weight_decay=0.1, impl=impl)),
+        ("wdlab ScheduleFreeAdamW", lambda p: ScheduleFreeAdamW(p, weight_decay=0.1, impl=impl)),
+        ("wdlab ScheduleFreeSGD", lambda p: ScheduleFreeSGD(p, weight_decay=0.1, impl=impl)),
+        # the toolbox (docs/optimizers.md): decay targets and cautious masking
+        *[(f"wdlab AdamW decay_to={t}", _target(AdamW, t, impl)) for t in ("init", "ema", "one")],
+        ("wdlab SGDW decay_to=ema", lambda p: SGDW(p, lr=0.1, momentum=0.9, weight_decay=0.1,
+                                                    decay_to="ema", impl=impl)),
+        ("wdlab Lion decay_to=init", _target(Lion, "init", impl)),
+        ("CautiousUpdate(wdlab AdamW)",
+         lambda p: CautiousUpdate(AdamW(p, weight_decay=0.1, impl=impl))),
+        ("CautiousUpdate(wdlab Lion)",
+         lambda p: CautiousUpdate(Lion(p, weight_decay=0.1, impl=impl))),
+        ("CautiousUpdate(wdlab AdamW decay_to=ema)",
+         lambda p: CautiousUpdate(AdamW(p, weight_decay=0.1, decay_to="ema", impl=impl))),
     ]
+
+
+def _target(cls: type, target: str, impl: str) -> Make:
+    return lambda p: cls(p, weight_decay=0.1, decay_to=target, impl=impl)
 
 
 def median_ms(opt: torch.optim.Optimizer, device: str, n: int) -> float:

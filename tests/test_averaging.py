@@ -303,6 +303,36 @@ def test_checkpoint_without_the_average_is_refused(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="do not fit this model"):
         checkpoint_io.restore_average(tmp_path / "last.pt", {"average": {
             "spec": "ema:0.9", "count": 1, "params": [torch.zeros(1)]}}, "r1", avg)
+    bad = [torch.full_like(p, float("nan")) for p in model.parameters()]
+    with pytest.raises(CheckpointError, match="holds a non-finite weight average"):
+        checkpoint_io.restore_average(tmp_path / "last.pt", {"average": {
+            "spec": "ema:0.9", "count": 1, "params": bad}}, "r1", avg)
+    assert all(torch.isfinite(a).all() for a in avg.values())  # nothing was loaded
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert checkpoint_io.first_nonfinite(model, opt, avg) is None
+    avg.values()[0].fill_(float("inf"))  # a checkpoint is not written with it
+    assert checkpoint_io.first_nonfinite(model, opt, avg) == "the weight average ema:0.9"
+
+
+def test_the_average_of_each_parameter_keeps_its_layout_and_the_swap_is_exact() -> None:
+    """One tensor per parameter, shaped and typed like it (under FSDP2 a shard like it:
+    tests/test_parallel.py); inside swapped_in() the live parameters hold the average, after
+    it exactly their own values, also when the block raises."""
+    model = _model()
+    avg = averaging.WeightAverage(averaging.parse("ema:0.5"), model, 10)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(7)
+    for step in range(1, 4):
+        _wiggle(model, gen)
+        avg.update(step)
+    live = [p.detach().clone() for p in model.parameters()]
+    assert [(a.shape, a.dtype) for a in avg.values()] == [(p.shape, p.dtype) for p in live]
+    assert not any(torch.equal(a, w) for a, w in zip(avg.values(), live, strict=True))
+    with pytest.raises(RuntimeError, match="inside"), avg.swapped_in():
+        for p, a in zip(model.parameters(), avg.values(), strict=True):
+            assert torch.equal(p, a)
+        raise RuntimeError("inside")
+    for p, want in zip(model.parameters(), live, strict=True):
+        assert torch.equal(p, want) and p.requires_grad
 
 
 # ---- bench, sweep and report -----------------------------------------------------------

@@ -325,3 +325,48 @@ def test_auto_takes_the_foreach_path_on_a_non_cpu_device(name: str) -> None:
     assert count.syncs == []
     steps = [s["step"] for s in opt.state.values() if "step" in s]
     assert all(s.device.type == "cpu" for s in steps)  # torch's capturable=False layout
+
+
+def _on_meta(name: str, **group: Any) -> torch.optim.Optimizer:
+    """FAMILIES[name] on meta tensors (a stand-in GPU), impl="auto", `group` set in each
+    group (weight_decay 0.1 unless given)."""
+    params = [torch.nn.Parameter(torch.empty(s, device="meta")) for s in MODEL_SHAPES]
+    for p in params:
+        p.grad = torch.empty(p.shape, device="meta")
+    opt = FAMILIES[name](params)
+    for g in opt.param_groups:
+        g.update({"impl": "auto", "weight_decay": 0.1, **group})
+    return opt
+
+
+@pytest.mark.parametrize("target", ["init", "ema", "one"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_decay_targets_have_no_host_sync_and_fit_the_op_budget(
+    name: str, target: str, torch_adamw_ops: int
+) -> None:
+    """decay_to="init" | "ema" | "one" on the device path: the pull toward the target (and the
+    EMA target's own update) are multi-tensor ops, no value is read on the host, and the step
+    stays within torch AdamW's op count (decay_to="zero" is the test above)."""
+    opt = _on_meta(name, decay_to=target)
+    count = _counted(opt)
+    assert count.syncs == [], f"{name} decay_to={target}: host syncs {count.syncs}"
+    assert count.total <= torch_adamw_ops, f"{name}: {count.total} ops > {torch_adamw_ops}"
+    pulls = count.ops["aten._foreach_lerp_.Scalar"] + count.ops["aten._foreach_add_.Scalar"]
+    assert pulls >= (2 if target == "ema" else 1)  # the decay ran (not skipped at wd 0)
+    targets = [s["decay_target"] for s in opt.state.values() if "decay_target" in s]
+    assert len(targets) == (len(MODEL_SHAPES) if target in ("init", "ema") else 0)
+    assert all(t.device.type == "meta" for t in targets)  # kept beside p, never on the host
+
+
+@pytest.mark.parametrize("target", ["zero", "ema"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_cautious_update_has_no_host_sync(name: str, target: str) -> None:
+    """CautiousUpdate (the C- optimizers) on the device path: the mask u*g > 0 and its
+    per-tensor rescale numel/(sum+1) stay tensors (no .item()), around every family, with
+    the plain decay and with a decay target."""
+    from wdlab.optim.wrappers import CautiousUpdate
+
+    opt = CautiousUpdate(_on_meta(name, decay_to=target))
+    count = _counted(opt)
+    assert count.syncs == [], f"cautious {name} decay_to={target}: host syncs {count.syncs}"
+    assert count.ops["aten.lt.Scalar"] >= len(MODEL_SHAPES)  # the mask was taken per tensor

@@ -160,17 +160,26 @@ def test_swap_modes_and_errors() -> None:
         ScheduleFreeAdamW(params, impl="fused")
 
 
+@pytest.mark.parametrize("cautious", [False, True])
 @pytest.mark.parametrize("cls", [ScheduleFreeAdamW, ScheduleFreeSGD])
-def test_generic_path_has_no_host_sync(cls: type) -> None:
+def test_generic_path_has_no_host_sync(cls: type, cautious: bool) -> None:
     """The meta device stands in for a GPU: impl="auto" takes the foreach path there, and any
-    read of a device value on the host would fail or be counted."""
+    read of a device value on the host would fail or be counted; so too under CautiousUpdate
+    (its mask and rescale stay tensors; decay_to does not apply: "zero" only here)."""
+    from wdlab.optim.wrappers import CautiousUpdate
+
     params = [torch.nn.Parameter(torch.empty(s, device="meta")) for s in SHAPES * 5]
     for p in params:
         p.grad = torch.empty(p.shape, device="meta")
     opt = cls(params, weight_decay=0.1)
+    if cautious:
+        opt = CautiousUpdate(opt)
     opt.step()
     count = count_step(opt)
     assert count.syncs == []
+    if cautious:
+        assert count.ops["aten.lt.Scalar"] >= len(params)  # the mask was taken
+        return
     gpu_like = torch.optim.AdamW(params, foreach=True)
     gpu_like.step()
     assert count.total <= count_step(gpu_like).total  # no more launches than torch's AdamW

@@ -172,7 +172,7 @@ def _compare(where: Path, ref: Path, label: str) -> None:
     got, expected = _metrics(where, run_id), _metrics(ref, ref_id)
     assert got.keys() == expected.keys()
     rel_metrics = _metrics_rel(got, expected, ("train_loss", "grad_norm", "val_loss"))
-    rel_avg_metrics = _metrics_rel(got, expected, ("avg_val_loss", "avg_val_bits_per_char"))
+    rel_avg_metrics = _metrics_rel(got, expected, ("avg_val_loss", "avg_val_rankme"))
     state, ref_state = _state(where, run_id), _state(ref, ref_id)
     rel_model = _max_rel(state, ref_state, "/model/")
     rel_optim = _max_rel(state, ref_state, "/optimizer/")
