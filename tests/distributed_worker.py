@@ -29,6 +29,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from wdlab.evaluation import Evaluator
 from wdlab.monitor import Monitor
 from wdlab.optim import (
     SCALE,
@@ -247,6 +248,9 @@ def run_mode(build: Build, where: Path, mode: str,
     model = wrap(net, mode)
     opt = build(net)
     train(model, opt, range(1, SAVE_AT + 1), sharded_batch=True)
+    # The engine's evaluation between two steps (Schedule-Free: at x, then back to y): the
+    # steps after it must not see what it gathered (wdlab.parallel.reshard).
+    Evaluator(_Probe(), net, opt, None, bn_batches=0)(SAVE_AT)
     saved = {"model": model.state_dict(), "optim": opt.state_dict()}
     result[f"{mode}_state_sharded"] = any(is_dtensor(t) for t in tree_tensors_raw(saved["optim"]))
     dcp.save(saved, checkpoint_id=str(where))
@@ -269,6 +273,17 @@ def run_mode(build: Build, where: Path, mode: str,
     train(model2, opt2, range(SAVE_AT + 1, STEPS + 1), sharded_batch=True)
     result[f"{mode}_resumed"] = max_rel(params_of(model2), reference)
     return result
+
+
+class _Probe:
+    """The workload face wdlab.evaluation.Evaluator reads: a loss on a held-out batch."""
+
+    metric = "val_loss"
+    higher_is_better = False
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        x, y = batch(-1)
+        return {"val_loss": float(F.cross_entropy(model(x), y))}
 
 
 def tree_tensors_raw(obj: Any) -> list[torch.Tensor]:

@@ -395,7 +395,7 @@ def reshard(model: nn.Module) -> None:
     follows (an evaluation), and the next forward uses them without gathering again, so a
     change made to the shards in between (the weight average swapped in or out, a
     Schedule-Free x/y swap, an optimizer step after an evaluation) would be invisible."""
-    if _SESSION is None:
+    if not (dist.is_available() and dist.is_initialized()):  # no process group: no shards
         return
     from torch.distributed.fsdp import FSDPModule
 
