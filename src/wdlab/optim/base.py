@@ -381,8 +381,8 @@ class WdOptimizer(torch.optim.Optimizer):
             part = [pick(column, idx) for column in columns]
             if chosen == "foreach" or impl == "foreach":
                 adamw_foreach(*part, **hyper)
-            else:
-                adamw_step(*part, **hyper)
+            else:  # "reference": torch's fused kernel itself, not kernels.c's copy
+                adamw_step(*part, **hyper, own_kernel=impl != "reference")
 
     def _buffer(
         self,

@@ -52,6 +52,11 @@ SIGNATURES: dict[str, list[Any]] = {
     "sumsq": [_P, _I64, _INT, _P],
     "fadam_fisher": [_P, _P, _P, _I64, _INT, _D, _D, _D, _INT, _INT, _P],
     "fadam_update": [_P, _P, _P, _P, _I64, _INT, _D, _D, _D, _D, _INT, _D, _D],
+    "adam": [*_ARRAYS[:3], _P, _P, _I64, _INT, _P, _I64, _D, _D, _D, _D, _D, _INT],
+    "adamp": [*_ARRAYS[:3], _P, _P, _P, _I64, _INT, _I64, _P, _I64, _D, _D, _D, _D, _D, _INT,
+              _D, _D, _P, _P, _P],
+    "sgdp": [*_ARRAYS[:3], _P, _P, _I64, _INT, _I64, _D, _D, _D, _INT, _D, _D, _D, _D, _P, _P,
+             _P],
     "schedule_free": [_P, _P, _P, _P, _P, _I64, _INT, _D, _D, _D, _D, _D, _D, _D, _D],
 }
 _RETURNS = {"invariant_view": ctypes.c_int}
@@ -296,3 +301,172 @@ def sum_of_squares(x: torch.Tensor) -> float:
     parts = torch.zeros(threads, dtype=torch.float64)
     run("sumsq", x.dtype, x, x.numel(), threads, parts)
     return float(parts.sum())
+
+
+# -- Adam/AdamW: torch's fused CPU kernel, bit for bit, in one call per group --
+
+_VECTOR_BYTES = {"AVX2": 32, "AVX512": 64}
+"""Bytes per SIMD vector of torch's CPU kernels at each capability where kernels.c's Adam
+reproduces them (elsewhere AdamW keeps torch's own kernel)."""
+_adam_checked: dict[tuple[torch.dtype, bool], bool] = {}
+
+
+def _adam_call(columns: Sequence[Sequence[torch.Tensor]], vec: int, lr: float, beta1: float,
+               beta2: float, eps: float, weight_decay: float, decoupled: bool) -> bool:
+    """kernels.c's Adam on (params, grads, exp_avgs, exp_avg_sqs, steps); False (nothing
+    done) when a tensor is not one the kernel takes (see _adam_pointers)."""
+    found = _adam_pointers(columns)
+    if found is None:
+        return False
+    arrays, numels = found
+    params = columns[0]
+    kernel("adam", params[0].dtype)(
+        *arrays[:4], numels, len(params), threads_for(sum(numels)), arrays[4], vec, lr, beta1,
+        beta2, eps, weight_decay, decoupled)
+    touched([t for column in (columns[0], *columns[2:]) for t in column])
+    return True
+
+
+def _adam_matches_torch(dtype: torch.dtype, decoupled: bool, vec: int) -> bool:
+    """Whether kernels.c's Adam gives torch._fused_adam(w)_'s bits on this machine: checked
+    once per process on a small sample (both lerp branches, with and without decay, a tensor
+    with a scalar tail), since which multiply-adds torch's compiler fused is not visible."""
+    key = (dtype, decoupled)
+    if key not in _adam_checked:
+        gen = torch.Generator().manual_seed(0)
+        ok = True
+        for beta1, wd in ((0.9, 0.1), (0.3, 0.0)):
+            ours = [torch.randn(n, generator=gen, dtype=dtype) for n in (3 * vec + 5, 2 * vec)]
+            theirs = [t.clone() for t in ours]
+            state = [[torch.zeros_like(t) for t in ours] for _ in range(4)]
+            steps = [[torch.zeros(()) for _ in ours] for _ in range(2)]
+            fused = torch._fused_adamw_ if decoupled else torch._fused_adam_
+            for _ in range(3):
+                grads = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in ours]
+                hyper = dict(lr=0.01, beta1=beta1, beta2=0.999, eps=1e-8, weight_decay=wd)
+                _adam_call((ours, grads, state[0], state[1], steps[0]), vec, **hyper,
+                           decoupled=decoupled)
+                torch._foreach_add_(steps[1], 1)
+                fused(theirs, grads, state[2], state[3], [], steps[1], amsgrad=False,
+                      maximize=False, **hyper)
+            pairs = zip([*ours, *state[0], *state[1], *steps[0]],
+                        [*theirs, *state[2], *state[3], *steps[1]], strict=True)
+            ok = ok and all(torch.equal(a, b) for a, b in pairs)
+        _adam_checked[key] = ok
+    return _adam_checked[key]
+
+
+def _adam_pointers(columns: Sequence[Sequence[torch.Tensor]]) -> tuple[list[Any], Any] | None:
+    """The C pointer arrays of (params, grads, exp_avgs, exp_avg_sqs, steps), already checked
+    with `supports`, and the sizes array; None unless the moments and grads have their param's
+    element count and every step is a float32 CPU scalar (torch's layout for its fused
+    kernels). One pass over the tensors: the step pays it per tensor."""
+    addresses: list[list[int]] = [[] for _ in columns]
+    numels = []
+    f32 = torch.float32
+    for p, *others, step in zip(*columns, strict=True):
+        n = p.numel()
+        if not (all(t.numel() == n for t in others) and type(step) is torch.Tensor
+                and step.dtype == f32 and step.is_cpu and step.dim() == 0):
+            return None
+        numels.append(n)
+        for column, t in zip(addresses, (p, *others, step), strict=True):
+            column.append(t.data_ptr())
+    arrays = [(ctypes.c_void_p * len(column))(*column) for column in addresses]
+    return arrays, (ctypes.c_int64 * len(numels))(*numels)
+
+
+def run_adam(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+             exp_avgs: Sequence[torch.Tensor], exp_avg_sqs: Sequence[torch.Tensor],
+             steps: Sequence[torch.Tensor], *, lr: float, beta1: float, beta2: float,
+             eps: float, weight_decay: float, decoupled: bool) -> bool:
+    """One step of torch._fused_adamw_ (decoupled) or _fused_adam_ (l2), step counters
+    incremented, as one kernels.c call over all tensors; False (nothing done) where it cannot
+    promise torch's bits: tensors the kernels do not take, step counters not float32 CPU
+    scalars, a torch CPU capability other than AVX2/AVX-512, or a failed check."""
+    vec_bytes = _VECTOR_BYTES.get(torch.backends.cpu.get_cpu_capability())
+    if not params or vec_bytes is None or not supports(params, grads, exp_avgs, exp_avg_sqs):
+        return False
+    vec = vec_bytes // params[0].element_size()
+    if not _adam_matches_torch(params[0].dtype, decoupled, vec):
+        return False
+    return _adam_call((params, grads, exp_avgs, exp_avg_sqs, steps), vec, lr, beta1, beta2, eps,
+                      weight_decay, decoupled)
+
+
+# -- AdamP / SGDP: test each matrix, and update it at once where it is not projected --
+
+View = tuple[str | None, torch.Tensor | None]
+_VIEW_NAMES = {1: "channel", 2: "layer"}
+
+
+def _test_buffers(params: Sequence[torch.Tensor]) -> tuple[list[int], torch.Tensor,
+                                                              torch.Tensor, Any]:
+    """Row counts (dim 0) of the matrices, the test's float64 scratch and norms, and views."""
+    rows = [p.size(0) for p in params]
+    scratch = torch.empty(torch.get_num_threads() * max(rows) * 3, dtype=torch.float64)
+    norms = torch.empty(sum(rows), dtype=torch.float64)
+    return rows, scratch, norms, (ctypes.c_int * len(params))()
+
+
+def _views(params: Sequence[torch.Tensor], rows: list[int], norms: torch.Tensor,
+           views: Any) -> list[View]:
+    """(view, norms of w in that view) per matrix; (None, None) for those already updated."""
+    out: list[View] = []
+    offset = 0
+    for p, n, view in zip(params, rows, views, strict=True):
+        if view == 0:
+            out.append((None, None))
+        else:
+            out.append((_VIEW_NAMES[view], norms[offset:offset + (n if view == 1 else 1)]
+                        .to(p.dtype)))
+        offset += n
+    return out
+
+
+def run_adamp(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+              exp_avgs: Sequence[torch.Tensor], exp_avg_sqs: Sequence[torch.Tensor],
+              steps: Sequence[torch.Tensor], *, lr: float, beta1: float, beta2: float,
+              eps: float, weight_decay: float, decoupled: bool, delta: float,
+              test_eps: float) -> list[View] | None:
+    """AdamP on matrices (ndim >= 2, not empty): each one's scale-invariance test, then, if
+    neither view passes, its Adam step (run_adam's arithmetic: torch's fused bits) while its w
+    and g are still in cache. Returns per matrix (view, norms): (None, None) for the updated
+    ones (step counted), the view and its norms for those the caller must project (untouched,
+    step not counted); None (nothing done) where run_adam could not run."""
+    vec_bytes = _VECTOR_BYTES.get(torch.backends.cpu.get_cpu_capability())
+    if not params or vec_bytes is None or not supports(params, grads, exp_avgs, exp_avg_sqs):
+        return None
+    vec = vec_bytes // params[0].element_size()
+    if not _adam_matches_torch(params[0].dtype, decoupled, vec):
+        return None
+    found = _adam_pointers((params, grads, exp_avgs, exp_avg_sqs, steps))
+    if found is None:
+        return None
+    arrays, numels = found
+    rows, scratch, norms, views = _test_buffers(params)
+    kernel("adamp", params[0].dtype)(
+        *arrays[:4], numels, (ctypes.c_int64 * len(rows))(*rows), len(params),
+        torch.get_num_threads(), MIN_PER_THREAD, arrays[4], vec, lr, beta1, beta2, eps,
+        weight_decay, decoupled, delta, test_eps, scratch.data_ptr(), norms.data_ptr(), views)
+    touched([*params, *exp_avgs, *exp_avg_sqs, *steps])
+    return _views(params, rows, norms, views)
+
+
+def run_sgdp(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+             bufs: Sequence[torch.Tensor | None], *scalars: Any, delta: float,
+             test_eps: float) -> list[View] | None:
+    """SGDP on matrices as run_adamp does AdamP: test, then the sgdw kernel's update (scalars:
+    lr, momentum, dampening, nesterov, keep, l2) of each unprojected one (bufs: None entries
+    without momentum); None (nothing done) unless the kernels take every tensor."""
+    if not params or not supports(params, grads, bufs):
+        return None
+    for p, g, b in zip(params, grads, bufs, strict=True):
+        same_size(p, g, b)
+    rows, scratch, norms, views = _test_buffers(params)
+    kernel("sgdp", params[0].dtype)(
+        pointers(params), pointers(grads), pointers(bufs), sizes(params),
+        (ctypes.c_int64 * len(rows))(*rows), len(params), torch.get_num_threads(),
+        MIN_PER_THREAD, *scalars, delta, test_eps, scratch.data_ptr(), norms.data_ptr(), views)
+    touched([*params, *bufs])
+    return _views(params, rows, norms, views)

@@ -27,6 +27,7 @@
 typedef REAL real;
 /* Single-precision math for float: sqrt(float) would round-trip through double. */
 #define SQRT(x) (sizeof(real) == 4 ? (real)sqrtf((float)(x)) : (real)sqrt((double)(x)))
+#define FMA(a, b, c) (sizeof(real) == 4 ? (real)fmaf((float)(a), (float)(b), (float)(c)) : (real)fma((a), (b), (c)))
 #define POW(x, y) (sizeof(real) == 4 ? (real)powf((float)(x), (float)(y)) : (real)pow((x), (y)))
 
 /* The part [lo, hi) of tensor t (elements [off, off + n) of the concatenation) in [begin, end). */
@@ -164,6 +165,33 @@ void NAME(wd_scaled_step)(real *restrict w, const real *restrict d, const real *
     }
 }
 
+/* <g, w>, |w|^2, |g|^2 of n elements in float64, added to out[0..3). LANES partial sums per
+ * statistic (vectorized across k): one dependent add chain per statistic, or the few lanes of
+ * one vector, bound the loop by the add latency instead of the memory. */
+#define LANES 8
+static void dot3(const real *restrict w, const real *restrict g, int64_t n, double *out) {
+    double gw[LANES] = {0}, ww[LANES] = {0}, gg[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int k = 0; k < LANES; ++k) {
+            double wj = w[j + k], gj = g[j + k];
+            gw[k] += gj * wj;
+            ww[k] += wj * wj;
+            gg[k] += gj * gj;
+        }
+    for (int k = 0; j < n; ++j, ++k) {
+        double wj = w[j], gj = g[j];
+        gw[k] += gj * wj;
+        ww[k] += wj * wj;
+        gg[k] += gj * gj;
+    }
+    for (int k = 0; k < LANES; ++k) {
+        out[0] += gw[k];
+        out[1] += ww[k];
+        out[2] += gg[k];
+    }
+}
+
 /* AdamP/SGDP's scale-invariance test (REFERENCE §3) in one read of w and g, viewed as
  * (rows, cols). Per row, float64 sums <g, w>, |w|^2, |g|^2; the "channel" view passes when
  * every row has |cos(g, w)| < delta/sqrt(cols), else the "layer" view (the whole tensor as one
@@ -186,18 +214,7 @@ int NAME(wd_invariant_view)(const real *restrict w, const real *restrict g, int6
         while (i < end) {
             int64_t row = i / cols;
             int64_t stop = (row + 1) * cols < end ? (row + 1) * cols : end;
-            double gw = 0, ww = 0, gg = 0;
-            /* simd reduction: lanes of partial sums, else one add chain bounds the speed */
-#pragma omp simd reduction(+ : gw, ww, gg)
-            for (int64_t j = i; j < stop; ++j) {
-                double wj = w[j], gj = g[j];
-                gw += gj * wj;
-                ww += wj * wj;
-                gg += gj * gj;
-            }
-            mine[3 * row] += gw;
-            mine[3 * row + 1] += ww;
-            mine[3 * row + 2] += gg;
+            dot3(w + i, g + i, stop - i, mine + 3 * row);
             i = stop;
         }
     }
@@ -319,5 +336,152 @@ void NAME(wd_schedule_free)(real **y, real **g, real **z, real **v, const int64_
                       sf_span(y[t] + lo, g[t] + lo, z[t] + lo, v ? v[t] + lo : NULL, hi - lo,
                               (real)lr, (real)beta2, (real)(1 - beta2), (real)bc2, (real)eps, (real)l2, (real)wdl,
                               (real)c, (real)lrc));
+    }
+}
+
+/* Adam/AdamW as torch._fused_adam_/_fused_adamw_ compute it on CPU: the same operations in
+ * the same order and the same fused multiply-adds (those the compiler of torch's AVX2/AVX-512
+ * kernels formed), so the same bits, but over all tensors of a group in one parallel region
+ * and one call (torch runs one parallel region per tensor). torch's vector loop covers each
+ * tensor but its last numel % vec elements, which its scalar loop computes; `vec` says how
+ * many, and native.py checks once per process that these bits are torch's on this machine
+ * (else AdamW keeps torch's kernel). Per tensor, the float32 step counter (torch's layout) is
+ * incremented here and sets the bias corrections, in double as torch does.
+ * decoupled: w *= 1 - lr*wd (AdamW); else g += wd*w (Adam's L2). */
+static inline __attribute__((always_inline)) void adam_loop(
+    real *restrict w, const real *restrict g, real *restrict m, real *restrict v, int64_t n,
+    const int l2, const int small, const int tail, real keep, real wd, real coeff, real b2,
+    real t2, real bc2, real eps, real neg_step) {
+    for (int64_t i = 0; i < n; ++i) {
+        real wi = w[i], gi = g[i];
+        if (l2) gi = FMA(wi, wd, gi);
+        real mi = m[i];
+        mi = FMA(coeff, gi - mi, small ? mi : gi);
+        /* torch's vector loop: fma(t2*g, g, v*b2); its scalar loop: fma(v, b2, t2*g*g) */
+        real vi = tail ? FMA(v[i], b2, t2 * gi * gi) : FMA(t2 * gi, gi, v[i] * b2);
+        m[i] = mi;
+        v[i] = vi;
+        real denom = SQRT(vi) / bc2 + eps;
+        w[i] = wi * keep + neg_step * mi / denom;
+    }
+}
+
+/* adam_loop with its flags as constants, so each variant compiles to a branch-free vector loop
+ * (a run-time flag inside the loop kept GCC from vectorizing it). */
+#define ADAM_LOOP(l2, small, tail) \
+    adam_loop(w, g, m, v, n, l2, small, tail, keep, wd, coeff, b2, t2, bc2, eps, neg_step)
+static void adam_span(real *restrict w, const real *restrict g, real *restrict m,
+                      real *restrict v, int64_t n, int tail, real keep, real wd, real t1,
+                      real b2, real t2, real bc2, real eps, real neg_step) {
+    /* torch's lerp(m, g, t1): m + t1*(g - m) for |t1| < 0.5, else g - (1 - t1)*(g - m). */
+    int small = fabs((double)t1) < 0.5;
+    real coeff = small ? t1 : t1 - 1;
+    if (tail) {  /* at most vec - 1 elements: no need to specialize */
+        if (wd != 0) ADAM_LOOP(1, small, 1);
+        else ADAM_LOOP(0, small, 1);
+    } else if (wd != 0) {
+        if (small) ADAM_LOOP(1, 1, 0);
+        else ADAM_LOOP(1, 0, 0);
+    } else {
+        if (small) ADAM_LOOP(0, 1, 0);
+        else ADAM_LOOP(0, 0, 0);
+    }
+}
+
+/* Elements [lo, hi) of one tensor of n elements whose step counter reads `step`. */
+static void adam_tensor(real *w, const real *g, real *m, real *v, int64_t lo, int64_t hi,
+                        int64_t n, int64_t vec, double step, real keep, real wd, double lr,
+                        double beta1, double beta2, double eps) {
+    double bc1 = 1 - pow(beta1, step), bc2 = sqrt(1 - pow(beta2, step));
+    real t1 = (real)(1 - beta1), b2 = (real)beta2, t2 = (real)(1 - beta2);
+    real c2 = (real)bc2, e = (real)eps, ns = (real)(-(lr / bc1));
+    int64_t body = n - n % vec, mid = hi < body ? hi : body;
+    if (lo < mid)
+        adam_span(w + lo, g + lo, m + lo, v + lo, mid - lo, 0, keep, wd, t1, b2, t2, c2, e, ns);
+    int64_t from = lo > body ? lo : body;
+    if (from < hi)
+        adam_span(w + from, g + from, m + from, v + from, hi - from, 1, keep, wd, t1, b2, t2,
+                  c2, e, ns);
+}
+
+void NAME(wd_adam)(real **w, real **g, real **m, real **v, const int64_t *sizes, int64_t count,
+                   int nthreads, float **steps, int64_t vec, double lr, double beta1,
+                   double beta2, double eps, double weight_decay, int decoupled) {
+    int64_t total = sum_sizes(sizes, count);
+    for (int64_t t = 0; t < count; ++t) *steps[t] += 1;
+    real keep = (real)(decoupled && weight_decay != 0 ? 1 - lr * weight_decay : 1);
+    real wd = (real)(decoupled ? 0 : weight_decay);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t begin, end;
+        thread_range(total, &begin, &end);
+        FOR_EACH_SPAN(count, sizes, begin, end,
+                      adam_tensor(w[t], g[t], m[t], v[t], lo, hi, sizes[t], vec, *steps[t],
+                                  keep, wd, lr, beta1, beta2, eps));
+    }
+}
+
+/* ---- AdamP / SGDP: each matrix tested, then at once updated when the projection leaves it
+ * alone. The test reads w and g; the update, right after it, finds them still in cache (a
+ * 1024x1024 float32 matrix: 8 MB of w and g against a 32 MB L3), so an unprojected matrix
+ * moves about the update's own bytes instead of the update's plus the test's. Matrix t is
+ * (rows[t], sizes[t]/rows[t]); views[t] gets wd_invariant_view's answer, and a projected
+ * matrix (view 1 or 2) is left untouched, its norms in norms[sum of earlier rows...] for the
+ * caller's projected step. scratch: nthreads*max(rows)*3 doubles. */
+
+static int threads_for_size(int64_t n, int nthreads, int64_t min_per_thread) {
+    int64_t k = n / min_per_thread;
+    return k < 1 ? 1 : (k < nthreads ? (int)k : nthreads);
+}
+
+void NAME(wd_adamp)(real **w, real **g, real **m, real **v, const int64_t *sizes,
+                    const int64_t *rows, int64_t count, int nthreads, int64_t min_per_thread,
+                    float **steps, int64_t vec, double lr, double beta1, double beta2,
+                    double eps, double weight_decay, int decoupled, double delta,
+                    double test_eps, double *scratch, double *norms, int *views) {
+    real keep = (real)(decoupled && weight_decay != 0 ? 1 - lr * weight_decay : 1);
+    real wd = (real)(decoupled ? 0 : weight_decay);
+    int64_t offset = 0;
+    for (int64_t t = 0; t < count; ++t) {
+        int64_t n = sizes[t];
+        int threads = threads_for_size(n, nthreads, min_per_thread);
+        views[t] = NAME(wd_invariant_view)(w[t], g[t], rows[t], n / rows[t], threads, delta,
+                                           test_eps, scratch, norms + offset);
+        offset += rows[t];
+        if (views[t] != 0) continue;
+        double step = (*steps[t] += 1);
+        real *wt = w[t], *mt = m[t], *vt = v[t];
+        const real *gt = g[t];
+#pragma omp parallel num_threads(threads)
+        {
+            int64_t begin, end;
+            thread_range(n, &begin, &end);
+            adam_tensor(wt, gt, mt, vt, begin, end, n, vec, step, keep, wd, lr, beta1, beta2,
+                        eps);
+        }
+    }
+}
+
+void NAME(wd_sgdp)(real **w, real **g, real **buf, const int64_t *sizes, const int64_t *rows,
+                   int64_t count, int nthreads, int64_t min_per_thread, double lr,
+                   double momentum, double dampening, int nesterov, double keep, double l2,
+                   double delta, double test_eps, double *scratch, double *norms, int *views) {
+    int64_t offset = 0;
+    for (int64_t t = 0; t < count; ++t) {
+        int64_t n = sizes[t];
+        int threads = threads_for_size(n, nthreads, min_per_thread);
+        views[t] = NAME(wd_invariant_view)(w[t], g[t], rows[t], n / rows[t], threads, delta,
+                                           test_eps, scratch, norms + offset);
+        offset += rows[t];
+        if (views[t] != 0) continue;
+        real *wt = w[t], *bt = buf ? buf[t] : NULL;
+        const real *gt = g[t];
+#pragma omp parallel num_threads(threads)
+        {
+            int64_t begin, end;
+            thread_range(n, &begin, &end);
+            sgdw_span(wt + begin, gt + begin, bt ? bt + begin : NULL, end - begin, (real)lr,
+                      (real)momentum, (real)(1 - dampening), nesterov, (real)keep, (real)l2, 0);
+        }
     }
 }

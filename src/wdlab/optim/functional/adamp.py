@@ -6,6 +6,7 @@ path (the test and projection as torch.where-style masks over stacked same-shape
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -209,8 +210,24 @@ def adamp_step(
     """
     plain: list[tuple[Any, ...]] = []
     free: list[list[torch.Tensor]] = [[], [], [], [], []]
-    for row in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True):
+    # The AdamW kernel decays by lr*weight_decay, so hand it the wanted rate divided by lr.
+    wd = l2 if l2 else (decay_rate / lr if lr > 0 else 0.0)
+    tested = _matrices_native(
+        params, fused and not nesterov,
+        lambda idx: native.run_adamp(
+            *[[column[i] for i in idx] for column in (params, grads, exp_avgs, exp_avg_sqs,
+                                                       state_steps)],
+            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, decoupled=not l2,
+            delta=delta, test_eps=eps))
+    for i, row in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True)):
         param, grad = row[0], row[1]
+        if i in tested:  # tested by the kernel, and updated there unless projected
+            view, norms = tested[i]
+            if view is not None:
+                row[4].add_(1)
+                _adamp_projected_fused(*row, view, norms, lr=lr, beta1=beta1, beta2=beta2,
+                                       eps=eps, keep=1 - decay_rate * wd_ratio, l2=l2 * wd_ratio)
+            continue
         view, norms = _projection_view(param, grad, delta, eps)
         if not fused or nesterov or not fusable(*row[:4]):
             row[4].add_(1)
@@ -224,8 +241,6 @@ def adamp_step(
                                    keep=1 - decay_rate * wd_ratio, l2=l2 * wd_ratio)
     if free[0]:
         # Unprojected tensors are plain AdamW/Adam: the shared fused step (it counts steps).
-        # The AdamW kernel decays by lr*weight_decay, so hand it the wanted rate divided by lr.
-        wd = l2 if l2 else (decay_rate / lr if lr > 0 else 0.0)
         adamw_step(*free, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
                    decoupled=not l2, fused=True)
     for param, grad, exp_avg, exp_avg_sq, step_t, view, norms in plain:
@@ -250,6 +265,21 @@ def adamp_step(
         if decay_rate:
             param.mul_(1 - decay_rate * ratio)
         param.add_(update, alpha=-step_size)
+
+
+def _matrices_native(
+    params: Sequence[torch.Tensor], allowed: bool,
+    run: Callable[[list[int]], list[tuple[str | None, torch.Tensor | None]] | None],
+) -> dict[int, tuple[str | None, torch.Tensor | None]]:
+    """{index: (view, norms)} of the matrices (ndim >= 2, not empty) that `run` (native.run_adamp
+    or run_sgdp on those indices) tested, and updated unless a view passed; {} where it could
+    not run. Testing and updating one matrix after the other keeps its w and g in cache for
+    the update: the second read of them costs no memory traffic (docs/performance.md)."""
+    if not allowed:
+        return {}
+    idx = [i for i, p in enumerate(params) if p.ndim >= 2 and p.numel() > 0]
+    found = run(idx) if idx else None
+    return {} if found is None else dict(zip(idx, found, strict=True))
 
 
 def _adamp_projected_fused(
@@ -308,8 +338,19 @@ def sgdp_step(
     is_first_step=False reproduces buf = momentum*buf + (1 - dampening)*g exactly).
     """
     free: list[tuple[torch.Tensor, ...]] = []
-    for param, grad, buf in zip(params, grads, momentum_bufs, strict=True):
-        view, norms = _projection_view(param, grad, delta, eps)
+    # The unprojected tensors' one-pass update: w <- keep*w - lr*d, the buffer as torch's
+    # fused SGD keeps it (without momentum torch ignores dampening; clovaai scales g by it).
+    update = (lr if momentum else lr * (1 - dampening), momentum,
+              dampening if momentum else 0.0, nesterov, 1 - decay_rate / (1 - momentum), l2)
+    tested = _matrices_native(
+        params, fused,
+        lambda idx: native.run_sgdp([params[i] for i in idx], [grads[i] for i in idx],
+                                    [momentum_bufs[i] for i in idx], *update, delta=delta,
+                                    test_eps=eps))
+    for i, (param, grad, buf) in enumerate(zip(params, grads, momentum_bufs, strict=True)):
+        view, norms = tested[i] if i in tested else _projection_view(param, grad, delta, eps)
+        if i in tested and view is None:
+            continue  # tested and updated by the kernel
         tensors = (param, grad) if buf is None else (param, grad, buf)
         if view is None and fused and sgd_fusable(*tensors):
             free.append(tensors)
@@ -333,11 +374,7 @@ def sgdp_step(
         p, g = group[0], group[1]
         bufs = group[2] if momentum else []
         if native.supports(p, g, bufs):
-            # One pass: w <- keep*w - lr*d, the buffer as torch's fused SGD keeps it.
-            native.run_multi("sgdw", [p, g, bufs or [None] * len(p)],
-                             lr if momentum else lr * (1 - dampening), momentum,
-                             dampening if momentum else 0.0, nesterov,
-                             1 - decay_rate / (1 - momentum), l2, False)
+            native.run_multi("sgdw", [p, g, bufs or [None] * len(p)], *update, False)
             continue
         if decay_rate:
             torch._foreach_mul_(p, 1 - decay_rate / (1 - momentum))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from wdlab import _compat
+from wdlab.optim import _native as native
 from wdlab.optim._dispatch import by_device_and_dtype
 from wdlab.optim.functional._common import (
     Tensors,
@@ -89,6 +90,7 @@ def adamw_step(
     decoupled: bool,
     fused: bool | None = None,
     compiled: bool = False,
+    own_kernel: bool = True,
 ) -> None:
     """One Adam step with torch's meaning of (weight_decay, decoupled); increments state_steps.
 
@@ -98,11 +100,18 @@ def adamw_step(
     fused=None uses torch._fused_adamw_/_fused_adam_ where they run (CPU included): that is
     torch.optim.AdamW(fused=True) bit for bit; otherwise (fused=False) the chunked
     single-tensor path, equal to torch's default path bit for bit. compiled=True (with
-    fused=False) runs the same math torch.compile'd, one graph for every tensor.
+    fused=False) runs the same math torch.compile'd, one graph for every tensor. On CPU the
+    fused step runs as kernels.c's copy of torch's kernel (the same bits, one call for all
+    tensors) where native.run_adam takes the tensors; own_kernel=False keeps torch's own.
     """
     if not params:
         return
     if not compiled and use_fused(params, fused):
+        if own_kernel and native.run_adam(
+            params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2,
+            eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+        ):
+            return  # torch's fused kernel, bit for bit, in one call for the group
         steps = [
             s if s.device == p.device else s.to(p.device)
             for s, p in zip(state_steps, params, strict=True)
