@@ -1,10 +1,11 @@
-/* One-pass CPU kernels for wdlab's elementwise optimizers (loaded by wdlab/optim/native.py).
+/* One-pass CPU kernels for wdlab's elementwise optimizers (loaded by
+ * wdlab/optim/_native/__init__.py).
  *
  * Why C: a chain of torch ops reads and writes every tensor once per op, so an update that
  * is five ops long moves five times the bytes it must. Each kernel here reads and writes
  * each tensor once. The file is compiled twice, with REAL=float/SUFFIX=f32 and
  * REAL=double/SUFFIX=f64. Kernels take a list of tensors (pointer arrays plus sizes) or one
- * tensor, and split its elements evenly over `nthreads` OpenMP threads: native.py links the
+ * tensor, and split its elements evenly over `nthreads` OpenMP threads: the loader links the
  * OpenMP runtime torch itself loaded, so these threads are torch's own pool (a second pool
  * would fight torch's spinning threads for the cores). Reductions write one slot per thread;
  * the caller adds the slots. Scalars arrive as double and are rounded to REAL once, as torch
@@ -27,7 +28,9 @@
 typedef REAL real;
 /* Single-precision math for float: sqrt(float) would round-trip through double. */
 #define SQRT(x) (sizeof(real) == 4 ? (real)sqrtf((float)(x)) : (real)sqrt((double)(x)))
-#define FMA(a, b, c) (sizeof(real) == 4 ? (real)fmaf((float)(a), (float)(b), (float)(c)) : (real)fma((a), (b), (c)))
+/* One rounding of a*b + c (an instruction with -march=native on FMA CPUs). */
+#define FMA(a, b, c) \
+    (sizeof(real) == 4 ? (real)fmaf((float)(a), (float)(b), (float)(c)) : (real)fma((a), (b), (c)))
 #define POW(x, y) (sizeof(real) == 4 ? (real)powf((float)(x), (float)(y)) : (real)pow((x), (y)))
 
 /* The part [lo, hi) of tensor t (elements [off, off + n) of the concatenation) in [begin, end). */
@@ -344,9 +347,9 @@ void NAME(wd_schedule_free)(real **y, real **g, real **z, real **v, const int64_
  * kernels formed), so the same bits, but over all tensors of a group in one parallel region
  * and one call (torch runs one parallel region per tensor). torch's vector loop covers each
  * tensor but its last numel % vec elements, which its scalar loop computes; `vec` says how
- * many, and native.py checks once per process that these bits are torch's on this machine
- * (else AdamW keeps torch's kernel). Per tensor, the float32 step counter (torch's layout) is
- * incremented here and sets the bias corrections, in double as torch does.
+ * many, and the loader (run_adam) checks once per process that these bits are torch's on
+ * this machine (else AdamW keeps torch's kernel). Per tensor, the float32 step counter
+ * (torch's layout) is incremented here and sets the bias corrections, in double as torch.
  * decoupled: w *= 1 - lr*wd (AdamW); else g += wd*w (Adam's L2). */
 static inline __attribute__((always_inline)) void adam_loop(
     real *restrict w, const real *restrict g, real *restrict m, real *restrict v, int64_t n,
