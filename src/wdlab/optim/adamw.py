@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from wdlab import _compat
+from wdlab.optim import _native as native
 from wdlab.optim._dispatch import choose, impl_from, pick
 from wdlab.optim.base import WdOptimizer, check_betas, check_range, decay_factors, group_lr
 from wdlab.optim.functional import adamw_foreach, adamw_step
@@ -90,6 +91,12 @@ class AdamW(WdOptimizer):
         weight_decay, decoupled = self._torch_weight_decay(group)
         hyper = dict(lr=group_lr(group), beta1=beta1, beta2=beta2, eps=group["eps"],
                      weight_decay=weight_decay, decoupled=decoupled)
+        if group["impl"] in ("auto", "native") and params[0].is_cpu:
+            # The common CPU case first, without the per-device plan: run_adam checks every
+            # tensor itself (torch's fused kernel's bits, one call); else the plan below.
+            columns = self._adam_states(params, step_device="param")
+            if native.run_adam(params, grads, *columns, **hyper):
+                return
         plan = choose(group, [params], _fused_ok, _why_not_fused)
         for impl, idx in plan:
             ps, gs = pick(params, idx), pick(grads, idx)
