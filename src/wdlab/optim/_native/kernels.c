@@ -168,31 +168,23 @@ void NAME(wd_scaled_step)(real *restrict w, const real *restrict d, const real *
     }
 }
 
-/* <g, w>, |w|^2, |g|^2 of n elements in float64, added to out[0..3). LANES partial sums per
- * statistic (vectorized across k): one dependent add chain per statistic, or the few lanes of
- * one vector, bound the loop by the add latency instead of the memory. */
-#define LANES 8
+/* <g, w>, |w|^2, |g|^2 of n elements in float64, added to out[0..3). A plain double
+ * accumulator is one dependent add chain (a third of the bandwidth); `omp simd reduction`
+ * gives the compiler lanes of partial sums: about 3 instructions per element, faster than
+ * memory. (Eight hand-written lanes per statistic compiled to scalar code with the sums in
+ * memory, 13 instructions per element.) */
 static void dot3(const real *restrict w, const real *restrict g, int64_t n, double *out) {
-    double gw[LANES] = {0}, ww[LANES] = {0}, gg[LANES] = {0};
-    int64_t j = 0;
-    for (; j + LANES <= n; j += LANES)
-        for (int k = 0; k < LANES; ++k) {
-            double wj = w[j + k], gj = g[j + k];
-            gw[k] += gj * wj;
-            ww[k] += wj * wj;
-            gg[k] += gj * gj;
-        }
-    for (int k = 0; j < n; ++j, ++k) {
+    double gw = 0, ww = 0, gg = 0;
+#pragma omp simd reduction(+ : gw, ww, gg)
+    for (int64_t j = 0; j < n; ++j) {
         double wj = w[j], gj = g[j];
-        gw[k] += gj * wj;
-        ww[k] += wj * wj;
-        gg[k] += gj * gj;
+        gw += gj * wj;
+        ww += wj * wj;
+        gg += gj * gj;
     }
-    for (int k = 0; k < LANES; ++k) {
-        out[0] += gw[k];
-        out[1] += ww[k];
-        out[2] += gg[k];
-    }
+    out[0] += gw;
+    out[1] += ww;
+    out[2] += gg;
 }
 
 /* AdamP/SGDP's scale-invariance test (REFERENCE §3) in one read of w and g, viewed as
