@@ -248,14 +248,15 @@ def run_mode(build: Build, where: Path, mode: str,
     model = wrap(net, mode)
     opt = build(net)
     train(model, opt, range(1, SAVE_AT + 1), sharded_batch=True)
-    # The engine's evaluation between two steps (Schedule-Free: at x, then back to y): the
-    # steps after it must not see what it gathered (wdlab.parallel.reshard).
-    Evaluator(_Probe(), net, opt, None, bn_batches=0)(SAVE_AT)
     saved = {"model": model.state_dict(), "optim": opt.state_dict()}
     result[f"{mode}_state_sharded"] = any(is_dtensor(t) for t in tree_tensors_raw(saved["optim"]))
     dcp.save(saved, checkpoint_id=str(where))
     snapshot = tree_tensors(saved)
     template = tree_clone(saved, lambda t: torch.zeros_like(t))
+    # The engine's evaluation between two steps (Schedule-Free: at x, then back to y; x != y
+    # from step 2 on): the step after it must not use the weights it gathered
+    # (wdlab.parallel.reshard; a state_dict() call would reshard too, so none comes between).
+    Evaluator(_Probe(), net, opt, None, bn_batches=0)(SAVE_AT)
     train(model, opt, range(SAVE_AT + 1, STEPS + 1), sharded_batch=True)
     result[mode] = max_rel(params_of(model), reference)
 
