@@ -262,6 +262,11 @@ def test_a_failed_run_and_sweep_trial_keep_the_users_traceback(project: Path, ca
     out = capsys.readouterr().out
     assert "  traceback\n" in out and "in helper" in out
     assert "    ZeroDivisionError: user bug here" in out
+    page = project / "failed.html"
+    assert main(["report", runs[0].id, "-o", str(page), "--store", str(store)]) == 0
+    html = page.read_text()
+    assert "<h2>Traceback</h2>" in html and "ZeroDivisionError: user bug here" in html
+    assert "in helper" in html and f"{project / 'broken.py'}&quot;" in html  # escaped
     finished = project / "ok.db"
     assert main(["run", WORKLOAD, "--tiny", "--steps", "2", "--quiet", "--store",
                  str(finished)]) == 0
