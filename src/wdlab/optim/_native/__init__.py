@@ -411,6 +411,8 @@ def _test_buffers(params: Sequence[torch.Tensor]) -> tuple[list[int], torch.Tens
 def _views(params: Sequence[torch.Tensor], rows: list[int], norms: torch.Tensor,
            views: Any) -> list[View]:
     """(view, norms of w in that view) per matrix; (None, None) for those already updated."""
+    if any(view < 0 for view in views):
+        raise MemoryError("wdlab native kernel: no memory for the AdamP/SGDP test's offsets")
     out: list[View] = []
     offset = 0
     for p, n, view in zip(params, rows, views, strict=True):

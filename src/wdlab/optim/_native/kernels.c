@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -424,59 +425,75 @@ void NAME(wd_adam)(real **w, real **g, real **m, real **v, const int64_t *sizes,
  * matrix (view 1 or 2) is left untouched, its norms in norms[sum of earlier rows...] for the
  * caller's projected step. scratch: nthreads*max(rows)*3 doubles. */
 
-static int threads_for_size(int64_t n, int nthreads, int64_t min_per_thread) {
-    int64_t k = n / min_per_thread;
-    return k < 1 ? 1 : (k < nthreads ? (int)k : nthreads);
+static int this_thread(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
 }
 
+/* Offsets of each matrix's norms in `norms` (sum of earlier rows) and the largest rows. */
+static int64_t norm_offsets(const int64_t *rows, int64_t count, int64_t *offsets) {
+    int64_t offset = 0, most = 0;
+    for (int64_t t = 0; t < count; ++t) {
+        offsets[t] = offset;
+        offset += rows[t];
+        if (rows[t] > most) most = rows[t];
+    }
+    return most;
+}
+
+/* Matrices are shared out whole among the threads (dynamic, one at a time): each thread tests
+ * and updates its own matrix with no barrier between, so a thread the OS deschedules holds up
+ * no other (one parallel region per matrix ran at a tenth of the bandwidth under load). */
 void NAME(wd_adamp)(real **w, real **g, real **m, real **v, const int64_t *sizes,
                     const int64_t *rows, int64_t count, int nthreads, int64_t min_per_thread,
                     float **steps, int64_t vec, double lr, double beta1, double beta2,
                     double eps, double weight_decay, int decoupled, double delta,
                     double test_eps, double *scratch, double *norms, int *views) {
+    (void)min_per_thread;
     real keep = (real)(decoupled && weight_decay != 0 ? 1 - lr * weight_decay : 1);
     real wd = (real)(decoupled ? 0 : weight_decay);
-    int64_t offset = 0;
+    int64_t *offsets = malloc((size_t)count * sizeof(int64_t));
+    if (offsets == NULL) {
+        for (int64_t t = 0; t < count; ++t) views[t] = -1;
+        return;
+    }
+    int64_t most = norm_offsets(rows, count, offsets);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t t = 0; t < count; ++t) {
         int64_t n = sizes[t];
-        int threads = threads_for_size(n, nthreads, min_per_thread);
-        views[t] = NAME(wd_invariant_view)(w[t], g[t], rows[t], n / rows[t], threads, delta,
-                                           test_eps, scratch, norms + offset);
-        offset += rows[t];
+        double *mine = scratch + (int64_t)this_thread() * most * 3;
+        views[t] = NAME(wd_invariant_view)(w[t], g[t], rows[t], n / rows[t], 1, delta,
+                                           test_eps, mine, norms + offsets[t]);
         if (views[t] != 0) continue;
         double step = (*steps[t] += 1);
-        real *wt = w[t], *mt = m[t], *vt = v[t];
-        const real *gt = g[t];
-#pragma omp parallel num_threads(threads)
-        {
-            int64_t begin, end;
-            thread_range(n, &begin, &end);
-            adam_tensor(wt, gt, mt, vt, begin, end, n, vec, step, keep, wd, lr, beta1, beta2,
-                        eps);
-        }
+        adam_tensor(w[t], g[t], m[t], v[t], 0, n, n, vec, step, keep, wd, lr, beta1, beta2, eps);
     }
+    free(offsets);
 }
 
 void NAME(wd_sgdp)(real **w, real **g, real **buf, const int64_t *sizes, const int64_t *rows,
                    int64_t count, int nthreads, int64_t min_per_thread, double lr,
                    double momentum, double dampening, int nesterov, double keep, double l2,
                    double delta, double test_eps, double *scratch, double *norms, int *views) {
-    int64_t offset = 0;
+    (void)min_per_thread;
+    int64_t *offsets = malloc((size_t)count * sizeof(int64_t));
+    if (offsets == NULL) {
+        for (int64_t t = 0; t < count; ++t) views[t] = -1;
+        return;
+    }
+    int64_t most = norm_offsets(rows, count, offsets);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t t = 0; t < count; ++t) {
         int64_t n = sizes[t];
-        int threads = threads_for_size(n, nthreads, min_per_thread);
-        views[t] = NAME(wd_invariant_view)(w[t], g[t], rows[t], n / rows[t], threads, delta,
-                                           test_eps, scratch, norms + offset);
-        offset += rows[t];
+        double *mine = scratch + (int64_t)this_thread() * most * 3;
+        views[t] = NAME(wd_invariant_view)(w[t], g[t], rows[t], n / rows[t], 1, delta,
+                                           test_eps, mine, norms + offsets[t]);
         if (views[t] != 0) continue;
-        real *wt = w[t], *bt = buf ? buf[t] : NULL;
-        const real *gt = g[t];
-#pragma omp parallel num_threads(threads)
-        {
-            int64_t begin, end;
-            thread_range(n, &begin, &end);
-            sgdw_span(wt + begin, gt + begin, bt ? bt + begin : NULL, end - begin, (real)lr,
-                      (real)momentum, (real)(1 - dampening), nesterov, (real)keep, (real)l2, 0);
-        }
+        sgdw_span(w[t], g[t], buf ? buf[t] : NULL, n, (real)lr, (real)momentum,
+                  (real)(1 - dampening), nesterov, (real)keep, (real)l2, 0);
     }
+    free(offsets);
 }
