@@ -80,6 +80,24 @@ def test_minibatches_walk_a_permutation_per_epoch(cls) -> None:
     assert x.shape == (size, work.train_x.shape[1]) and y.shape[0] == size
 
 
+def test_epoch_indices_are_the_seeded_permutation_sliced_by_step() -> None:
+    """The order is drawn once per epoch (cached) but must stay the formula: numpy's
+    generator seeded by (seed, epoch, stream), its permutation sliced by the step."""
+    import numpy as np
+
+    from wdlab.workloads.base import epoch_indices
+
+    n, size, seed, stream = 100, 8, 3, 7
+    for step in (0, 1, 11, 12, 13, 40, 11):  # 12 steps an epoch; back to an earlier epoch
+        epoch, position = divmod(step, n // size)
+        order = np.random.default_rng([seed, epoch, stream]).permutation(n)
+        want = order[position * size : (position + 1) * size]
+        got = epoch_indices(n, size, seed, step, stream)
+        assert got.tolist() == want.tolist()
+        got.zero_()  # a caller's tensor is its own: the cached order stays intact
+    assert epoch_indices(n, size, seed, 11, stream).tolist() == want.tolist()
+
+
 def test_grokking_labels_and_split() -> None:
     for operation in ("add", "sub", "mul", "div"):
         work = make("grokking", data={"p": 13, "operation": operation, "train_fraction": 0.5})
