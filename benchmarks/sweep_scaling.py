@@ -35,6 +35,10 @@ sweep. "busy" is the trials' own training seconds over (workers x wall): what is
 100% is each trial's evaluation, set-up and saving, and the sweep's own costs (start-up,
 the last trial running alone, dispatching, and for Ray the messages to the driver).
 Every sweep writes to a fresh store.
+
+Measure each comparison in its own run (the commands in docs/lab.md): an idle Ray takes
+~6-7% of one core, which a 1-worker sweep takes from the idle core but a 2-worker sweep
+from its workers, so with Ray kinds in the same run the local x2/x1 ratio comes out low.
 """
 
 from __future__ import annotations
@@ -416,6 +420,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds": rounds,
         "ratios": _medians(rounds, kinds),
     }
+    if drivers and "local x1" in kinds and "local x2" in kinds:
+        print("note: Ray processes idled beside the local sweeps; their CPU comes from the "
+              "idle core with 1 worker but from the workers with 2, so measure the scaling "
+              "alone: --kinds 'local x1,local x2'")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return out
