@@ -211,29 +211,30 @@ ROLES = ("driver", "pool", "ray workers", "mailbox", "ray")
 class CpuMeter:
     """CPU seconds per role over one sweep, for this process and all its descendants (the
     local pool, the Ray driver processes, all that Ray started). A thread looks every
-    `every` seconds, so processes that end during the sweep (its Mailbox actor) count up to
-    their last look; between looks, they lose at most `every` seconds of CPU."""
+    `every` seconds and books each process's CPU since its last look to the role it has
+    now (a pooled Ray worker turns from ray::IDLE into the Mailbox and back), so processes
+    that end during the sweep (its Mailbox actor) count up to their last look."""
 
     def __init__(self, drivers: set[int], every: float = 2.0) -> None:
         self.drivers, self.every = drivers, every
         self.roles: dict[int, str] = {}
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
+        self.seen: dict[int, float] = {}
+        self.used = dict.fromkeys(ROLES, 0.0)
         self.done = threading.Event()
-        self._look(first=True)
+        self._look(book=False)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def _look(self, first: bool = False) -> None:
+    def _look(self, book: bool = True) -> None:
         for pid in [os.getpid(), *process_tree(os.getpid())]:
             seconds = _cpu_seconds(pid)
             if seconds is None:
                 continue
-            if not self.roles.get(pid):
-                self.roles[pid] = _role(pid, self.drivers)
-            if first:
-                self.first[pid] = seconds
-            self.last[pid] = seconds
+            role = _role(pid, self.drivers) or self.roles.get(pid) or "ray"
+            self.roles[pid] = role
+            if book:
+                self.used[role] += seconds - self.seen.get(pid, 0.0)
+            self.seen[pid] = seconds
 
     def _run(self) -> None:
         while not self.done.wait(self.every):
@@ -243,11 +244,7 @@ class CpuMeter:
         self.done.set()
         self.thread.join()
         self._look()
-        used = dict.fromkeys(ROLES, 0.0)
-        for pid, seconds in self.last.items():
-            role = self.roles.get(pid) or "ray"
-            used[role] += seconds - self.first.get(pid, 0.0)
-        return used
+        return dict(self.used)
 
 
 def _idle_ray_cpu(seconds: float, drivers: set[int]) -> float:
