@@ -99,3 +99,56 @@ def test_recipe_cautious_wraps_the_optimizer(tmp_path, monkeypatch) -> None:
     with Store(tmp_path / "s.db") as store:
         result = train.run(config, store, tmp_path / "runs")
     assert result.status == "finished" and seen == ["AdamW"] * 5
+
+
+def test_gain_decay_pulls_norm_gains_toward_one_by_the_decay_formula() -> None:
+    """optimizer.gain_decay: the vector groups (norm gains) get decay_to="one" at that rate;
+    with zero gradients AdamW's step is the decay alone, g <- g - lr*rate*(g - 1)."""
+    import torch
+
+    from wdlab.factory import create_optimizer
+    from wdlab.train import _decay_gains_to_one
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    with torch.no_grad():
+        model[1].weight.fill_(3.0)
+    opt = create_optimizer(model, "adamw", lr=0.1, weight_decay=0.0,
+                           example_input=torch.randn(2, 4))
+    _decay_gains_to_one(opt, 0.5)
+    before = model[0].weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.allclose(model[1].weight, torch.full((4,), 3.0 - 0.1 * 0.5 * 2.0))
+    assert torch.equal(model[0].weight, before)  # the matrix keeps its own (zero) decay
+
+
+def test_gain_decay_on_an_optimizer_without_the_target_names_the_field(tmp_path) -> None:
+    from wdlab import train
+    from wdlab.config import build_config
+    from wdlab.store import Store
+
+    config = build_config("charlm", tiny=True, flags={"steps": 2}, assignments=[
+        "optimizer.name=sf_adamw", "optimizer.gain_decay=0.1", "train.monitor=off"])
+    with Store(tmp_path / "s.db") as store, pytest.raises(ConfigError) as err:
+        train.run(config, store, tmp_path / "runs")
+    assert err.value.field == "optimizer.gain_decay" and "decay_to='one'" in str(err.value)
+
+
+def test_new_bench_options_select_and_label() -> None:
+    spec = bench._spec("muon+per-head+qk-clip+gains-to-one+wd-linear", "charlm", 2, 0, True)
+    for setting in ("model.muon_per_head=true", "model.qk_clip=100",
+                    "optimizer.gain_decay=0.1", "schedule.wd.kind=linear"):
+        assert setting in spec.assignments
+    _, _, base, trials = validated_trials(spec)
+    config = trial_config(base, trials[0], "t")
+    model = config.model
+    assert (model["qk_clip"], model["muon_per_head"], config.optimizer.gain_decay) == (
+        100.0, True, 0.1)
+    base_tree = {"optimizer": {"name": "muon", "gain_decay": 0.1},
+                 "model": {"qk_clip": 100.0, "muon_per_head": True},
+                 "schedule": {"kind": "wsd", "cooldown_shape": "sqrt"}}
+    assert optimizer_label({}, base_tree) == (
+        "muon gain_decay=0.1 qk_clip=100.0 muon_per_head "
+        "schedule.kind=wsd schedule.cooldown_shape=sqrt")
+    assert optimizer_label({}, {"schedule": {"kind": "cosine"}}) == "?"

@@ -64,6 +64,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "linear": ("schedule.kind=linear",),
     "power": ("schedule.kind=power",),
     "wd-cosine": ("schedule.wd.kind=cosine",),
+    "wd-linear": ("schedule.wd.kind=linear",),
+    "gains-to-one": ("optimizer.gain_decay=0.1",),
+    "qk-clip": ("model.qk_clip=100",),  # Kimi K2's tau (charlm only)
+    "per-head": ("model.muon_per_head=true",),  # Muon per attention head (charlm only)
 }
 """Options a bench entry adds to its optimizer, written NAME+OPTION[+OPTION...], e.g.
 adamw+corrected or lion+cautious+wsd-sqrt: the `--set` settings each option stands for."""

@@ -52,6 +52,9 @@ class OptimizerConfig(BaseModel):
     cautious: bool = False
     decay_embedding: bool = True
     decay_output: bool = True
+    # Norm gains (which the grouping does not decay) decay toward 1 at this rate, with the
+    # optimizer's decay mode (decay_to="one" on the gain groups; Moonshot's zero-centred gains).
+    gain_decay: float = Field(default=0.0, ge=0)
     # Width scaling (wdlab.scaling, docs/scaling.md): lr and weight_decay are tuned at
     # base_width and carried to the workload's width by this rule.
     scaling: Literal[RULES] | None = None  # type: ignore[valid-type]

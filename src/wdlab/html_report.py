@@ -126,8 +126,12 @@ def _number(value: Any) -> float | None:
 # Options that make an optimizer a variant (docs/optimizers.md): shown beside its name when
 # they differ from the default, whether swept or set in the base config.
 _VARIANT_DEFAULTS = {"optimizer.decay": "decoupled", "optimizer.decay_to": "zero",
-                     "optimizer.cautious": False, "schedule.wd.kind": "constant"}
-_SCHEDULE_KEYS = ("schedule.kind", "schedule.cooldown_shape")  # shown when swept
+                     "optimizer.cautious": False, "optimizer.gain_decay": 0.0,
+                     "model.qk_clip": 0.0, "model.muon_per_head": False,
+                     "schedule.wd.kind": "constant"}
+# Shown when swept, or when the sweep's base config (e.g. a bench entry such as adamw+wsd)
+# sets them to other than these defaults (ScheduleConfig's).
+_SCHEDULE_KEYS = {"schedule.kind": "cosine", "schedule.cooldown_shape": "linear"}
 
 
 def _dotted(tree: Mapping[str, Any], key: str) -> Any:
@@ -147,9 +151,12 @@ def optimizer_label(params: Mapping[str, Any], base: Mapping[str, Any]) -> str:
         value = params.get(key, _dotted(base, key))
         if value is None or value == default:
             continue
-        short = key.rsplit(".", 1)[-1] if key.startswith("optimizer.") else key
+        short = key.rsplit(".", 1)[-1] if key.startswith(("optimizer.", "model.")) else key
         parts.append(short if value is True else f"{short}={value}")
-    parts += [f"{key}={params[key]}" for key in _SCHEDULE_KEYS if key in params]
+    for key, default in _SCHEDULE_KEYS.items():
+        value = params[key] if key in params else _dotted(base, key)
+        if key in params or (value is not None and value != default):
+            parts.append(f"{key}={value}")
     return " ".join(parts)
 
 

@@ -247,6 +247,8 @@ def run(
             if theirs is not None:
                 raise theirs from None
         raise ConfigError(f"config error: optimizer: {err}", field="optimizer") from None
+    if config.optimizer.gain_decay:
+        _decay_gains_to_one(optimizer, config.optimizer.gain_decay)
     if config.optimizer.cautious:
         from wdlab.optim.wrappers import CautiousUpdate
 
@@ -515,6 +517,29 @@ def run(
         if config.log.sinks:
             store.close()
     return result
+
+
+def _decay_gains_to_one(optimizer: Any, rate: float) -> None:
+    """optimizer.gain_decay: the "vector" groups (norm gains, other 1-D scales), which the
+    grouping leaves undecayed, decay toward 1 at `rate` (decay_to="one" on those groups)."""
+    targets = getattr(optimizer, "TARGETS", ())
+    if "one" not in targets:
+        raise ConfigError(
+            f"config error: optimizer.gain_decay needs an optimizer with decay_to='one' "
+            f"({type(optimizer).__name__} has {', '.join(targets) or 'no decay targets'}); "
+            "set optimizer.gain_decay=0 or pick a wdlab optimizer such as adamw",
+            field="optimizer.gain_decay",
+        )
+    gains = [g for g in optimizer.param_groups if g.get("role") == "vector"]
+    if not gains:
+        raise ConfigError(
+            "config error: optimizer.gain_decay is set but the model has no gain (vector) "
+            "parameters; set optimizer.gain_decay=0",
+            field="optimizer.gain_decay",
+        )
+    for group in gains:
+        group["weight_decay"] = float(rate)
+        group["decay_to"] = "one"
 
 
 def _reached_the_end(config: RunConfig, step: int, result: RunResult) -> bool:
