@@ -22,6 +22,7 @@ The toolbox rows (docs/optimizers.md):
   AdamW decay="corrected": the same kernel, only the decay rate differs  = 28 B
   AdamW decay_to="init": one more pass w.lerp_(t, c): read p, t; write p = 40 B
   AdamW decay_to="ema": and the EMA t.lerp_(w, 1 - β): read t, p; write t = 52 B
+  AdamW decay_to="one": one more pass w·(1 − c) + c: read p; write p     = 36 B
   CautiousUpdate(Lion): a wrapper of several passes (snapshot, mask, rescale): no bound, its
   cost is read against pytorch_optimizer's cautious Lion and the bare Lion.
 """
@@ -235,6 +236,7 @@ def toolbox_rows() -> list[tuple[str, list[Entry]]]:
     targets = [
         Entry("wdlab AdamW decay_to=init", lambda p: get("adamw")(p, **kw, decay_to="init"), 40),
         Entry("wdlab AdamW decay_to=ema", lambda p: get("adamw")(p, **kw, decay_to="ema"), 52),
+        Entry("wdlab AdamW decay_to=one", lambda p: get("adamw")(p, **kw, decay_to="one"), 36),
         Entry("torch AdamW fused", lambda p: torch.optim.AdamW(p, **kw, fused=True), 28),
     ]
     lion_kw = dict(lr=1e-4, weight_decay=0.1)
