@@ -27,6 +27,7 @@ import torch
 
 from wdlab._names import DECAY_MODES, DECAY_TARGETS
 from wdlab.optim._dispatch import check_impl, choose, impl_from, pick
+from wdlab.optim.distributed import any_dtensor
 from wdlab.optim.functional import adamw_foreach, adamw_step
 
 # Params, grads, exp_avgs, exp_avg_sqs, steps: the lists of an AdamW fallback step.
@@ -277,11 +278,27 @@ class WdOptimizer(torch.optim.Optimizer):
             weights = list(params)  # in place under step()'s no_grad: no detach op per tensor
             if group["decay_to"] in ("init", "ema"):
                 torch._foreach_lerp_(weights, targets, decay.rate)
-            else:
+            elif constant and not any_dtensor(weights):  # one pass, w.lerp_(1, c)
+                torch._foreach_lerp_(weights, self._ones_like(weights), decay.rate)
+            else:  # toward 0; toward 1 on DTensor shards (a plain ones view does not mix)
                 torch._foreach_mul_(weights, 1.0 - decay.rate)
                 if constant:
                     torch._foreach_add_(weights, decay.rate * constant)
         return grads
+
+    def _ones_like(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Stride-0 views of a single 1 shaped like each weight, cached per (dtype, device,
+        shape): decay_to="one" becomes one read-write pass (lerp), and steps after the first
+        make no new tensors (no op per tensor on a device)."""
+        cache = self.__dict__.setdefault("_ones_views", {})
+        out = []
+        for w in weights:
+            key = (w.dtype, w.device, tuple(w.shape))
+            view = cache.get(key)
+            if view is None:
+                view = cache[key] = torch.ones((), dtype=w.dtype, device=w.device).expand(w.shape)
+            out.append(view)
+        return out
 
     def decay_after_update(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """After the update: the "ema" target follows the weights, t <- β*t + (1 - β)*w (also
