@@ -124,11 +124,15 @@ def sgdw_step(
     "native" (what "auto" picks on CPU) is one pass of kernels.c, equal to the formula to float
     rounding (not bit for bit torch's: it rounds a*b + c once where torch may round twice).
     """
-    mode = resolve_mode(mode, params, grads, momentum_bufs)
-    if mode == "native":
-        native.run_multi("sgdw", [params, grads, momentum_bufs], lr, momentum, dampening,
-                         nesterov, 1.0 - decay_rate, l2, fresh)
-        return
+    if mode in ("auto", "native"):
+        scalars = (lr, momentum, dampening, nesterov, 1.0 - decay_rate, l2, fresh)
+        lists = [params, grads, momentum_bufs]
+        if mode == "auto" and native.run_multi("sgdw", lists, *scalars, if_fit=True):
+            return
+        if resolve_mode(mode, *lists) == "native":
+            native.run_multi("sgdw", lists, *scalars)
+            return
+        mode = "chunked"
     if mode == "compiled" and fresh:
         mode = "chunked"  # the one first step runs eager: one compiled graph fewer
     if mode == "compiled":
