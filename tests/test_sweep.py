@@ -211,6 +211,11 @@ def test_local_pool_runs_every_trial_into_the_store(local_sweep: tuple[Path, str
         # here while the interpreter may exit: that was Ctrl-C's `terminate called`).
         pids = {int(t.worker.split(":")[1]) for t in trials}
         assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:  # each worker trained on a core of its own (pinned until its next job)
+        masks = [os.sched_getaffinity(pid) for pid in pids]
+        assert all(len(m) == 1 and m <= set(cpus) for m in masks)
+        assert len(set.union(*masks)) == len(masks)
 
     again = run_sweep(_spec(), path, workers=2, progress=False)  # same command: resume
     assert again.sweep_id == sweep_id and not again.created
@@ -218,6 +223,19 @@ def test_local_pool_runs_every_trial_into_the_store(local_sweep: tuple[Path, str
     with Store(path) as store:
         assert len(store.list_runs(sweep_id=sweep_id)) == 4  # nothing ran again
     assert [t.run_id for t in again.trials] == [t.run_id for t in trials]
+
+
+def test_worker_cpus_are_disjoint_and_only_where_the_workers_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wdlab.sweep.executors import worker_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5, 6, 9})
+    assert worker_cpus(2, 1) == [(3,), (5,)]
+    assert worker_cpus(2, 2) == [(3, 5), (6, 9)]
+    assert worker_cpus(4, 1) == [(3,), (5,), (6,), (9,)]
+    assert worker_cpus(3, 2) == [None, None, None]  # 6 threads on 4 CPUs: the OS places them
+    assert worker_cpus(1, 4) == [None]  # one worker keeps every CPU
 
 
 def test_failing_and_diverging_trials_are_results(tmp_path: Path) -> None:

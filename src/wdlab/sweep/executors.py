@@ -39,6 +39,19 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def worker_cpus(workers: int, threads: int) -> list[tuple[int, ...] | None]:
+    """Disjoint CPU sets, `threads` CPUs each, for `workers` local workers where they fit on
+    this process's CPUs; else None for every worker (the OS places them). A sweep's trials
+    then train on cores of their own, as a one-worker sweep's do."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return [None] * workers
+    if workers < 2 or workers * threads > len(allowed):
+        return [None] * workers
+    return [tuple(allowed[k * threads:(k + 1) * threads]) for k in range(workers)]
+
+
 class InlineExecutor:
     """One local worker: train in this process (no second torch import). start() returns
     when the sweep has no pending trial left or a Ctrl-C stopped it (then `stop` is set)."""
@@ -86,6 +99,7 @@ class _Process:
         parent_end, child_end = ctx.Pipe()
         self.conn = parent_end
         self.job: Job | None = None
+        self.cpus: tuple[int, ...] | None = None
         self.stop = ctx.Event()
         self.process = ctx.Process(
             target=serve,
@@ -180,6 +194,7 @@ class LocalExecutor:
     def __init__(self, workers: int) -> None:
         self.pool = local_pool()
         self.omp_threads = max(1, cores() // workers)
+        self.cpu_sets = worker_cpus(workers, self.omp_threads)
         self.mine: list[_Process] = []
         self.crashes = 0
         self.last_error = ""
@@ -189,11 +204,14 @@ class LocalExecutor:
         self.pool.take(n, self.omp_threads)
 
     def start(self, n: int, job: Job) -> None:
+        in_use = [proc.cpus for proc in self.mine]
+        free = [cpus for cpus in self.cpu_sets if cpus is None or cpus not in in_use]
         for proc in self.pool.take(n, self.omp_threads):
             proc.job = job
+            proc.cpus = free.pop(0) if free else None
             proc.stop.clear()
             with contextlib.suppress(OSError):  # died since take(): busy() counts it
-                proc.conn.send(job)
+                proc.conn.send(dataclasses.replace(job, cpus=proc.cpus))
             self.mine.append(proc)
 
     def busy(self) -> int:

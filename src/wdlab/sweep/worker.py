@@ -49,6 +49,9 @@ class Job:
     store_path: str | None = None
     base: dict[str, Any] | None = None
     sweep_name: str = ""
+    cpus: tuple[int, ...] | None = None
+    """The CPUs this worker's trials run on (local pool: one core per worker where the
+    workers fit on the cores); None: wherever the OS puts them."""
 
 
 # --------------------------------------------------------------------------- recovery
@@ -378,6 +381,24 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
+def _affinity() -> tuple[int, ...] | None:
+    """The CPUs this thread may run on (None where the OS cannot say: not Linux)."""
+    try:
+        return tuple(sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return None
+
+
+def _pin(cpus: tuple[int, ...] | None) -> None:
+    """Run this thread (the one that trains: a trial's torch threads default to 1, and
+    OpenMP threads started later inherit the mask) on `cpus`. Why: two one-thread trainers
+    that the scheduler moves between the cores lose their L2 contents on every move."""
+    if cpus is None:
+        return
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # not Linux, CPU gone
+        os.sched_setaffinity(0, cpus)
+
+
 def serve(conn: Any, stop: Any, parent_pid: int, omp_threads: int) -> None:
     """The main of a persistent local worker process: import torch once, then run the jobs
     (one per sweep) that the parent sends over `conn`, answering each with
@@ -396,6 +417,8 @@ def serve(conn: Any, stop: Any, parent_pid: int, omp_threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # train.run handles it while it trains
     import torch  # noqa: F401 - the one import this process pays, before the first job
 
+    every_cpu = _affinity()
+
     def orphaned() -> bool:
         return os.getppid() != parent_pid
 
@@ -408,6 +431,7 @@ def serve(conn: Any, stop: Any, parent_pid: int, omp_threads: int) -> None:
             return
         if job is None:
             return
+        _pin(job.cpus or every_cpu)
         try:
             completed = worker_loop(job, orphaned=orphaned, stop=stop)
         except Exception as err:  # the store vanished or similar: report, stay available
