@@ -14,8 +14,8 @@ scalars (the "step" counters, a tensor lr; torch's foreach AdamW reads each coun
 which never wait for a device; syncs = reads of any other tensor's value on the host, or
 copies between the CPU and the device (each one waits). `--time N` adds the median wall time
 of N steps (synchronized after each). The toolbox rows: decay_to targets (one multi-tensor
-pass more than decay toward zero; "ema" two) and CautiousUpdate (a per-tensor wrapper: its
-op count grows with the number of tensors, its host syncs stay zero).
+pass more than decay toward zero; "ema" two) and CautiousUpdate (on the foreach path a fixed
+number of multi-tensor ops over the inner optimizer's, whatever the number of tensors).
 """
 
 from __future__ import annotations

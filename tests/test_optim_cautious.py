@@ -26,12 +26,13 @@ def _grads(params: list[torch.Tensor], step: int) -> None:
         p.grad = torch.randn(p.shape, generator=gen)
 
 
-def test_matches_pytorch_optimizer_cautious_lion() -> None:
+@pytest.mark.parametrize("impl", ["reference", "foreach"])
+def test_matches_pytorch_optimizer_cautious_lion(impl: str) -> None:
     peer = pytest.importorskip("pytorch_optimizer")
     torch.manual_seed(0)
     w0 = torch.randn(9, 4)
     ours_p, theirs_p = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
-    ours = CautiousUpdate(optim.Lion([ours_p], lr=1e-2, weight_decay=0.5, impl="reference"))
+    ours = CautiousUpdate(optim.Lion([ours_p], lr=1e-2, weight_decay=0.5, impl=impl))
     theirs = peer.Lion([theirs_p], lr=1e-2, weight_decay=0.5, cautious=True, foreach=False)
     for step in range(8):
         _grads([ours_p], step)

@@ -358,15 +358,91 @@ def test_decay_targets_have_no_host_sync_and_fit_the_op_budget(
     assert all(t.device.type == "meta" for t in targets)  # kept beside p, never on the host
 
 
+# ---- CautiousUpdate on the generic path ---------------------------------------------------
+
+CAUTIOUS_BUCKET_OPS = 12
+"""CautiousUpdate's own ops per (device, dtype) bucket: the snapshot, Δ, the mask (3), its
+count, the rescale (3), Δ*m*scale (2), the restore; per group it adds the masked update and
+the decay (1-3). Before the multi-tensor path: ~17 ops per tensor, 855-862 on MODEL_SHAPES."""
+
+
 @pytest.mark.parametrize("target", ["zero", "ema"])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_cautious_update_has_no_host_sync(name: str, target: str) -> None:
+def test_cautious_update_has_no_host_sync_and_a_fixed_op_cost(
+    name: str, target: str, torch_adamw_ops: int
+) -> None:
     """CautiousUpdate (the C- optimizers) on the device path: the mask u*g > 0 and its
     per-tensor rescale numel/(sum+1) stay tensors (no .item()), around every family, with
-    the plain decay and with a decay target."""
+    the plain decay and with a decay target, in a fixed number of multi-tensor ops over the
+    inner optimizer's own (one bucket here: all float32 on one device)."""
     from wdlab.optim.wrappers import CautiousUpdate
 
     opt = CautiousUpdate(_on_meta(name, decay_to=target))
     count = _counted(opt)
     assert count.syncs == [], f"cautious {name} decay_to={target}: host syncs {count.syncs}"
-    assert count.ops["aten.lt.Scalar"] >= len(MODEL_SHAPES)  # the mask was taken per tensor
+    inner = _counted(_on_meta(name, decay_to=target))
+    assert count.ops["aten._foreach_clamp_max_.Scalar"] >= 1  # the mask was taken
+    assert count.ops["aten.lt.Scalar"] == inner.ops["aten.lt.Scalar"]  # ... not per tensor
+    budget = inner.total + CAUTIOUS_BUCKET_OPS + 3 * len(opt.param_groups)
+    assert count.total <= budget, f"cautious {name}: {count.total} ops > {budget}"
+    if name in ("adamw", "sgdw", "lion"):
+        assert count.total <= torch_adamw_ops, f"cautious {name}: {count.total} ops"
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_cautious_op_count_does_not_grow_with_the_number_of_tensors(name: str) -> None:
+    from wdlab.optim.wrappers import CautiousUpdate
+
+    once = _counted(CautiousUpdate(FAMILIES[name](_model_params())))
+    twice = _counted(CautiousUpdate(FAMILIES[name](_model_params(copies=2))))
+    assert twice.total == once.total and twice.syncs == []
+
+
+CAUTIOUS_NAMES = ["adamw", "adamw-l2", "lion", "sgdw", "sgdw-nesterov-l2"]
+
+
+@pytest.mark.parametrize("name", CAUTIOUS_NAMES)
+def test_cautious_foreach_path_matches_the_reference(name: str) -> None:
+    """CautiousUpdate's multi-tensor path against its per-tensor loop, float64: equal to the
+    last bit around the same inner impl (the same arithmetic; two dtype buckets too), and to
+    rounding with the inner optimizer's foreach path under it against its reference one."""
+    from wdlab.optim.wrappers import CautiousUpdate
+
+    build = BUILDERS[name]
+
+    def wrapped(path: str) -> Builder:
+        return lambda ps, impl: CautiousUpdate(build(ps, impl), impl=path)
+
+    weights = _weights(torch.float64)
+    want, want_state = _run(wrapped("reference"), "reference", weights)
+    plain, _ = _run(build, "reference", weights)  # the mask changed the result
+    assert max(float((w - x).abs().max()) for w, x in zip(want, plain, strict=True)) > 1e-4
+    got, _ = _run(wrapped("foreach"), "reference", weights)
+    _assert_close(got, want, {"rtol": 0, "atol": 0}, f"cautious {name}, same inner impl")
+    mixed = [w.float() if i % 2 else w for i, w in enumerate(weights)]
+    got, _ = _run(wrapped("foreach"), "reference", mixed)
+    want_mixed, _ = _run(wrapped("reference"), "reference", mixed)
+    _assert_close(got, want_mixed, {"rtol": 0, "atol": 0}, f"cautious {name}, two dtypes")
+    got, state = _run(wrapped("auto"), "foreach", weights)  # auto follows impl="foreach"
+    _assert_close(got, want, TOL[torch.float64], f"cautious {name} on inner foreach")
+    _assert_close(_state_tensors(state), _state_tensors(want_state), TOL[torch.float64],
+                  f"cautious {name} on inner foreach, state")
+
+
+@pytest.mark.parametrize(("make", "path"), [
+    (lambda ps: AdamW(ps, weight_decay=0.1, impl="foreach"), "foreach"),
+    (lambda ps: AdamW(ps, weight_decay=0.1, impl="reference"), "reference"),
+    (lambda ps: AdamW(ps, weight_decay=0.1), "reference"),  # auto on the CPU
+    (lambda ps: torch.optim.AdamW(ps, weight_decay=0.1, foreach=True), "foreach"),
+    (lambda ps: torch.optim.AdamW(ps, weight_decay=0.1), "reference"),
+], ids=["foreach", "reference", "auto-cpu", "torch-foreach", "torch-default-cpu"])
+def test_cautious_path_follows_the_group(make: Callable[..., Any], path: str) -> None:
+    """With impl="auto" the wrapper takes the path the group's update takes (on the CPU here;
+    off it, test_cautious_update_has_no_host_sync_and_a_fixed_op_cost)."""
+    from wdlab.optim.wrappers import CautiousUpdate
+
+    count = _counted(CautiousUpdate(make(_model_params())))
+    per_tensor = count.ops["aten.lt.Scalar"]
+    assert per_tensor == (len(MODEL_SHAPES) if path == "reference" else 0)
+    with pytest.raises(ValueError, match=r"^impl must be one of auto, reference, foreach"):
+        CautiousUpdate(make(_model_params()), impl="native")
