@@ -444,9 +444,33 @@ static int64_t norm_offsets(const int64_t *rows, int64_t count, int64_t *offsets
     return most;
 }
 
-/* Matrices are shared out whole among the threads (dynamic, one at a time): each thread tests
- * and updates its own matrix with no barrier between, so a thread the OS deschedules holds up
- * no other (one parallel region per matrix ran at a tenth of the bandwidth under load). */
+/* The loop wd_adamp and wd_sgdp share. Matrices are shared out whole among the threads
+ * (dynamic, one at a time): each thread tests and then runs `update` (a statement on matrix t
+ * of n elements) on its own matrix where no view passed, with no barrier between, so a thread
+ * the OS deschedules holds up no other (one parallel region per matrix ran at a tenth of the
+ * bandwidth under load). Without memory for the offsets every views[t] is -1 and nothing
+ * runs. Uses w, g, sizes, rows, count, nthreads, delta, test_eps, scratch, norms and views
+ * of the kernel it stands in. */
+#define TEST_THEN_UPDATE(update)                                                        \
+    do {                                                                                \
+        int64_t *offsets = malloc((size_t)count * sizeof(int64_t));                     \
+        if (offsets == NULL) {                                                          \
+            for (int64_t t = 0; t < count; ++t) views[t] = -1;                          \
+            break;                                                                      \
+        }                                                                               \
+        int64_t most = norm_offsets(rows, count, offsets);                              \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(nthreads)")          \
+        for (int64_t t = 0; t < count; ++t) {                                           \
+            int64_t n = sizes[t];                                                       \
+            double *mine = scratch + (int64_t)this_thread() * most * 3;                 \
+            views[t] = NAME(wd_invariant_view)(w[t], g[t], rows[t], n / rows[t], 1,    \
+                                               delta, test_eps, mine, norms + offsets[t]); \
+            if (views[t] != 0) continue;                                                \
+            update;                                                                     \
+        }                                                                               \
+        free(offsets);                                                                  \
+    } while (0)
+
 void NAME(wd_adamp)(real **w, real **g, real **m, real **v, const int64_t *sizes,
                     const int64_t *rows, int64_t count, int nthreads, int64_t min_per_thread,
                     float **steps, int64_t vec, double lr, double beta1, double beta2,
@@ -455,23 +479,8 @@ void NAME(wd_adamp)(real **w, real **g, real **m, real **v, const int64_t *sizes
     (void)min_per_thread;
     real keep = (real)(decoupled && weight_decay != 0 ? 1 - lr * weight_decay : 1);
     real wd = (real)(decoupled ? 0 : weight_decay);
-    int64_t *offsets = malloc((size_t)count * sizeof(int64_t));
-    if (offsets == NULL) {
-        for (int64_t t = 0; t < count; ++t) views[t] = -1;
-        return;
-    }
-    int64_t most = norm_offsets(rows, count, offsets);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (int64_t t = 0; t < count; ++t) {
-        int64_t n = sizes[t];
-        double *mine = scratch + (int64_t)this_thread() * most * 3;
-        views[t] = NAME(wd_invariant_view)(w[t], g[t], rows[t], n / rows[t], 1, delta,
-                                           test_eps, mine, norms + offsets[t]);
-        if (views[t] != 0) continue;
-        double step = (*steps[t] += 1);
-        adam_tensor(w[t], g[t], m[t], v[t], 0, n, n, vec, step, keep, wd, lr, beta1, beta2, eps);
-    }
-    free(offsets);
+    TEST_THEN_UPDATE(adam_tensor(w[t], g[t], m[t], v[t], 0, n, n, vec, (*steps[t] += 1), keep,
+                                 wd, lr, beta1, beta2, eps));
 }
 
 void NAME(wd_sgdp)(real **w, real **g, real **buf, const int64_t *sizes, const int64_t *rows,
@@ -479,21 +488,6 @@ void NAME(wd_sgdp)(real **w, real **g, real **buf, const int64_t *sizes, const i
                    double momentum, double dampening, int nesterov, double keep, double l2,
                    double delta, double test_eps, double *scratch, double *norms, int *views) {
     (void)min_per_thread;
-    int64_t *offsets = malloc((size_t)count * sizeof(int64_t));
-    if (offsets == NULL) {
-        for (int64_t t = 0; t < count; ++t) views[t] = -1;
-        return;
-    }
-    int64_t most = norm_offsets(rows, count, offsets);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (int64_t t = 0; t < count; ++t) {
-        int64_t n = sizes[t];
-        double *mine = scratch + (int64_t)this_thread() * most * 3;
-        views[t] = NAME(wd_invariant_view)(w[t], g[t], rows[t], n / rows[t], 1, delta,
-                                           test_eps, mine, norms + offsets[t]);
-        if (views[t] != 0) continue;
-        sgdw_span(w[t], g[t], buf ? buf[t] : NULL, n, (real)lr, (real)momentum,
-                  (real)(1 - dampening), nesterov, (real)keep, (real)l2, 0);
-    }
-    free(offsets);
+    TEST_THEN_UPDATE(sgdw_span(w[t], g[t], buf ? buf[t] : NULL, n, (real)lr, (real)momentum,
+                               (real)(1 - dampening), nesterov, (real)keep, (real)l2, 0));
 }
