@@ -53,20 +53,6 @@ def threads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         torch.set_num_threads(before)
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the C kernels looked up (every native path goes through native.kernel)."""
-    calls: list[str] = []
-    real = native.kernel
-
-    def spy(name: str, dtype: torch.dtype) -> Any:
-        calls.append(name)
-        return real(name, dtype)
-
-    monkeypatch.setattr(native, "kernel", spy)
-    return calls
-
-
 # ---- helpers ---------------------------------------------------------------------------------
 
 

@@ -43,19 +43,6 @@ def threads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         torch.set_num_threads(before)
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    real = native.kernel
-
-    def spy(name: str, dtype: torch.dtype) -> Any:
-        calls.append(name)
-        return real(name, dtype)
-
-    monkeypatch.setattr(native, "kernel", spy)
-    return calls
-
-
 def _params(shapes: list[tuple[int, ...]], dtype: torch.dtype, seed: int) -> list[nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
     return [nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
