@@ -238,6 +238,28 @@ def test_worker_cpus_are_disjoint_and_only_where_the_workers_fit(
     assert worker_cpus(1, 4) == [None]  # one worker keeps every CPU
 
 
+def test_ray_tasks_get_cores_only_on_a_one_node_ray_of_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from wdlab.sweep.executors import ray_worker_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+
+    def fake_ray(nodes: list[tuple[str, bool]], mine: str) -> SimpleNamespace:
+        context = SimpleNamespace(get_node_id=lambda: mine)
+        return SimpleNamespace(
+            nodes=lambda: [{"NodeID": n, "Alive": alive} for n, alive in nodes],
+            get_runtime_context=lambda: context,
+        )
+
+    assert ray_worker_cpus(fake_ray([("a", True)], "a"), 2) == [(0,), (1,)]
+    assert ray_worker_cpus(fake_ray([("a", True), ("b", False)], "a"), 2) == [(0,), (1,)]
+    assert ray_worker_cpus(fake_ray([("a", True), ("b", True)], "a"), 2) == [None, None]
+    assert ray_worker_cpus(fake_ray([("b", True)], "a"), 2) == [None, None]  # not our node
+
+
 def test_failing_and_diverging_trials_are_results(tmp_path: Path) -> None:
     spec = SweepSpec.create(
         workload="teacher",

@@ -52,6 +52,16 @@ def worker_cpus(workers: int, threads: int) -> list[tuple[int, ...] | None]:
     return [tuple(allowed[k * threads:(k + 1) * threads]) for k in range(workers)]
 
 
+def ray_worker_cpus(ray: Any, workers: int) -> list[tuple[int, ...] | None]:
+    """worker_cpus for Ray's one-CPU tasks where Ray is one node, this process's: then every
+    task trains on this machine and can have a core of its own, as the local pool's workers
+    do. On a cluster each node's OS places them (None)."""
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    if len(alive) == 1 and alive[0].get("NodeID") == ray.get_runtime_context().get_node_id():
+        return worker_cpus(workers, 1)
+    return [None] * workers
+
+
 class InlineExecutor:
     """One local worker: train in this process (no second torch import). start() returns
     when the sweep has no pending trial left or a Ctrl-C stopped it (then `stop` is set)."""
@@ -363,6 +373,8 @@ class RayExecutor:
             f.write(f"{job.sweep_id}\n")
         self.task = ray.remote(num_cpus=1, max_retries=0)(ray_worker)
         self.host_pid = f"{socket.gethostname()}:{os.getpid()}"
+        self.cpu_sets = ray_worker_cpus(ray, workers)
+        self.token_cpus: dict[str, tuple[int, ...] | None] = {}
         self.started = 0
         self.crashes = 0
         self.idle_since: float | None = None
@@ -390,10 +402,14 @@ class RayExecutor:
 
     def start(self, n: int, job: Job) -> None:
         self.idle_since = None
+        in_use = [self.token_cpus.get(token) for token in self.refs.values()]
+        free = [cpus for cpus in self.cpu_sets if cpus is None or cpus not in in_use]
         for _ in range(n):
             token = f"w{self.started}"
             self.started += 1
-            ref = self.task.remote(self.job, self.mailbox, token, self.nonce, self.host_pid)
+            cpus = self.token_cpus[token] = free.pop(0) if free else None
+            ref = self.task.remote(dataclasses.replace(self.job, cpus=cpus), self.mailbox, token,
+                                   self.nonce, self.host_pid)
             self.refs[ref] = token
         self._list_processes()
 

@@ -31,7 +31,15 @@ from typing import Any
 
 from wdlab.errors import WdlabError
 from wdlab.store import DriverTrialQueue, RunBusyError, TrialRecord
-from wdlab.sweep.worker import DriverGone, Job, owner_dead, pass_stop_on, worker_loop
+from wdlab.sweep.worker import (
+    DriverGone,
+    Job,
+    owner_dead,
+    pass_stop_on,
+    pin_thread,
+    thread_cpus,
+    worker_loop,
+)
 
 # Metric rows a worker buffers before it sends them without being asked, or this long after
 # its last send. At 256 rows a teacher worker (3 rows a step, ~370 steps/s) sent 4 actor
@@ -236,11 +244,17 @@ def ray_worker(job: Job, mailbox: Any, token: str, nonce: str, driver: str) -> t
     channel = DriverChannel(ray, mailbox, token)
     channel.call("hello", {"pid": os.getpid(), "node": node})
     link = DriverLink(channel, job.sweep_id)
-    with contextlib.suppress(DriverGone):
-        worker_loop(
-            job,
-            link=link,
-            orphaned=lambda: channel.gone or owner_dead(driver),
-            stop=channel.stop,
-        )
+    every_cpu = thread_cpus()
+    pin_thread(job.cpus)  # a Ray worker process serves later tasks too: put it back afterwards
+    try:
+        with contextlib.suppress(DriverGone):
+            worker_loop(
+                job,
+                link=link,
+                orphaned=lambda: channel.gone or owner_dead(driver),
+                stop=channel.stop,
+            )
+    finally:
+        if job.cpus is not None:
+            pin_thread(every_cpu)
     return "done", ""

@@ -381,7 +381,7 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
-def _affinity() -> tuple[int, ...] | None:
+def thread_cpus() -> tuple[int, ...] | None:
     """The CPUs this thread may run on (None where the OS cannot say: not Linux)."""
     try:
         return tuple(sorted(os.sched_getaffinity(0)))
@@ -389,7 +389,7 @@ def _affinity() -> tuple[int, ...] | None:
         return None
 
 
-def _pin(cpus: tuple[int, ...] | None) -> None:
+def pin_thread(cpus: tuple[int, ...] | None) -> None:
     """Run this thread (the one that trains: a trial's torch threads default to 1, and
     OpenMP threads started later inherit the mask) on `cpus`. Why: two one-thread trainers
     that the scheduler moves between the cores lose their L2 contents on every move."""
@@ -417,7 +417,7 @@ def serve(conn: Any, stop: Any, parent_pid: int, omp_threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # train.run handles it while it trains
     import torch  # noqa: F401 - the one import this process pays, before the first job
 
-    every_cpu = _affinity()
+    every_cpu = thread_cpus()
 
     def orphaned() -> bool:
         return os.getppid() != parent_pid
@@ -431,7 +431,7 @@ def serve(conn: Any, stop: Any, parent_pid: int, omp_threads: int) -> None:
             return
         if job is None:
             return
-        _pin(job.cpus or every_cpu)
+        pin_thread(job.cpus or every_cpu)
         try:
             completed = worker_loop(job, orphaned=orphaned, stop=stop)
         except Exception as err:  # the store vanished or similar: report, stay available
