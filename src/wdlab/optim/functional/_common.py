@@ -51,6 +51,23 @@ def resolve_mode(mode: str, *tensor_lists: Sequence[torch.Tensor | None]) -> str
     return "chunked"
 
 
+def native_multi_or_mode(mode: str, name: str,
+                         tensor_lists: Sequence[Sequence[torch.Tensor | None]],
+                         *scalars: Any) -> str | None:
+    """For the multi-tensor kernels (sgdw, lion): None when kernels.c ran the step, else the
+    mode the caller's torch path runs in. "auto" pays one check of the tensors per step
+    (run_multi's if_fit), not `supports` and then run_multi's own; an explicit "native"
+    that cannot run is resolve_mode's error."""
+    if mode not in ("auto", "native"):
+        return mode
+    if mode == "auto" and native.run_multi(name, tensor_lists, *scalars, if_fit=True):
+        return None
+    if resolve_mode(mode, *tensor_lists) == "native":
+        native.run_multi(name, tensor_lists, *scalars)
+        return None
+    return "chunked"
+
+
 COMPILE_BACKEND = "inductor"
 """The torch.compile backend of impl="compiled" (torch's default, which generates fused C++ /
 Triton kernels). "aot_eager" traces the same graph without generating code: what the tests

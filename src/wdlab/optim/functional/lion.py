@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from wdlab.optim import _native as native
 from wdlab.optim._dispatch import by_device_and_dtype
 from wdlab.optim.functional._common import (
     Tensors,
     foreach_elementwise,
-    resolve_mode,
+    native_multi_or_mode,
     with_l2,
 )
 
@@ -69,15 +68,12 @@ def lion_step(
 
     lerp(m, g, t) = m + t*(g - m) is b*m + (1-b)*g in one op; g includes l2*w in l2 mode.
     """
-    if mode in ("auto", "native"):
-        scalars = (lr, beta1, beta2, 1.0 - decay_rate, l2)
-        lists = [params, grads, exp_avgs]
-        if mode == "auto" and native.run_multi("lion", lists, *scalars, if_fit=True):
-            return
-        if resolve_mode(mode, *lists) == "native":
-            native.run_multi("lion", lists, *scalars)
-            return
-        mode = "chunked"
+    torch_mode = native_multi_or_mode(
+        mode, "lion", [params, grads, exp_avgs], lr, beta1, beta2, 1.0 - decay_rate, l2
+    )
+    if torch_mode is None:
+        return
+    mode = torch_mode
     kernel = _lion_compiled if mode == "compiled" else _lion_reference
     scalars = {"lr": lr, "beta1": beta1, "beta2": beta2, "keep": 1.0 - decay_rate, "l2": l2}
     foreach_elementwise(kernel, [params, grads, exp_avgs], scalars, mode=mode)

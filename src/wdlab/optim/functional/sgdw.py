@@ -8,12 +8,11 @@ from __future__ import annotations
 import torch
 
 from wdlab import _compat
-from wdlab.optim import _native as native
 from wdlab.optim._dispatch import by_device_and_dtype
 from wdlab.optim.functional._common import (
     Tensors,
     foreach_elementwise,
-    resolve_mode,
+    native_multi_or_mode,
     sgd_fusable,
     use_fused,
     with_l2,
@@ -124,15 +123,13 @@ def sgdw_step(
     "native" (what "auto" picks on CPU) is one pass of kernels.c, equal to the formula to float
     rounding (not bit for bit torch's: it rounds a*b + c once where torch may round twice).
     """
-    if mode in ("auto", "native"):
-        scalars = (lr, momentum, dampening, nesterov, 1.0 - decay_rate, l2, fresh)
-        lists = [params, grads, momentum_bufs]
-        if mode == "auto" and native.run_multi("sgdw", lists, *scalars, if_fit=True):
-            return
-        if resolve_mode(mode, *lists) == "native":
-            native.run_multi("sgdw", lists, *scalars)
-            return
-        mode = "chunked"
+    torch_mode = native_multi_or_mode(
+        mode, "sgdw", [params, grads, momentum_bufs], lr, momentum, dampening, nesterov,
+        1.0 - decay_rate, l2, fresh,
+    )
+    if torch_mode is None:
+        return
+    mode = torch_mode
     if mode == "compiled" and fresh:
         mode = "chunked"  # the one first step runs eager: one compiled graph fewer
     if mode == "compiled":
