@@ -25,7 +25,7 @@ from wdlab.errors import WdlabError
 from wdlab.store import Store
 from wdlab.sweep.driver import Driver
 from wdlab.sweep.reaper import process_tree
-from wdlab.sweep.worker import Job, one_line, serve, worker_loop
+from wdlab.sweep.worker import Job, one_line, serve, thread_cpus, worker_loop
 
 MAX_WORKER_CRASHES = 5  # worker processes dying (not trials failing): a broken environment
 IDLE_GRACE = 2.0  # seconds a Ray sweep with no trial left waits for its workers to end
@@ -43,13 +43,16 @@ def worker_cpus(workers: int, threads: int) -> list[tuple[int, ...] | None]:
     """Disjoint CPU sets, `threads` CPUs each, for `workers` local workers where they fit on
     this process's CPUs; else None for every worker (the OS places them). A sweep's trials
     then train on cores of their own, as a one-worker sweep's do."""
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return [None] * workers
-    if workers < 2 or workers * threads > len(allowed):
+    allowed = thread_cpus()
+    if allowed is None or workers < 2 or workers * threads > len(allowed):
         return [None] * workers
     return [tuple(allowed[k * threads:(k + 1) * threads]) for k in range(workers)]
+
+
+def free_cpu_sets(cpu_sets: list[tuple[int, ...] | None],
+                  in_use: list[tuple[int, ...] | None]) -> list[tuple[int, ...] | None]:
+    """The sets of `cpu_sets` that no running worker holds, for the workers started next."""
+    return [cpus for cpus in cpu_sets if cpus is None or cpus not in in_use]
 
 
 def ray_worker_cpus(ray: Any, workers: int) -> list[tuple[int, ...] | None]:
@@ -214,8 +217,7 @@ class LocalExecutor:
         self.pool.take(n, self.omp_threads)
 
     def start(self, n: int, job: Job) -> None:
-        in_use = [proc.cpus for proc in self.mine]
-        free = [cpus for cpus in self.cpu_sets if cpus is None or cpus not in in_use]
+        free = free_cpu_sets(self.cpu_sets, [proc.cpus for proc in self.mine])
         for proc in self.pool.take(n, self.omp_threads):
             proc.job = job
             proc.cpus = free.pop(0) if free else None
@@ -402,8 +404,7 @@ class RayExecutor:
 
     def start(self, n: int, job: Job) -> None:
         self.idle_since = None
-        in_use = [self.token_cpus.get(token) for token in self.refs.values()]
-        free = [cpus for cpus in self.cpu_sets if cpus is None or cpus not in in_use]
+        free = free_cpu_sets(self.cpu_sets, [self.token_cpus.get(t) for t in self.refs.values()])
         for _ in range(n):
             token = f"w{self.started}"
             self.started += 1

@@ -50,8 +50,9 @@ class Job:
     base: dict[str, Any] | None = None
     sweep_name: str = ""
     cpus: tuple[int, ...] | None = None
-    """The CPUs this worker's trials run on (local pool: one core per worker where the
-    workers fit on the cores); None: wherever the OS puts them."""
+    """The CPUs this worker's trials run on (local pool, and Ray on one node of this process:
+    one core per worker where the workers fit on the cores); None: wherever the OS puts
+    them."""
 
 
 # --------------------------------------------------------------------------- recovery
